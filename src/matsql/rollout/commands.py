@@ -1,0 +1,103 @@
+"""`matsql rollout`: K-candidate pipeline rollouts to an append-only JSONL file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from matsql.rollout.gating import POLICIES
+
+console = Console(stderr=True)
+
+
+def _parse_shard(shard: str | None) -> tuple[int, int] | None:
+    if not shard:
+        return None
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+    except ValueError as e:
+        raise typer.BadParameter("--shard must look like I/N, e.g. 0/4") from e
+    if not 0 <= i < n:
+        raise typer.BadParameter("--shard I/N needs 0 <= I < N")
+    return i, n
+
+
+def rollout(
+    benchmark: str = typer.Option(
+        ..., "--benchmark", "-b", help="spider-dev, spider-train, bird-minidev, bird-dev, minibench, ..."
+    ),
+    agents: Path = typer.Option(..., "--agents", "-a", help="AGENTS.yaml: backend and decoding per agent"),
+    out: Path = typer.Option(..., "--out", "-o", help="rollout JSONL (resumed if it exists)"),
+    k: int = typer.Option(8, "--k", help="planner candidates per question"),
+    temperature: float = typer.Option(1.0, "--temperature", "-t", help="planner sampling temperature"),
+    greedy_first: bool = typer.Option(
+        True, "--greedy-first/--all-sampled", help="candidate 0 greedy (planner@1, pipeline@1)"
+    ),
+    gate: str = typer.Option("exec_error_or_critique", "--gate", help=f"one of {', '.join(POLICIES)}"),
+    branches: int = typer.Option(1, "--branches", help="critique samples per candidate (label-time: K)"),
+    fix_all: bool = typer.Option(False, "--fix-all", help="label-time: run the fixer on every branch"),
+    fixer_samples: int = typer.Option(1, "--fixer-samples", help="fixer samples per branch"),
+    validators: str = typer.Option("val-sel,val-cond", "--validators"),
+    planner_from: Path | None = typer.Option(
+        None, "--planner-from", help="reuse planner candidates of this rollout"
+    ),
+    seed: int = typer.Option(0, "--seed"),
+    batch_questions: int = typer.Option(16, "--batch-questions", help="questions per generation batch"),
+    limit: int | None = typer.Option(None, "--limit"),
+    offset: int = typer.Option(0, "--offset"),
+    shard: str | None = typer.Option(None, "--shard", help="I/N: this process's share of the questions"),
+    data: Path | None = typer.Option(None, "--data", help="benchmark root (default MATSQL_DATA)"),
+    missing: str = typer.Option(
+        "wrong", "--missing", help="questions with a missing database: wrong|skip|error"
+    ),
+    exec_timeout: float = typer.Option(30.0, "--exec-timeout"),
+    ex_mode: str = typer.Option("bird", "--ex", help="bird (set equality) or spider"),
+    resume: bool = typer.Option(True, "--resume/--no-resume"),
+) -> None:
+    """Run planner -> validators -> gate -> fixer over K candidates per question."""
+    from matsql.benchmarks import load_benchmark
+    from matsql.rollout.config import RolloutConfig
+    from matsql.rollout.runner import run_rollout
+    from matsql.rollout.services import real_services
+    from matsql.team import load_team
+
+    team = load_team(agents)
+    cfg = RolloutConfig(
+        benchmark=benchmark,
+        data=str(data) if data else None,
+        k=k,
+        temperature=temperature,
+        greedy_first=greedy_first,
+        gate=gate,  # type: ignore[arg-type]
+        validators=[v for v in validators.split(",") if v],
+        branches=branches,
+        fix_all=fix_all,
+        fixer_samples=fixer_samples,
+        seed=seed,
+        batch_questions=batch_questions,
+        limit=limit,
+        offset=offset,
+        shard=_parse_shard(shard),
+        missing=missing,
+        exec_timeout_s=exec_timeout,
+        planner_from=str(planner_from) if planner_from else None,
+        team_digest=team.digest(),
+    )
+    bench = load_benchmark(benchmark, root=data)
+    questions = bench.select(missing)
+    if bench.missing:
+        console.print(
+            f"[yellow]{len(bench.missing)} question(s) need a missing database; policy --missing {missing}"
+        )
+    dump = cfg.model_dump(mode="json") | {
+        "agents": {n: vars(s) for n, s in team.agents.items()},
+        "ex_mode": ex_mode,
+    }
+    with real_services(cfg, team, bench, ex_mode=ex_mode) as svc:
+        stats = run_rollout(questions, cfg, svc, out, dump, resume=resume)
+    console.print(
+        f"wrote {int(stats['written'])} record(s) to {out} in {stats['seconds']:.1f}s: "
+        f"{stats['questions_per_s']:.2f} questions/s, {stats['tokens_per_s']:,.0f} generated tokens/s"
+    )

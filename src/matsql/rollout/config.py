@@ -1,0 +1,38 @@
+"""Rollout settings. Everything that changes records goes into the config hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from matsql.rollout.gating import GatePolicy
+
+
+class RolloutConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    benchmark: str
+    data: str | None = None  # benchmark root override
+    k: int = Field(8, ge=1)
+    temperature: float = 1.0  # planner sampling temperature
+    greedy_first: bool = True  # candidate 0 is a greedy (T=0) sample: planner@1 / pipeline@1
+    gate: GatePolicy = "exec_error_or_critique"
+    validators: list[str] = Field(default_factory=lambda: ["val-sel", "val-cond"])
+    branches: int = Field(1, ge=1)  # critique samples per candidate (label-time rollouts use K)
+    fix_all: bool = False  # label-time: run the fixer on every branch, gated or not
+    fixer_samples: int = Field(1, ge=1)  # fixer samples per branch (E1 data uses several)
+    seed: int = 0
+    batch_questions: int = Field(16, ge=1)  # fixed question batches: resume reproduces them
+    limit: int | None = None  # first N questions only
+    offset: int = 0
+    shard: tuple[int, int] | None = None  # (index, count): questions with position % count == index
+    missing: str = "wrong"  # wrong | skip | error
+    exec_timeout_s: float = 30.0
+    planner_from: str | None = None  # reuse planner candidates of an earlier rollout file
+    team_digest: str = ""
+
+    def digest(self) -> str:
+        d = self.model_dump(exclude={"limit", "offset", "shard"})
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,0 +1,42 @@
+"""Build the real :class:`Services` (benchmark, sandboxed executor, backends) for a run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from matsql.rollout.config import RolloutConfig
+from matsql.rollout.pipeline import Services
+from matsql.team import Team
+
+
+def make_backends(team: Team, needed: list[str]) -> dict:
+    from matsql.backends.registry import make_backend
+
+    return {name: make_backend(team[name].backend) for name in needed}
+
+
+@contextmanager
+def real_services(
+    cfg: RolloutConfig, team: Team, benchmark, backends: dict | None = None, ex_mode: str = "bird"
+) -> Iterator[Services]:
+    from matsql.sql import Executor, ex_match, to_exec_info
+
+    needed = ["planner", *cfg.validators]
+    if "fixer" in team.agents and cfg.gate != "never":
+        needed.append("fixer")
+    if cfg.planner_from:
+        needed.remove("planner")
+    if backends is None:
+        backends = make_backends(team, needed)
+    with Executor(timeout_s=cfg.exec_timeout_s) as ex:
+        yield Services(
+            team=team,
+            backends=backends,
+            schema_of=benchmark.schema_text,
+            db_path_of=benchmark.db_path,
+            has_db=benchmark.has_db,
+            execute=ex.run_many,
+            ex_match=lambda p, g: ex_match(p, g, mode=ex_mode),
+            to_exec_info=to_exec_info,
+        )

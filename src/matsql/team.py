@@ -1,0 +1,97 @@
+"""AGENTS.yaml: which backend and decoding settings each agent uses (the "team").
+
+Example::
+
+    defaults: {backend: local, model: qwen2.5-coder-0.5b-instruct, max_tokens: 256}
+    agents:
+      planner:  {temperature: 1.0, max_tokens: 384}
+      val-sel:  {adapter: runs/study/sft/val-sel, temperature: 1.0}
+      val-cond: {adapter: runs/study/sft/val-cond, temperature: 1.0}
+      fixer:    {temperature: 0.0}
+      selector: {temperature: 0.0, max_tokens: 8}
+
+Keys other than decoding settings describe the backend and go to
+:func:`matsql.backends.registry.make_backend`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from matsql.records import AGENTS
+
+DECODING_KEYS = ("temperature", "max_tokens", "stop", "n")
+
+
+@dataclass
+class AgentSpec:
+    name: str
+    backend: dict[str, Any]
+    temperature: float = 0.0
+    max_tokens: int = 256
+    stop: list[str] = field(default_factory=list)
+
+    def model_id(self) -> str:
+        b = self.backend
+        ident = str(b.get("model", "?"))
+        if b.get("adapter"):
+            ident += f"+{b['adapter']}"
+        if b.get("base_url"):
+            ident = f"{b['base_url']}/{ident}"
+        return ident
+
+
+@dataclass
+class Team:
+    agents: dict[str, AgentSpec]
+    source: str = ""
+
+    def __getitem__(self, name: str) -> AgentSpec:
+        if name not in self.agents:
+            raise KeyError(f"agent {name!r} is not configured in {self.source or 'AGENTS.yaml'}")
+        return self.agents[name]
+
+    def digest(self) -> str:
+        blob = json.dumps({k: vars(v) for k, v in sorted(self.agents.items())}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def parse_team(data: dict[str, Any], source: str = "", base_dir: Path | None = None) -> Team:
+    if not isinstance(data, dict) or "agents" not in data:
+        raise ValueError(f"{source or 'AGENTS.yaml'}: expected a mapping with an 'agents' key")
+    defaults = dict(data.get("defaults") or {})
+    agents: dict[str, AgentSpec] = {}
+    for name, raw in (data["agents"] or {}).items():
+        if name not in AGENTS:
+            raise ValueError(f"{source}: unknown agent {name!r}; expected one of {AGENTS}")
+        merged = {**defaults, **(raw or {})}
+        decoding = {k: merged.pop(k) for k in DECODING_KEYS if k in merged}
+        for key in ("adapter", "model"):
+            v = merged.get(key)
+            if base_dir is not None and isinstance(v, str) and v.startswith(("./", "../")):
+                merged[key] = str((base_dir / v).resolve())
+        agents[name] = AgentSpec(
+            name=name,
+            backend=merged,
+            temperature=float(decoding.get("temperature", 0.0)),
+            max_tokens=int(decoding.get("max_tokens", 256)),
+            stop=list(decoding.get("stop") or []),
+        )
+    return Team(agents=agents, source=source)
+
+
+def load_team(path: str | Path) -> Team:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"agents file not found: {path}") from e
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: invalid YAML: {e}") from e
+    return parse_team(data, source=str(path), base_dir=path.parent)
