@@ -9,7 +9,9 @@ from __future__ import annotations
 import typer
 
 from matsql.benchmarks.commands import data_app
-from matsql.evaluate.commands import compare, diagnose_app, metrics, report, select
+from matsql.evaluate.commands import compare, metrics, report
+from matsql.evaluate.diagnose_cmd import diagnose_app
+from matsql.evaluate.select_cmd import select
 from matsql.experiment.commands import demo, experiment_app, publish
 from matsql.labels.commands import labels_app
 from matsql.rollout.commands import rollout

@@ -95,3 +95,14 @@ def load_team(path: str | Path) -> Team:
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: invalid YAML: {e}") from e
     return parse_team(data, source=str(path), base_dir=path.parent)
+
+
+def apply_adapters(team: Team, overrides: list[str]) -> Team:
+    """Apply ``AGENT=PATH`` adapter overrides (how study arms differ: validators only)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--adapter expects AGENT=PATH, got {item!r}")
+        name, path = item.split("=", 1)
+        spec = team[name]
+        spec.backend = {**spec.backend, "adapter": path or None}
+    return team

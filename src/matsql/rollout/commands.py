@@ -29,6 +29,7 @@ def rollout(
         ..., "--benchmark", "-b", help="spider-dev, spider-train, bird-minidev, bird-dev, minibench, ..."
     ),
     agents: Path = typer.Option(..., "--agents", "-a", help="AGENTS.yaml: backend and decoding per agent"),
+    adapters: list[str] = typer.Option([], "--adapter", help="AGENT=PATH adapter override (repeatable)"),
     out: Path = typer.Option(..., "--out", "-o", help="rollout JSONL (resumed if it exists)"),
     k: int = typer.Option(8, "--k", help="planner candidates per question"),
     temperature: float = typer.Option(1.0, "--temperature", "-t", help="planner sampling temperature"),
@@ -61,9 +62,9 @@ def rollout(
     from matsql.rollout.config import RolloutConfig
     from matsql.rollout.runner import run_rollout
     from matsql.rollout.services import real_services
-    from matsql.team import load_team
+    from matsql.team import apply_adapters, load_team
 
-    team = load_team(agents)
+    team = apply_adapters(load_team(agents), adapters)
     cfg = RolloutConfig(
         benchmark=benchmark,
         data=str(data) if data else None,

@@ -1,0 +1,246 @@
+"""The results table of DESIGN.md "Study protocol", one row per configuration.
+
+| config | planner@1 | pipeline@1 | pass@8 | majority | selector EX | pick rate |
+
+A run is a folder holding ``rollout.jsonl`` and optionally ``picks.jsonl`` (the trained
+selector's picks: question_id, correct, ...), or a rollout file on its own. Selector EX and pick
+rate (selector EX / pass@K) are "-" without picks. Numbers are percentages over every scored
+question; missing-database questions are counted in a note under the table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from matsql.evaluate.metrics import MetricSummary, MissingPolicy, QuestionOutcome, summarize, summarize_by
+from matsql.evaluate.outcomes import OutcomeError, OutcomeRow, read_outcome_rows, score_rollout
+from matsql.evaluate.plots import table_png
+from matsql.evaluate.statistics import ComparisonResult, show_ids
+
+ROLLOUT_NAME = "rollout.jsonl"
+PICKS_NAME = "picks.jsonl"
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """Everything one table row shows, plus what the notes under the table need."""
+
+    name: str
+    rollout: Path
+    picks: Path | None
+    summary: MetricSummary
+    by_difficulty: dict[str, MetricSummary]
+    selector_ex: float | None
+    pick_rate: float | None
+    selector_by_difficulty: dict[str, float | None]
+
+
+def locate_run(path: Path) -> tuple[Path, Path | None]:
+    """(rollout file, picks file or None) of a run folder, or of a rollout file given directly."""
+    path = Path(path)
+    if path.is_dir():
+        rollout = path / ROLLOUT_NAME
+        if not rollout.is_file():
+            raise OutcomeError(f"{path}: run folder without {ROLLOUT_NAME}")
+        picks = path / PICKS_NAME
+        return rollout, picks if picks.is_file() else None
+    if path.is_file():
+        return path, None
+    raise OutcomeError(f"{path}: no such run folder or rollout file")
+
+
+def selector_hits(
+    outcomes: Sequence[QuestionOutcome],
+    picks: Sequence[OutcomeRow],
+    *,
+    missing: MissingPolicy = "wrong",
+    source: str = "",
+) -> dict[str, float]:
+    """Selector correctness per scored question of the rollout.
+
+    A pick for a question the rollout lacks is an error, and so is a runnable question without a
+    pick (the selector must write a line, correct=false, even when it abstains). Missing-database
+    questions follow ``missing`` like every other metric (wrong: 0, skip: left out).
+    """
+    by_id = {p.question_id: p for p in picks}
+    stray = sorted(set(by_id) - {o.question_id for o in outcomes})
+    if stray:
+        raise OutcomeError(f"{source}: picks for questions not in the rollout: {show_ids(stray)}")
+    scored = [o for o in outcomes if not (missing == "skip" and o.missing_db)]
+    unpicked = sorted(o.question_id for o in scored if not o.missing_db and o.question_id not in by_id)
+    if unpicked:
+        raise OutcomeError(f"{source}: no pick for runnable questions: {show_ids(unpicked)}")
+    return {o.question_id: 0.0 if o.missing_db else by_id[o.question_id].correct for o in scored}
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def build_row(path: Path, name: str | None = None, *, missing: MissingPolicy = "wrong") -> RunRow:
+    """Score one run folder or rollout file."""
+    rollout, picks_path = locate_run(path)
+    outcomes = score_rollout(rollout)
+    summary = summarize(outcomes, missing=missing)
+    sel = pick = None
+    sel_by: dict[str, float | None] = {}
+    if picks_path is not None:
+        hits = selector_hits(outcomes, read_outcome_rows(picks_path), missing=missing, source=str(picks_path))
+        sel = _mean(list(hits.values()))
+        oracle = summary.values["pass@K"]
+        pick = sel / oracle if (sel is not None and oracle) else None
+        groups: dict[str, list[float]] = {}
+        for o in outcomes:
+            if o.question_id in hits:
+                groups.setdefault(o.difficulty, []).append(hits[o.question_id])
+        sel_by = {d: _mean(v) for d, v in groups.items()}
+    default_name = Path(path).name if Path(path).is_dir() else rollout.stem
+    return RunRow(
+        name=name or default_name,
+        rollout=rollout,
+        picks=picks_path,
+        summary=summary,
+        by_difficulty=summarize_by(outcomes, missing=missing),
+        selector_ex=sel,
+        pick_rate=pick,
+        selector_by_difficulty=sel_by,
+    )
+
+
+def fmt_pct(value: float | None) -> str:
+    """A fraction as a percentage with two decimals; '-' when absent."""
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def table(rows: Sequence[RunRow]) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells of the DESIGN.md results table."""
+    ks = {r.summary.k for r in rows}
+    pass_label = rows[0].summary.pass_label if len(ks) == 1 and rows else "pass@K"
+    headers = ["config", "planner@1", "pipeline@1", pass_label, "majority", "selector EX", "pick rate"]
+    cells = [
+        [
+            r.name,
+            fmt_pct(r.summary.values["planner@1"]),
+            fmt_pct(r.summary.values["pipeline@1"]),
+            fmt_pct(r.summary.values["pass@K"]),
+            fmt_pct(r.summary.values["majority"]),
+            fmt_pct(r.selector_ex),
+            fmt_pct(r.pick_rate),
+        ]
+        for r in rows
+    ]
+    return headers, cells
+
+
+def notes(rows: Sequence[RunRow], missing: MissingPolicy = "wrong") -> list[str]:
+    """One line per run: denominators, missing databases, undefined metrics, sources."""
+    policy = "scored wrong" if missing == "wrong" else "left out"
+    out = []
+    for r in rows:
+        s = r.summary
+        line = (
+            f"{r.name}: {s.n_scored} questions scored, {s.n_missing_db} with a missing database ({policy}), "
+            f"K={s.k if s.k is not None else 'mixed'}; rollout {r.rollout}"
+            + (f", picks {r.picks}" if r.picks else ", no picks")
+        )
+        undefined = s.n_scored - s.n_defined["planner@1"]
+        if undefined:
+            line += (
+                f"; planner@1/pipeline@1 over {s.n_defined['planner@1']} questions with a greedy candidate"
+            )
+        out.append(line)
+    return out
+
+
+def to_markdown(rows: Sequence[RunRow], missing: MissingPolicy = "wrong") -> str:
+    headers, cells = table(rows)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(c) + " |" for c in cells]
+    lines += ["", "EX in % (BIRD set semantics); pick rate = selector EX / pass@K, in %.", ""]
+    lines += [f"- {n}" for n in notes(rows, missing)]
+    return "\n".join(lines) + "\n"
+
+
+def to_json(rows: Sequence[RunRow]) -> list[dict]:
+    return [
+        {
+            "config": r.name,
+            "rollout": str(r.rollout),
+            "picks": str(r.picks) if r.picks else None,
+            "n_total": r.summary.n_total,
+            "n_scored": r.summary.n_scored,
+            "n_missing_db": r.summary.n_missing_db,
+            "k": r.summary.k,
+            "metrics": r.summary.values,
+            "n_defined": r.summary.n_defined,
+            "selector_ex": r.selector_ex,
+            "pick_rate": r.pick_rate,
+            "by_difficulty": {
+                d: {"n_scored": s.n_scored, "metrics": s.values} for d, s in r.by_difficulty.items()
+            },
+        }
+        for r in rows
+    ]
+
+
+def write_report(rows: Sequence[RunRow], out: Path, missing: MissingPolicy = "wrong") -> list[Path]:
+    """report.md, report.png and report.json in ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "report.md"
+    md.write_text(to_markdown(rows, missing), encoding="utf-8")
+    js = out / "report.json"
+    js.write_text(json.dumps(to_json(rows), indent=2) + "\n", encoding="utf-8")
+    headers, cells = table(rows)
+    png = table_png(headers, cells, out / "report.png", title="EX (%)")
+    return [md, png, js]
+
+
+def comparison_markdown(result: ComparisonResult, sources: dict[str, object] | None = None) -> str:
+    """A comparison as Markdown: the numbers a claim rests on, in percentage points."""
+    r = result
+
+    def pp(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:+.2f}"
+
+    lines = [
+        f"# {r.name_a} vs {r.name_b}",
+        "",
+        f"**Verdict:** {r.verdict}",
+        "",
+        "| quantity | value |",
+        "|---|---|",
+        f"| questions (paired) | {r.n} |",
+        f"| EX {r.name_a} | {fmt_pct(r.ex_a)} |",
+        f"| EX {r.name_b} | {fmt_pct(r.ex_b)} |",
+        f"| difference {r.name_a} - {r.name_b} (pp) | {pp(r.diff)} |",
+        f"| paired bootstrap {100 * r.level:.0f}% CI (pp) | [{pp(r.ci_low)}, {pp(r.ci_high)}] |",
+    ]
+    if r.cluster_ci_low is not None:
+        lines.append(
+            f"| cluster bootstrap by db_id, {r.n_clusters} databases (pp) | [{pp(r.cluster_ci_low)}, {pp(r.cluster_ci_high)}] |"
+        )
+    else:
+        lines.append("| cluster bootstrap by db_id | - (no db_id in the inputs) |")
+    lines += [
+        f"| {r.mcnemar_kind}: b ({r.name_a} only right), c ({r.name_b} only right) | b={r.mcnemar_b}, c={r.mcnemar_c} |",
+        f"| p-value (two-sided) | {r.mcnemar_p:.4g} |",
+        f"| minimum detectable effect (80% power, alpha 0.05, pp) | {'-' if r.mde is None else f'{100 * r.mde:.2f}'} |",
+        f"| min gap (pp) | {'-' if r.min_gap_pp is None else f'{r.min_gap_pp:g}'} |",
+        f"| resamples, seed | {r.n_resamples}, {r.seed} |",
+    ]
+    if r.n_only_a or r.n_only_b:
+        lines.append(
+            f"| dropped (intersect): only in {r.name_a} / only in {r.name_b} | {r.n_only_a} / {r.n_only_b} |"
+        )
+    for name, spread in ((r.name_a, r.seeds_a), (r.name_b, r.seeds_b)):
+        if spread is not None:
+            per = ", ".join(fmt_pct(x) for x in spread.ex)
+            std = "-" if spread.std is None else f"{100 * spread.std:.2f}"
+            lines.append(f"| {name}: EX per seed (std, pp) | {per} (std {std}) |")
+    if sources:
+        lines += ["", "Inputs:", ""] + [f"- {k}: {v}" for k, v in sources.items()]
+    return "\n".join(lines) + "\n"

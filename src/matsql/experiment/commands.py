@@ -1,0 +1,102 @@
+"""`matsql experiment run|status|check`, `matsql demo`, `matsql publish`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+experiment_app = typer.Typer(
+    help="Run a study plan (a YAML graph of stages) with resumable stages.", no_args_is_help=True
+)
+
+
+def _overrides(sets: list[str]) -> dict[str, str]:
+    out = {}
+    for s in sets:
+        if "=" not in s:
+            raise typer.BadParameter(f"--set expects KEY=VALUE, got {s!r}")
+        k, v = s.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _load(plan: Path, sets: list[str]):
+    from matsql.experiment.plan import PlanError, load_plan
+
+    try:
+        return load_plan(plan, overrides=_overrides(sets))
+    except PlanError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from e
+
+
+@experiment_app.command("run")
+def run(
+    plan: Path = typer.Argument(..., help="plan YAML (see experiments/)"),
+    until: str | None = typer.Option(None, "--until", help="run the stages this one needs, and it"),
+    only: str | None = typer.Option(None, "--only", help="run this stage alone (its inputs must be done)"),
+    force: bool = typer.Option(False, "--force", help="rerun the --only/--until stage even if done"),
+    executor: str = typer.Option("local", "--executor", help="local | slurm"),
+    job_name: str = typer.Option("vl", "--job-name", help="SLURM job name prefix"),
+    partition: str | None = typer.Option(None, "--partition"),
+    sets: list[str] = typer.Option([], "--set", help="override run_dir or vars.NAME, e.g. --set vars.k=8"),
+) -> None:
+    """Run a plan; finished stages (same command, same inputs) are skipped."""
+    from matsql.experiment.constraints import check_study
+    from matsql.experiment.executors import LocalExecutor, SlurmExecutor, StageFailed
+    from matsql.experiment.plan import PlanError
+    from matsql.experiment.runner import run_plan
+
+    p = _load(plan, sets)
+    try:
+        for line in check_study(p):
+            console.print(f"[green]check[/green] {line}")
+        if executor == "local":
+            ex = LocalExecutor()
+        elif executor == "slurm":
+            params = {"slurm_partition": partition} if partition else {}
+            ex = SlurmExecutor(p.run_dir / "slurm", job_name=job_name, **params)
+        else:
+            raise typer.BadParameter("--executor must be local or slurm")
+        outcome = run_plan(p, ex, until=until, only=only, force=force)
+    except (PlanError, StageFailed) as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from e
+    ran = [n for n, o in outcome.items() if o == "ran"]
+    console.print(
+        f"[bold]{p.name}[/bold]: {len(ran)} stage(s) ran, {len(outcome) - len(ran)} skipped; run dir {p.run_dir}"
+    )
+
+
+@experiment_app.command("status")
+def status(plan: Path, sets: list[str] = typer.Option([], "--set")) -> None:
+    """Show each stage: done, stale or pending, and its command."""
+    from matsql.experiment.runner import stage_status
+
+    p = _load(plan, sets)
+    t = Table("stage", "status", "command")
+    for name, st in stage_status(p).items():
+        color = {"done": "green", "stale": "yellow"}.get(st, "white")
+        t.add_row(name, f"[{color}]{st}[/{color}]", p.stages[name].command)
+    console.print(t)
+
+
+@experiment_app.command("check")
+def check(plan: Path, sets: list[str] = typer.Option([], "--set")) -> None:
+    """Validate a plan and the study's by-construction constraints without running anything."""
+    from matsql.experiment.constraints import check_study
+    from matsql.experiment.plan import PlanError
+
+    p = _load(plan, sets)
+    try:
+        lines = check_study(p)
+    except PlanError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from e
+    console.print(f"{p.name}: {len(p.stages)} stages, arms {p.arms or '-'}")
+    for line in lines:
+        console.print(f"[green]ok[/green] {line}")

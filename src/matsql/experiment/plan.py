@@ -1,0 +1,209 @@
+"""Experiment plans: a YAML graph of stages, each one `matsql` command.
+
+A plan::
+
+    name: demo
+    run_dir: runs/demo                  # relative to the plan's base_dir (default: cwd)
+    vars: {model: smollm2-135m-instruct, eval: minibench}
+    arms: [collab, indep]               # stages with `foreach: arm` are instantiated per arm
+    stages:
+      sft-data:
+        cmd: train sft-data --agent all --benchmark ${vars.train} --out ${out}
+        out: ${run_dir}/sft-data
+      eval-${arm}:
+        foreach: arm
+        needs: [sft-data]
+        cmd: rollout --benchmark ${vars.eval} --agents ${stages.team-${arm}.out} --out ${out}
+        out: ${run_dir}/eval-${arm}.jsonl
+
+``${...}`` refers to ``run_dir``, ``vars.X``, ``arm``, ``out`` (this stage's output) and
+``stages.NAME.out``. A stage is a thin command line, so every stage can be rerun by hand.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_REF = re.compile(r"\$\{([^${}]+)\}")
+
+
+class PlanError(ValueError):
+    pass
+
+
+@dataclass
+class Stage:
+    name: str
+    argv: list[str]
+    out: str
+    needs: list[str] = field(default_factory=list)
+    arm: str | None = None
+    resources: dict[str, Any] = field(default_factory=dict)  # executor hints (gpus, time, mem)
+    check: dict[str, Any] = field(default_factory=dict)  # study constraints to verify
+
+    @property
+    def command(self) -> str:
+        return "matsql " + shlex.join(self.argv)
+
+
+@dataclass
+class Plan:
+    name: str
+    run_dir: Path
+    stages: dict[str, Stage]  # topologically ordered
+    vars: dict[str, Any]
+    arms: list[str]
+    source: str
+    raw: dict[str, Any]
+
+    def ancestors(self, name: str) -> list[str]:
+        if name not in self.stages:
+            raise PlanError(f"no stage {name!r} in {self.source}; stages: {', '.join(self.stages)}")
+        seen: list[str] = []
+
+        def visit(n: str) -> None:
+            for d in self.stages[n].needs:
+                visit(d)
+            if n not in seen:
+                seen.append(n)
+
+        visit(name)
+        return [n for n in self.stages if n in seen]
+
+
+def _substitute(text: str, ctx: dict[str, str], where: str) -> str:
+    for _ in range(5):  # nested refs like ${stages.team-${arm}.out}
+        inner = re.compile(r"\$\{([^${}]+)\}")
+        if not inner.search(text):
+            return text
+
+        def repl(m: re.Match[str]) -> str:
+            key = m.group(1)
+            if key not in ctx:
+                if key.startswith("stages.") and key.endswith(".out"):
+                    return m.group(0)  # resolved in a later pass
+                raise PlanError(f"{where}: unknown reference ${{{key}}}")
+            return str(ctx[key])
+
+        new = inner.sub(repl, text)
+        if new == text:
+            break
+        text = new
+    if _REF.search(text):
+        raise PlanError(f"{where}: unresolved reference in {text!r}")
+    return text
+
+
+def load_plan(
+    path: str | Path, overrides: dict[str, str] | None = None, base_dir: Path | None = None
+) -> Plan:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise PlanError(f"plan not found: {path}") from e
+    except yaml.YAMLError as e:
+        raise PlanError(f"{path}: invalid YAML: {e}") from e
+    return parse_plan(raw, source=str(path), overrides=overrides, base_dir=base_dir)
+
+
+def parse_plan(
+    raw: dict[str, Any],
+    source: str = "<plan>",
+    overrides: dict[str, str] | None = None,
+    base_dir: Path | None = None,
+) -> Plan:
+    if not isinstance(raw, dict) or "stages" not in raw:
+        raise PlanError(f"{source}: a plan needs 'name' and 'stages'")
+    name = str(raw.get("name", "plan"))
+    vars_: dict[str, Any] = dict(raw.get("vars") or {})
+    run_dir_raw = str(raw.get("run_dir", f"runs/{name}"))
+    for k, v in (overrides or {}).items():
+        if k == "run_dir":
+            run_dir_raw = v
+        elif k.startswith("vars."):
+            vars_[k[5:]] = v
+        else:
+            raise PlanError(f"override {k!r}: only run_dir and vars.NAME can be overridden")
+    base = base_dir or Path.cwd()
+    arms = [str(a) for a in raw.get("arms") or []]
+    ctx: dict[str, str] = {"name": name, "base_dir": str(base)}
+    for k, v in vars_.items():  # vars may refer to earlier vars, name and base_dir
+        ctx[f"vars.{k}"] = _substitute(str(v), ctx, f"{source}: vars.{k}")
+    run_dir = Path(_substitute(run_dir_raw, ctx, f"{source}: run_dir"))
+    if not run_dir.is_absolute():
+        run_dir = base / run_dir
+    ctx["run_dir"] = str(run_dir)
+
+    # expand foreach stages
+    expanded: list[tuple[str, dict[str, Any], str | None]] = []
+    for sname, spec in (raw["stages"] or {}).items():
+        spec = dict(spec or {})
+        if spec.get("foreach") == "arm":
+            if not arms:
+                raise PlanError(f"{source}: stage {sname} uses foreach: arm but the plan has no arms")
+            for arm in arms:
+                expanded.append((sname.replace("${arm}", arm), spec, arm))
+        else:
+            expanded.append((sname, spec, None))
+
+    stages: dict[str, Stage] = {}
+    outs: dict[str, str] = {}
+    for sname, spec, arm in expanded:
+        local = dict(ctx)
+        if arm is not None:
+            local["arm"] = arm
+        if "cmd" not in spec:
+            raise PlanError(f"{source}: stage {sname} has no cmd")
+        out = _substitute(str(spec.get("out", "${run_dir}/" + sname)), local, f"{source}: {sname}.out")
+        outs[sname] = out
+        stages[sname] = Stage(
+            name=sname,
+            argv=[],
+            out=out,
+            needs=[_substitute(str(n), local, f"{source}: {sname}.needs") for n in spec.get("needs") or []],
+            arm=arm,
+            resources=dict(spec.get("resources") or {}),
+            check=dict(spec.get("check") or {}),
+        )
+        stages[sname]._cmd = spec["cmd"]  # type: ignore[attr-defined]
+        stages[sname]._ctx = local  # type: ignore[attr-defined]
+    for s in stages.values():
+        for d in s.needs:
+            if d not in stages:
+                raise PlanError(f"{source}: stage {s.name} needs unknown stage {d!r}")
+        local = dict(s._ctx)  # type: ignore[attr-defined]
+        local["out"] = s.out
+        local.update({f"stages.{n}.out": o for n, o in outs.items()})
+        cmd = s._cmd  # type: ignore[attr-defined]
+        parts = cmd if isinstance(cmd, list) else shlex.split(str(cmd))
+        s.argv = [_substitute(str(p), local, f"{source}: {s.name}.cmd") for p in parts]
+        del s._cmd, s._ctx  # type: ignore[attr-defined]
+    ordered = _toposort(stages, source)
+    return Plan(name=name, run_dir=run_dir, stages=ordered, vars=vars_, arms=arms, source=source, raw=raw)
+
+
+def _toposort(stages: dict[str, Stage], source: str) -> dict[str, Stage]:
+    order: list[str] = []
+    state: dict[str, int] = {}
+
+    def visit(n: str, path: list[str]) -> None:
+        if state.get(n) == 2:
+            return
+        if state.get(n) == 1:
+            raise PlanError(f"{source}: cycle between stages {' -> '.join([*path, n])}")
+        state[n] = 1
+        for d in stages[n].needs:
+            visit(d, [*path, n])
+        state[n] = 2
+        order.append(n)
+
+    for n in stages:  # keep declaration order where dependencies allow
+        visit(n, [])
+    return {n: stages[n] for n in order}

@@ -1,0 +1,117 @@
+"""Run a plan: stages in dependency order, finished ones skipped, manifests written."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from matsql.experiment.executors import Executor, StageFailed
+from matsql.experiment.manifest import (
+    collect_metrics,
+    git_commit,
+    now,
+    read_manifest,
+    stage_hash,
+    write_manifest,
+)
+from matsql.experiment.plan import Plan, PlanError
+
+console = Console(stderr=True)
+
+
+def _exists(out: str) -> bool:
+    return Path(out).exists()
+
+
+def stage_status(plan: Plan) -> dict[str, str]:
+    """done | stale (inputs or command changed) | pending, for every stage."""
+    status: dict[str, str] = {}
+    hashes: dict[str, str] = {}
+    for name, s in plan.stages.items():
+        h = stage_hash(s, {d: hashes.get(d, "") for d in s.needs})
+        hashes[name] = h
+        m = read_manifest(plan.run_dir, name)
+        if m and m.get("status") == "done" and m.get("hash") == h and _exists(s.out):
+            status[name] = "done"
+        elif m and m.get("status") == "done":
+            status[name] = "stale"
+        else:
+            status[name] = "pending"
+    return status
+
+
+def run_plan(
+    plan: Plan,
+    executor: Executor,
+    until: str | None = None,
+    only: str | None = None,
+    force: bool = False,
+) -> dict[str, str]:
+    """Run what is needed; return what happened to each stage (ran / skipped)."""
+    if until and only:
+        raise PlanError("--until and --only exclude each other")
+    names = list(plan.stages)
+    if until:
+        names = plan.ancestors(until)
+    if only:
+        if only not in plan.stages:
+            raise PlanError(f"no stage {only!r}; stages: {', '.join(plan.stages)}")
+        names = [only]
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    hashes: dict[str, str] = {}
+    for name, s in plan.stages.items():  # hashes over the whole graph, in order
+        hashes[name] = stage_hash(s, {d: hashes[d] for d in s.needs})
+    outcome: dict[str, str] = {}
+    commit = git_commit()
+    for name in names:
+        s = plan.stages[name]
+        m = read_manifest(plan.run_dir, name)
+        done = m and m.get("status") == "done" and m.get("hash") == hashes[name] and _exists(s.out)
+        if done and not (force and name in (only, until)):
+            outcome[name] = "skipped"
+            console.print(f"[dim]= {name}: done ({m.get('finished')})[/dim]")
+            continue
+        for d in s.needs:
+            dm = read_manifest(plan.run_dir, d)
+            if not (dm and dm.get("status") == "done" and dm.get("hash") == hashes[d]):
+                raise PlanError(f"stage {name} needs {d}, which is not done; run without --only first")
+        if m and m.get("status") == "done" and m.get("hash") != hashes[name] and _exists(s.out):
+            # inputs or command changed: the old output is stale, move it aside rather than mix
+            stale = Path(s.out + f".stale-{int(time.time())}")
+            shutil.move(s.out, stale)
+            console.print(f"[yellow]{name}: inputs changed; previous output moved to {stale}[/yellow]")
+        console.print(f"[bold cyan]> {name}[/bold cyan]: {s.command}")
+        record = {
+            "stage": name,
+            "hash": hashes[name],
+            "command": s.command,
+            "argv": s.argv,
+            "needs": {d: hashes[d] for d in s.needs},
+            "out": s.out,
+            "arm": s.arm,
+            "commit": commit,
+            "started": now(),
+            "status": "running",
+        }
+        write_manifest(plan.run_dir, s, record)
+        t0 = time.perf_counter()
+        try:
+            executor.run(s, plan.run_dir / "logs" / f"{name}.log")
+        except StageFailed:
+            write_manifest(plan.run_dir, s, record | {"status": "failed", "finished": now()})
+            raise
+        if not _exists(s.out):
+            write_manifest(plan.run_dir, s, record | {"status": "failed", "finished": now()})
+            raise StageFailed(f"stage {name} finished but wrote no {s.out}")
+        record |= {
+            "status": "done",
+            "finished": now(),
+            "seconds": round(time.perf_counter() - t0, 2),
+            "metrics": collect_metrics(Path(s.out)),
+        }
+        write_manifest(plan.run_dir, s, record)
+        outcome[name] = "ran"
+    return outcome

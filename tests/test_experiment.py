@@ -1,0 +1,107 @@
+"""Plan graph: expansion, references, ordering, study constraints, resume, --until/--only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from matsql.experiment.constraints import check_study
+from matsql.experiment.executors import StageFailed
+from matsql.experiment.plan import PlanError, load_plan, parse_plan
+from matsql.experiment.runner import run_plan, stage_status
+
+TOY = Path(__file__).parent / "fixtures/experiment/toy.yaml"
+
+
+class TouchExecutor:
+    """Creates each stage's output instead of running matsql; records the order."""
+
+    def __init__(self, fail: str | None = None):
+        self.ran: list[str] = []
+        self.fail = fail
+
+    def run(self, stage, log):
+        if stage.name == self.fail:
+            raise StageFailed(f"{stage.name} failed")
+        self.ran.append(stage.name)
+        Path(stage.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(stage.out).write_text(" ".join(stage.argv))
+
+
+def _plan(tmp_path, **over):
+    return load_plan(TOY, overrides={"vars.root": str(tmp_path), **over})
+
+
+def test_expansion_references_and_order(tmp_path):
+    p = _plan(tmp_path)
+    assert list(p.stages) == [
+        "shared",
+        "labels-collab",
+        "labels-indep",
+        "eval-collab",
+        "eval-indep",
+        "compare",
+        "select-collab",
+        "select-indep",
+    ]
+    ev = p.stages["eval-indep"]
+    assert ev.arm == "indep" and ev.needs == ["labels-indep"]
+    assert f"val-sel={tmp_path}/toy/labels-indep.txt" in ev.argv
+    assert p.stages["compare"].argv[1:3] == [
+        f"{tmp_path}/toy/eval-collab.jsonl",
+        f"{tmp_path}/toy/eval-indep.jsonl",
+    ]
+    assert p.ancestors("eval-collab") == ["shared", "labels-collab", "eval-collab"]
+
+
+def test_constraints_hold_and_catch_a_leak(tmp_path):
+    assert len(check_study(_plan(tmp_path))) == 3
+    raw = yaml.safe_load(TOY.read_text())
+    raw["vars"]["root"] = str(tmp_path)
+    raw["stages"]["eval-${arm}"]["cmd"] += " --seed ${arm}"  # arms differ in more than validators
+    with pytest.raises(PlanError, match="differ in more than validators"):
+        check_study(parse_plan(raw))
+    raw = yaml.safe_load(TOY.read_text())
+    raw["vars"].update(root=str(tmp_path), k=4)
+    with pytest.raises(PlanError, match="K=8"):
+        check_study(parse_plan(raw))
+
+
+def test_bad_plans_name_the_problem(tmp_path):
+    with pytest.raises(PlanError, match="unknown reference"):
+        parse_plan({"name": "x", "stages": {"a": {"cmd": "x ${vars.nope}"}}})
+    with pytest.raises(PlanError, match="needs unknown stage"):
+        parse_plan({"name": "x", "stages": {"a": {"cmd": "x", "needs": ["b"]}}})
+    with pytest.raises(PlanError, match="cycle"):
+        parse_plan(
+            {"name": "x", "stages": {"a": {"cmd": "x", "needs": ["b"]}, "b": {"cmd": "y", "needs": ["a"]}}}
+        )
+
+
+def test_run_skips_finished_stages_and_resumes_after_failure(tmp_path):
+    p = _plan(tmp_path)
+    ex = TouchExecutor(fail="eval-indep")
+    with pytest.raises(StageFailed):
+        run_plan(p, ex)
+    assert ex.ran == ["shared", "labels-collab", "labels-indep", "eval-collab"]
+    assert stage_status(p)["eval-indep"] == "pending"
+    ex2 = TouchExecutor()
+    out = run_plan(_plan(tmp_path), ex2)
+    assert ex2.ran == ["eval-indep", "compare", "select-collab", "select-indep"]
+    assert out["shared"] == "skipped"
+    assert all(v == "done" for v in stage_status(p).values())
+
+
+def test_until_only_and_stale_inputs(tmp_path):
+    ex = TouchExecutor()
+    run_plan(_plan(tmp_path), ex, until="eval-collab")
+    assert ex.ran == ["shared", "labels-collab", "eval-collab"]
+    with pytest.raises(PlanError, match="not done"):
+        run_plan(_plan(tmp_path), TouchExecutor(), only="compare")
+    # changing a var changes the eval commands: those stages and their dependents rerun
+    ex3 = TouchExecutor()
+    run_plan(_plan(tmp_path, **{"vars.k": "9"}), ex3, until="eval-collab")
+    assert ex3.ran == ["eval-collab"]
+    assert list((tmp_path / "toy").glob("eval-collab.jsonl.stale-*"))

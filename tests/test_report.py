@@ -1,0 +1,151 @@
+"""The results table (report) and the metrics command over run folders and rollout files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from matsql.evaluate.commands import metrics, report
+from matsql.evaluate.metrics import score_records, summarize
+from matsql.evaluate.outcomes import OutcomeError, OutcomeRow, write_outcomes
+from matsql.evaluate.report import build_row, table, to_markdown, write_report
+from matsql.records import RolloutHeader, RolloutRecord, dumps
+
+FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+app = typer.Typer()
+app.command("report")(report)
+app.command("metrics")(metrics)
+runner = CliRunner()
+
+
+def _records() -> list[RolloutRecord]:
+    return [
+        RolloutRecord.model_validate(json.loads(p.read_text())["record"])
+        for p in sorted(FIXTURES.glob("case_*.json"))
+    ]
+
+
+def _expected() -> dict:
+    return json.loads((FIXTURES / "summary.json").read_text())
+
+
+def _run_folder(root: Path, records: list[RolloutRecord], picks: dict[str, bool] | None) -> Path:
+    root.mkdir(parents=True)
+    header = RolloutHeader(matsql_version="0", config_hash="h", config={}, created="2025-01-01T00:00:00Z")
+    (root / "rollout.jsonl").write_text(
+        "\n".join([dumps(header), *(dumps(r) for r in records)]) + "\n", encoding="utf-8"
+    )
+    if picks is not None:
+        write_outcomes(
+            root / "picks.jsonl", [OutcomeRow(q, float(c), extra={"pick": 0}) for q, c in picks.items()]
+        )
+    return root
+
+
+# Selector picks for the runnable fixture questions (q-d has a missing database).
+PICKS = {"q-a": True, "q-b": True, "q-c": False, "q-e": True, "q-f": False, "q-g": False}
+
+
+def test_row_with_picks(tmp_path: Path) -> None:
+    run = _run_folder(tmp_path / "collab", _records(), PICKS)
+    row = build_row(run)
+    want = _expected()["wrong"]
+    assert row.name == "collab"
+    assert row.summary.values["majority"] == pytest.approx(want["values"]["majority"])
+    # Selector EX counts the missing-database question as wrong: 3 right of 7.
+    assert row.selector_ex == pytest.approx(sum(PICKS.values()) / 7)
+    assert row.pick_rate == pytest.approx(row.selector_ex / want["values"]["pass@K"])
+    assert row.selector_by_difficulty["simple"] == pytest.approx(1 / 3)  # q-a right; q-c, q-g wrong
+    assert row.selector_by_difficulty["challenging"] == pytest.approx(0.0)  # q-d missing, q-f wrong
+    skip = build_row(run, missing="skip")
+    assert skip.selector_ex == pytest.approx(sum(PICKS.values()) / 6)
+
+
+def test_row_without_picks_shows_dashes(tmp_path: Path) -> None:
+    run = _run_folder(tmp_path / "indep", _records(), None)
+    headers, cells = table([build_row(run), build_row(run / "rollout.jsonl", "file")])
+    assert headers == ["config", "planner@1", "pipeline@1", "pass@K", "majority", "selector EX", "pick rate"]
+    assert cells[0][0] == "indep" and cells[1][0] == "file"
+    assert cells[0][-2:] == ["-", "-"]
+    want = _expected()["wrong"]["values"]
+    assert cells[0][1:5] == [
+        f"{100 * want[m]:.2f}" for m in ("planner@1", "pipeline@1", "pass@K", "majority")
+    ]
+
+
+def test_pass_header_names_common_k(tmp_path: Path) -> None:
+    k4 = [r for r in _records() if len(r.candidates) == 4]
+    run = _run_folder(tmp_path / "k4", k4, None)
+    headers, _ = table([build_row(run)])
+    assert headers[3] == "pass@4"
+
+
+def test_picks_must_cover_runnable_questions(tmp_path: Path) -> None:
+    partial = {q: c for q, c in PICKS.items() if q != "q-e"}
+    run = _run_folder(tmp_path / "r1", _records(), partial)
+    with pytest.raises(OutcomeError, match="no pick for runnable questions: q-e"):
+        build_row(run)
+    run = _run_folder(tmp_path / "r2", _records(), {**PICKS, "q-zz": True})
+    with pytest.raises(OutcomeError, match="not in the rollout: q-zz"):
+        build_row(run)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(OutcomeError, match=r"without rollout\.jsonl"):
+        build_row(tmp_path / "empty")
+
+
+def test_markdown_and_files(tmp_path: Path) -> None:
+    rows = [
+        build_row(_run_folder(tmp_path / "collab", _records(), PICKS)),
+        build_row(_run_folder(tmp_path / "indep", _records(), None)),
+    ]
+    md = to_markdown(rows)
+    lines = md.splitlines()
+    assert lines[0] == "| config | planner@1 | pipeline@1 | pass@K | majority | selector EX | pick rate |"
+    assert lines[1] == "|---|---|---|---|---|---|---|"
+    assert lines[2].startswith("| collab | ") and lines[3].endswith("| - | - |")
+    assert "7 questions scored, 1 with a missing database (scored wrong)" in md
+    assert "planner@1/pipeline@1 over 5 questions with a greedy candidate" in md
+    paths = write_report(rows, tmp_path / "out")
+    assert [p.name for p in paths] == ["report.md", "report.png", "report.json"]
+    assert (tmp_path / "out" / "report.md").read_text() == md
+    assert (tmp_path / "out" / "report.png").read_bytes()[:8] == PNG_MAGIC
+    js = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert js[0]["selector_ex"] == pytest.approx(rows[0].selector_ex) and js[1]["selector_ex"] is None
+    assert js[0]["n_missing_db"] == 1
+
+
+def test_report_cli(tmp_path: Path) -> None:
+    a = _run_folder(tmp_path / "a", _records(), PICKS)
+    b = _run_folder(tmp_path / "b", _records(), None)
+    res = runner.invoke(
+        app, ["report", str(a), str(b), "--name", "COLLAB", "--name", "INDEP", "--out", str(tmp_path / "rep")]
+    )
+    assert res.exit_code == 0, res.output
+    assert "| COLLAB | " in res.stdout and "| INDEP | " in res.stdout
+    assert (tmp_path / "rep" / "report.png").is_file()
+    res = runner.invoke(app, ["report", str(a), str(b), "--name", "only-one"])
+    assert res.exit_code == 2 and "2 runs" in res.stderr
+    res = runner.invoke(app, ["report", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "no such run folder" in res.stderr
+
+
+def test_metrics_cli_json_and_table(tmp_path: Path) -> None:
+    run = _run_folder(tmp_path / "r", _records(), PICKS)
+    res = runner.invoke(app, ["metrics", str(run / "rollout.jsonl"), str(run), "--json"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout)
+    want = summarize(score_records(_records()))
+    assert payload[0]["metrics"] == pytest.approx(want.values)
+    assert payload[0]["selector_ex"] is None and payload[1]["selector_ex"] == pytest.approx(3 / 7)
+    res = runner.invoke(app, ["metrics", str(run), "--by-difficulty", "--missing", "skip"])
+    assert res.exit_code == 0, res.output
+    for label in ("simple", "moderate", "challenging", "sample@1", "majority"):
+        assert label in res.stdout
+    res = runner.invoke(app, ["metrics", str(run), "--missing", "maybe"])
+    assert res.exit_code == 2

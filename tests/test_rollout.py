@@ -1,0 +1,119 @@
+"""Pipeline semantics and resume, with a canned seeded backend and a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from matsql.rollout.config import RolloutConfig
+from matsql.rollout.io import RolloutFileError, RolloutWriter, read_records
+from matsql.rollout.runner import run_rollout
+from tests.rollout_fakes import CannedBackend, make_db, questions, sqlite_services
+
+
+@pytest.fixture
+def db(tmp_path):
+    return make_db(tmp_path / "music.sqlite")
+
+
+def _run(db, out, cfg, **kw):
+    svc = sqlite_services(db, CannedBackend())
+    return run_rollout(
+        questions(), cfg, svc, out, cfg.model_dump(mode="json"), show_progress=False, **kw
+    ), svc
+
+
+def test_records_follow_pipeline_semantics(db, tmp_path):
+    cfg = RolloutConfig(benchmark="fake", k=4, batch_questions=3, gate="exec_error_or_critique")
+    _run(db, tmp_path / "r.jsonl", cfg)
+    recs = read_records(tmp_path / "r.jsonl")
+    assert [r.question_id for r in recs] == [f"q{i}" for i in range(10)]
+    missing = recs[-1]
+    assert missing.gold_exec.status == "missing_db" and missing.candidates == []
+    for r in recs[:-1]:
+        assert len(r.candidates) == 4
+        assert r.candidates[0].greedy and not any(c.greedy for c in r.candidates[1:])
+        for c in r.candidates:
+            assert len(c.branches) == 1
+            b = c.branches[0]
+            if c.planner.sql is None:
+                assert c.exec.status == "no_sql" and b.critiques == {} and b.gate
+            else:
+                assert set(b.critiques) == {"val-sel", "val-cond"}
+                flagged = any(x.verdict == "incorrect" for x in b.critiques.values())
+                assert b.gate == ((not c.exec.ok) or flagged)
+            assert bool(b.fixes) == b.gate
+            if b.gate and b.fix.sql:
+                assert b.final_sql == b.fix.sql and b.final_correct == b.fix.correct
+            else:
+                assert b.final_sql == c.planner.sql and b.final_correct == c.correct
+        # greedy planner output is PLANNER_OUTS[0]: right only for even questions
+        assert r.candidates[0].correct == (int(r.question_id[1:]) % 2 == 0)
+
+
+def test_label_time_rollouts_fix_every_branch(db, tmp_path):
+    cfg = RolloutConfig(benchmark="fake", k=3, branches=4, fix_all=True, fixer_samples=2, gate="critique")
+    _run(db, tmp_path / "r.jsonl", cfg)
+    for r in read_records(tmp_path / "r.jsonl")[:-1]:
+        for c in r.candidates:
+            if c.planner.sql:
+                assert len(c.branches) == 4
+            for b in c.branches:
+                assert len(b.fixes) == 2  # run whether gated or not
+                assert len({f.prompt_digest for f in b.fixes}) == 1
+
+
+def test_kill_and_resume_equals_uninterrupted(db, tmp_path, monkeypatch):
+    cfg = RolloutConfig(benchmark="fake", k=4, batch_questions=4, seed=7)
+    _run(db, tmp_path / "full.jsonl", cfg)
+
+    real_write = RolloutWriter.write
+    calls = {"n": 0}
+
+    def dying_write(self, record):
+        if calls["n"] == 6:  # dies mid-batch (batch 2 of 3), after 6 records
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        real_write(self, record)
+
+    monkeypatch.setattr(RolloutWriter, "write", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        _run(db, tmp_path / "resumed.jsonl", cfg)
+    monkeypatch.setattr(RolloutWriter, "write", real_write)
+    # a torn line, as if killed inside write()
+    with (tmp_path / "resumed.jsonl").open("a") as f:
+        f.write('{"question": {"question_id": "q6"')
+    stats, _ = _run(db, tmp_path / "resumed.jsonl", cfg)
+    assert stats["written"] == 4
+    full = (tmp_path / "full.jsonl").read_text().splitlines()[1:]
+    resumed = (tmp_path / "resumed.jsonl").read_text().splitlines()[1:]
+    assert sorted(resumed) == sorted(full)
+    assert len({json.loads(x)["question"]["question_id"] for x in resumed}) == len(resumed) == 10
+
+
+def test_resume_refuses_a_different_config(db, tmp_path):
+    _run(db, tmp_path / "r.jsonl", RolloutConfig(benchmark="fake", k=2))
+    with pytest.raises(RolloutFileError, match="written with config"):
+        _run(db, tmp_path / "r.jsonl", RolloutConfig(benchmark="fake", k=3))
+
+
+def test_planner_from_shares_candidates(db, tmp_path):
+    _run(db, tmp_path / "a.jsonl", RolloutConfig(benchmark="fake", k=3, seed=1))
+    cfg_b = RolloutConfig(benchmark="fake", k=3, seed=2, planner_from=str(tmp_path / "a.jsonl"))
+    _, svc = _run(db, tmp_path / "b.jsonl", cfg_b)
+    a, b = read_records(tmp_path / "a.jsonl"), read_records(tmp_path / "b.jsonl")
+    for ra, rb in zip(a, b, strict=True):
+        assert [c.planner.text for c in ra.candidates] == [c.planner.text for c in rb.candidates]
+    # run b made no planner call: only validators and the fixer ran
+    kinds = {kind for kind, _, _ in svc.backends["planner"].calls}
+    assert "planner" not in kinds and "validator" in kinds
+
+
+def test_bad_line_names_file_and_line(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text(
+        '{"kind": "header", "matsql_version": "0", "config_hash": "x", "config": {}, "created": ""}\nnot json\n'
+    )
+    with pytest.raises(RolloutFileError, match=r"bad.jsonl:2"):
+        read_records(p)
