@@ -100,3 +100,28 @@ def check(plan: Path, sets: list[str] = typer.Option([], "--set")) -> None:
     console.print(f"{p.name}: {len(p.stages)} stages, arms {p.arms or '-'}")
     for line in lines:
         console.print(f"[green]ok[/green] {line}")
+
+
+def publish(
+    run_dir: Path = typer.Argument(..., help="a run folder written by `matsql experiment run`"),
+    repo: str = typer.Option(..., "--repo", help="ORG/NAME on the Hugging Face Hub"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="write the folder that would be pushed, push nothing"),
+    out: Path | None = typer.Option(None, "--out", help="folder to assemble in (default RUN_DIR/publish)"),
+    no_weights: bool = typer.Option(False, "--no-weights", help="cards and results only"),
+    private: bool = typer.Option(True, "--private/--public"),
+) -> None:
+    """Model cards for each trained agent and a README with the results, pushed with huggingface_hub."""
+    from matsql.experiment.publish import build_folder, push
+
+    if not (run_dir / "manifests").is_dir():
+        console.print(f"[red]{run_dir} has no manifests/: not a run folder[/red]")
+        raise typer.Exit(2)
+    folder = out or run_dir / "publish"
+    files = build_folder(run_dir, repo, folder, include_weights=not no_weights)
+    console.print(f"assembled {folder} ({len(files)} card(s)/README)")
+    if dry_run:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                console.print(f"  {p.relative_to(folder)}")
+        return
+    console.print(push(folder, repo, private=private))

@@ -1,0 +1,146 @@
+"""Writing labels to disk: a ``datasets`` DatasetDict (train/test split by question) that TRL
+reads directly, a JSONL view a person can open, and the yield next to them.
+
+TRL conversational formats (TRL 1.x ``dataset_formats``): preference = ``prompt`` (messages up
+to the assistant turn), ``chosen`` / ``rejected`` (one assistant message each);
+prompt-completion = ``prompt`` + ``completion`` (one assistant message). The assistant-turn
+prefix (``SELECT.``, ``FIXED SQL:``) is part of the assistant message, as the agent generates
+after it at inference. Extra columns (question_id, meta as JSON) ride along for diagnostics.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from matsql.labels.common import SFTExample, rng_for
+from matsql.records import PreferencePair
+
+_INFO_COLUMNS = ("question_id", "db_id", "agent", "mode", "meta")
+
+
+def split_by_question(
+    question_ids: Iterable[str], test_frac: float = 0.1, seed: int = 0
+) -> tuple[set[str], set[str]]:
+    """(train ids, test ids): a seeded shuffle of the distinct ids; ``round(test_frac * n)`` go
+    to test, at least one when ``test_frac > 0`` and there are two or more questions, and never
+    all of them. Depends only on (ids, fraction, seed), so every agent and mode labelled from the
+    same rollout gets the same test questions."""
+    if not 0.0 <= test_frac < 1.0:
+        raise ValueError(f"test fraction must be in [0, 1), got {test_frac}")
+    ids = sorted(set(question_ids))
+    rng_for(seed, "split").shuffle(ids)
+    n = len(ids)
+    n_test = round(test_frac * n)
+    if test_frac > 0 and n >= 2:
+        n_test = min(max(n_test, 1), n - 1)
+    return set(ids[n_test:]), set(ids[:n_test])
+
+
+def _assistant(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
+
+
+def pair_row(p: PreferencePair) -> dict[str, Any]:
+    return {
+        "prompt": p.prompt,
+        "chosen": _assistant(p.prefix + p.chosen),
+        "rejected": _assistant(p.prefix + p.rejected),
+        "question_id": p.question_id,
+        "db_id": p.db_id,
+        "agent": p.agent,
+        "mode": p.mode,
+        "meta": json.dumps(p.meta, sort_keys=True),
+    }
+
+
+def sft_row(e: SFTExample) -> dict[str, Any]:
+    return {
+        "prompt": e.prompt,
+        "completion": _assistant(e.prefix + e.completion),
+        "question_id": e.question_id,
+        "db_id": e.db_id,
+        "agent": e.agent,
+        "mode": e.mode,
+        "meta": json.dumps(e.meta, sort_keys=True),
+    }
+
+
+def _features(kind: str):
+    from datasets import Features, Value
+
+    msgs = [{"role": Value("string"), "content": Value("string")}]
+    cols = {"prompt": msgs}
+    if kind == "preference":
+        cols |= {"chosen": msgs, "rejected": msgs}
+    else:
+        cols |= {"completion": msgs}
+    cols |= {c: Value("string") for c in _INFO_COLUMNS}
+    return Features(cols)
+
+
+def _dataset(rows: Sequence[dict[str, Any]], kind: str):
+    from datasets import Dataset
+
+    features = _features(kind)
+    return Dataset.from_dict({c: [r[c] for r in rows] for c in features}, features=features)
+
+
+def _replace_dir(tmp: Path, dest: Path) -> None:
+    """Move a finished folder into place; an old one is removed only if it is a dataset folder."""
+    if dest.exists():
+        if not (dest / "dataset_dict.json").exists():
+            raise FileExistsError(f"{dest} exists and is not a dataset folder; refusing to overwrite it")
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+
+
+def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def write_split(
+    out_dir: Path,
+    name: str,
+    items: Sequence[PreferencePair] | Sequence[SFTExample],
+    test_ids: set[str],
+) -> dict[str, int]:
+    """``out_dir/<name>/`` (DatasetDict train/test) and ``out_dir/<name>.jsonl`` (all items,
+    with their split). Returns the row count of each split."""
+    from datasets import DatasetDict
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kind = "preference" if name == "pairs" else "sft"
+    to_row = pair_row if kind == "preference" else sft_row
+    rows = {"train": [], "test": []}
+    for it in items:
+        rows["test" if it.question_id in test_ids else "train"].append(to_row(it))  # type: ignore[arg-type]
+    dd = DatasetDict({s: _dataset(r, kind) for s, r in rows.items()})
+    tmp = out_dir / f".{name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    dd.save_to_disk(
+        str(tmp), num_shards={s: 1 for s in dd}
+    )  # an empty split needs one (empty) shard to reload
+    _replace_dir(tmp, out_dir / name)
+    _write_jsonl(
+        out_dir / f"{name}.jsonl",
+        (
+            {"split": "test" if it.question_id in test_ids else "train", **it.model_dump(mode="json")}
+            for it in items
+        ),
+    )
+    return {s: len(r) for s, r in rows.items()}
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)

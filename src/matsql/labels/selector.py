@@ -1,0 +1,113 @@
+"""Selector pairs: over one question's distinct-result options, a correct option's number is
+chosen against an incorrect option's number.
+
+Options are the candidates' final SQL with execution results; failures are dropped and
+candidates with the same result (rows digest) collapse into one option, as at inference. The
+option order is a seeded shuffle keyed on the question id, so the position of the correct
+answer carries no signal and is identical across runs and arms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from matsql.agents import selector as selector_agent
+from matsql.labels.common import (
+    DEFAULT_MAX_PAIRS_PER_PROMPT,
+    Group,
+    GroupCollector,
+    PromptFn,
+    Scored,
+    SelectorOption,
+    check_agent,
+    pair_groups,
+    rng_for,
+)
+from matsql.records import PreferencePair, RolloutRecord
+
+MODE = "joint"  # credit is the final (post-fixer) correctness of the rollout a candidate ended in
+AGENTS = ("selector",)
+
+
+@dataclass(frozen=True)
+class OptionInfo:
+    option: SelectorOption
+    candidates: tuple[int, ...]  # candidate indices whose final result is this option
+    correct: bool
+
+
+def selector_options(
+    record: RolloutRecord, *, seed: int = 0, with_verdicts: bool = False
+) -> list[OptionInfo]:
+    """Distinct successful final results in a seeded, question-keyed order. The first candidate
+    (by index) with a result represents it (its SQL, execution and, optionally, verdicts)."""
+    by_digest: dict[str, list] = {}
+    for cand in sorted(record.candidates, key=lambda c: c.index):
+        info = cand.final_exec
+        if not info.ok or info.rows_digest is None or cand.final_sql is None:
+            continue
+        by_digest.setdefault(info.rows_digest, []).append(cand)
+    opts: list[OptionInfo] = []
+    for cands in by_digest.values():
+        rep = cands[0]
+        verdicts = None
+        if with_verdicts and rep.main is not None:
+            verdicts = {v: c.verdict for v, c in rep.main.critiques.items()}
+        opts.append(
+            OptionInfo(
+                (rep.final_sql, rep.final_exec, verdicts), tuple(c.index for c in cands), rep.final_correct
+            )
+        )
+    rng_for(seed, "selector-order", record.question_id).shuffle(opts)
+    return opts
+
+
+def selector_groups(
+    records: Sequence[RolloutRecord],
+    prompt_fn: PromptFn,
+    mode: str = MODE,
+    *,
+    seed: int = 0,
+    with_verdicts: bool = False,
+) -> list[Group]:
+    col = GroupCollector("selector", mode)
+    for rec in records:
+        opts = selector_options(rec, seed=seed, with_verdicts=with_verdicts)
+        if not opts:
+            continue
+        prompt = prompt_fn("selector", rec, options=[o.option for o in opts])
+        for i, o in enumerate(opts):
+            meta = {"option": i, "option_candidates": list(o.candidates), "label": o.correct}
+            col.add(rec, prompt, Scored(selector_agent.render_target(i), float(o.correct), meta))
+    return col.groups
+
+
+def groups_selector(
+    records: Sequence[RolloutRecord],
+    agent: str,
+    prompt_fn: PromptFn,
+    *,
+    seed: int = 0,
+    with_verdicts: bool = False,
+) -> list[Group]:
+    check_agent(agent, AGENTS, MODE)
+    return selector_groups(records, prompt_fn, MODE, seed=seed, with_verdicts=with_verdicts)
+
+
+def label_selector(
+    records: Sequence[RolloutRecord],
+    agent: str,
+    prompt_fn: PromptFn,
+    *,
+    max_pairs_per_prompt: int | None = DEFAULT_MAX_PAIRS_PER_PROMPT,
+    max_pairs_per_question: int | None = None,
+    seed: int = 0,
+    with_verdicts: bool = False,
+) -> list[PreferencePair]:
+    return pair_groups(
+        groups_selector(records, agent, prompt_fn, seed=seed, with_verdicts=with_verdicts),
+        max_pairs_per_prompt=max_pairs_per_prompt,
+        max_pairs_per_question=max_pairs_per_question,
+        seed=seed,
+    )
