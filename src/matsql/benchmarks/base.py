@@ -6,6 +6,7 @@ them and ``select`` applies an explicit policy (DESIGN.md: by default they are s
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,20 @@ from matsql.records import Question
 
 MissingPolicy = Literal["wrong", "skip", "error"]
 MISSING_POLICIES: tuple[str, ...] = ("wrong", "skip", "error")
+
+
+def schema_style() -> str:
+    """Schema layout for prompts: ``MATSQL_SCHEMA_STYLE`` (mats, macsql, compact), default mats.
+
+    Rollout headers record it, so labels and selection rebuild the same prompts."""
+    return os.environ.get("MATSQL_SCHEMA_STYLE", "mats")
+
+
+def adopt_schema_style(config: dict | None) -> None:
+    """Use the schema style a rollout was made with (its header config), unless set explicitly."""
+    style = (config or {}).get("schema_style")
+    if style and "MATSQL_SCHEMA_STYLE" not in os.environ:
+        os.environ["MATSQL_SCHEMA_STYLE"] = style
 
 
 class MissingDatabaseError(RuntimeError):
@@ -72,7 +87,7 @@ class Benchmark:
         """Prompt schema of one database (cached per file; deterministic)."""
         if not self.has_db(db_id):
             raise MissingDatabaseError(f"{self.name}: database {db_id!r} not found at {self.db_path(db_id)}")
-        return _schema_text(self.db_path(db_id), self.description_dir(db_id))
+        return _schema_text(self.db_path(db_id), self.description_dir(db_id), style=schema_style())
 
     def select(self, missing: MissingPolicy = "wrong") -> list[Question]:
         """Questions to run under a missing-database policy.

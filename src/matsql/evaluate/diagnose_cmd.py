@@ -41,6 +41,9 @@ def fixer_cmd(
 
     records = read_records(rollouts)
     header = read_header(rollouts)
+    from matsql.benchmarks.base import adopt_schema_style
+
+    adopt_schema_style(header.config if header else None)
     bench = None
     bname = benchmark or (header.config.get("benchmark") if header else None)
     if bname:

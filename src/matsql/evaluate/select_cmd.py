@@ -70,6 +70,9 @@ def select(
 
     records = read_records(rollouts)
     header = read_header(rollouts)
+    from matsql.benchmarks.base import adopt_schema_style
+
+    adopt_schema_style(header.config if header else None)
     opts = [build_options(r, seed=seed, with_verdicts=with_verdicts) for r in records]
     if method == "majority":
         choose = majority_chooser

@@ -132,6 +132,9 @@ def build(
     try:
         modes_for(agent, mode)
         records, headers = read_rollouts(rollouts)
+        from matsql.benchmarks.base import adopt_schema_style
+
+        adopt_schema_style(headers[0].config if headers else None)
         name = benchmark or benchmark_of(headers, records)
         if name is None:
             raise ValueError(

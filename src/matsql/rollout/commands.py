@@ -59,6 +59,7 @@ def rollout(
 ) -> None:
     """Run planner -> validators -> gate -> fixer over K candidates per question."""
     from matsql.benchmarks import load_benchmark
+    from matsql.benchmarks.base import schema_style
     from matsql.rollout.config import RolloutConfig
     from matsql.rollout.runner import run_rollout
     from matsql.rollout.services import real_services

@@ -1,0 +1,126 @@
+"""Build a Backend from an AGENTS.yaml agent entry.
+
+    planner:  {backend: local, model: qwen2.5-coder-0.5b-instruct, adapter: runs/sft/planner}
+    val-sel:  {backend: local, model: qwen2.5-coder-0.5b-instruct, adapter: runs/orpo/val-sel}
+    fixer:    {backend: openai, base_url: http://node1:8000/v1, model: fixer-3b, concurrency: 64}
+
+Local agents that name the same base model (and device/dtype) share one loaded model: each gets
+a ``LocalBackend`` view with its own adapter and stats, so five agents on a 0.5B base cost one
+copy of the weights. Keys other than the backend's are ignored (the entry also carries the
+agent's own settings); the backend's keys are type-checked.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from matsql.backends.base import Backend
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class LocalConfig(_Cfg):
+    backend: Literal["local"] = "local"
+    model: str
+    adapter: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 64
+    max_batch_tokens: int | None = None
+    top_p: float = 1.0
+
+
+class OpenAIConfig(_Cfg):
+    backend: Literal["openai"]
+    model: str
+    base_url: str
+    api_key: str | None = None
+    api_key_env: str | None = None  # name of an environment variable holding the key
+    concurrency: int = 32
+    timeout_s: float = 120.0
+    max_retries: int = 5
+    backoff_s: float = 0.5
+    mode: Literal["chat", "completions"] = "chat"
+    tokenizer: str | None = None  # model spec, for mode=completions
+    top_p: float | None = None
+    extra_body: dict[str, Any] | None = None
+
+
+_engines: dict[tuple[str, str, str], Any] = {}
+_engines_lock = threading.Lock()
+
+
+def shared_engine(model: str, device: str = "auto", dtype: str = "auto") -> Any:
+    """The process-wide ``LocalEngine`` for (resolved model, device, dtype), loaded once."""
+    from matsql.backends.transformers_local import LocalEngine
+    from matsql.models import resolve_device, resolve_dtype, resolve_model
+
+    resolved = resolve_model(model)
+    dev = resolve_device(device)
+    key = (str(resolved.path), dev, str(resolve_dtype(dtype, dev)))
+    with _engines_lock:
+        if key not in _engines:
+            _engines[key] = LocalEngine.load(resolved, device=dev, dtype=dtype)
+        return _engines[key]
+
+
+def clear_engines() -> None:
+    """Forget shared engines (frees their memory once no backend holds them)."""
+    with _engines_lock:
+        _engines.clear()
+
+
+def make_backend(cfg: Mapping[str, Any], *, agent: str | None = None) -> Backend:
+    """A Backend for one agent entry: ``backend: local | openai | echo`` (default local)."""
+    where = f"agent {agent!r}" if agent else "backend config"
+    kind = cfg.get("backend", "local")
+    try:
+        if kind == "local":
+            c = LocalConfig.model_validate(dict(cfg))
+            from matsql.backends.transformers_local import LocalBackend
+
+            return LocalBackend(
+                shared_engine(c.model, c.device, c.dtype),
+                adapter=c.adapter,
+                batch_size=c.batch_size,
+                max_batch_tokens=c.max_batch_tokens,
+                top_p=c.top_p,
+            )
+        if kind == "openai":
+            o = OpenAIConfig.model_validate(dict(cfg))
+            api_key = o.api_key
+            if api_key is None and o.api_key_env:
+                api_key = os.environ.get(o.api_key_env)
+                if api_key is None:
+                    raise ValueError(
+                        f"{where}: environment variable {o.api_key_env} (api_key_env) is not set"
+                    )
+            from matsql.backends.openai_http import OpenAIBackend
+
+            return OpenAIBackend(
+                o.base_url,
+                o.model,
+                api_key,
+                concurrency=o.concurrency,
+                timeout_s=o.timeout_s,
+                max_retries=o.max_retries,
+                backoff_s=o.backoff_s,
+                mode=o.mode,
+                tokenizer=o.tokenizer,
+                top_p=o.top_p,
+                extra_body=o.extra_body,
+            )
+        if kind == "echo":
+            from matsql.backends.echo import EchoBackend
+
+            return EchoBackend()
+    except ValidationError as e:
+        raise ValueError(f"{where}: bad {kind} backend settings: {e}") from e
+    raise ValueError(f"{where}: unknown backend {kind!r}; expected local, openai or echo")

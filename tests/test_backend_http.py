@@ -1,0 +1,271 @@
+"""OpenAI-compatible client against the real server process: parity with the local backend,
+and exactly-n results under injected faults (500, 429, dropped connections, timeouts, bad JSON)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from matsql.backends.base import Backend, ChatPrompt
+from matsql.backends.chat import derive_seed
+from matsql.backends.echo import EchoBackend, echo_text
+from matsql.backends.openai_http import BackendError, MalformedResponse, OpenAIBackend, parse_choices
+from matsql.backends.server import FAULTS, BadRequest, FaultConfig, chat_prompt_from_request
+
+PROMPTS = [
+    ChatPrompt.of(
+        [{"role": "user", "content": f"question {i}: how many rows in table t{i}?"}],
+        prefix="SELECT." if i % 3 == 0 else "",
+    )
+    for i in range(24)
+]
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[str]
+    url: str
+
+    def log(self) -> list[dict]:
+        return httpx.get(f"{self.url}/debug/requests").json()
+
+
+def start_server(*args: str) -> Iterator[Server]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "matsql.backends.server", "--port", "0", "--log-level", "WARNING", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    line = ""
+    timer = threading.Timer(120, proc.kill)  # a server that never comes up fails the test, not hangs it
+    timer.start()
+    try:
+        line = proc.stdout.readline()
+    finally:
+        timer.cancel()
+    if "listening on" not in line:
+        proc.kill()
+        pytest.fail(f"server did not start (args {args}); said {line!r}")
+    try:
+        yield Server(proc, line.rsplit(" ", 1)[1].strip())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_chat_model_dir: Path) -> Iterator[Server]:
+    pytest.importorskip("torch")
+    yield from start_server(
+        "--model", str(tiny_chat_model_dir), "--device", "cpu", "--served-model-name", "tiny"
+    )
+
+
+FAULTY = {"error500": 0.1, "rate_limit": 0.05, "drop": 0.05, "slow": 0.05, "malformed": 0.1, "short": 0.1}
+
+
+@pytest.fixture(scope="module")
+def faulty_echo() -> Iterator[Server]:
+    flags = [a for f, r in FAULTY.items() for a in (f"--{f.replace('_', '-')}-rate", str(r))]
+    yield from start_server("--model", "echo", "--slow-s", "1.5", "--fault-seed", "11", *flags)
+
+
+def client(url: str, **kw) -> OpenAIBackend:
+    defaults = {"timeout_s": 10.0, "backoff_s": 0.01, "max_backoff_s": 0.05, "max_retries": 3}
+    return OpenAIBackend(url + "/v1", kw.pop("model", "tiny"), **(defaults | kw))
+
+
+# ------------------------------------------------------------------ parity with LocalBackend
+
+
+@pytest.fixture(scope="module")
+def local(tiny_chat_model_dir: Path):
+    from matsql.backends.transformers_local import LocalBackend
+
+    return LocalBackend(str(tiny_chat_model_dir), device="cpu", batch_size=8)
+
+
+def test_chat_greedy_matches_local_backend(tiny_server: Server, local) -> None:
+    with client(tiny_server.url) as c:
+        assert isinstance(c, Backend)
+        got = c.generate(PROMPTS[:6], n=2, max_tokens=8)
+        assert got == local.generate(PROMPTS[:6], n=2, max_tokens=8)
+        assert c.stats.prompt_tokens == sum(len(local.encode(p)) for p in PROMPTS[:6])
+    assert len({g[0] for g in got}) > 1
+
+
+def test_completions_mode_matches_local_backend(tiny_server: Server, local) -> None:
+    with client(tiny_server.url, mode="completions", tokenizer=local.tokenizer) as c:
+        body = c.request_body(PROMPTS[0], 1, 0.0, 8, None, 0)
+        assert body["prompt"] == local.render(PROMPTS[0]) and body["add_special_tokens"] is False
+        assert c.generate(PROMPTS[:4], max_tokens=8) == local.generate(PROMPTS[:4], max_tokens=8)
+
+
+def test_stop_strings_over_http(tiny_server: Server, local) -> None:
+    full = local.generate(PROMPTS[:6], max_tokens=8)
+    k, text = next((i, o[0]) for i, o in enumerate(full) if len(o[0]) >= 6)
+    stop = [text[3:5]]
+    with client(tiny_server.url) as c:
+        assert c.generate([PROMPTS[k]], max_tokens=8, stop=stop) == [[text[: text.find(stop[0])]]]
+
+
+def test_models_and_health(tiny_server: Server) -> None:
+    assert httpx.get(f"{tiny_server.url}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{tiny_server.url}/v1/models").json()["data"][0]["id"] == "tiny"
+
+
+# ------------------------------------------------------------------ faults: exactly n, in order
+
+
+def expected(prompts: list[ChatPrompt], n: int) -> list[list[str]]:
+    return [[echo_text(p, s) for s in range(n)] for p in prompts]
+
+
+def test_faults_never_lose_or_duplicate_samples(faulty_echo: Server) -> None:
+    before = len(faulty_echo.log())
+    with client(faulty_echo.url, model="echo", timeout_s=0.5, max_retries=25, concurrency=6) as c:
+        assert c.generate(PROMPTS, n=3) == expected(PROMPTS, 3)
+        retries = c.stats.extra.get("retries", 0)
+    log = faulty_echo.log()[before:]
+    faults = Counter(e["fault"] for e in log)
+    assert set(faults) == {None, *FAULTS}  # every kind of fault was hit
+    assert faults[None] == len(PROMPTS)  # one clean answer per prompt, no more
+    assert retries == len(log) - len(PROMPTS)  # each faulted request was retried exactly once
+    clean = Counter(e["digest"] for e in log if e["fault"] is None)
+    assert sorted(clean.values()) == [1] * len(PROMPTS)
+
+
+def test_faults_from_threads_and_inside_a_running_loop(faulty_echo: Server) -> None:
+    with client(faulty_echo.url, model="echo", timeout_s=0.5, max_retries=25, concurrency=4) as c:
+        chunks = [PROMPTS[i::4] for i in range(4)]
+        with ThreadPoolExecutor(4) as pool:
+            outs = list(pool.map(lambda ps: c.generate(ps, n=2), chunks))
+        assert outs == [expected(ps, 2) for ps in chunks]
+
+        async def inside_loop() -> list[list[str]]:
+            return c.generate(PROMPTS[:3], n=1)
+
+        assert asyncio.run(inside_loop()) == expected(PROMPTS[:3], 1)
+
+
+@pytest.fixture(scope="module")
+def failing_echo() -> Iterator[Server]:
+    yield from start_server("--model", "echo", "--error500-rate", "1.0")
+
+
+def test_retries_exhausted_raise_and_stop(failing_echo: Server) -> None:
+    before = len(failing_echo.log())
+    with (
+        client(failing_echo.url, model="echo", max_retries=2) as c,
+        pytest.raises(BackendError, match="after 3 attempts"),
+    ):
+        c.generate(PROMPTS[:2], n=2)
+    assert len(failing_echo.log()) - before == 2 * 3
+
+
+@pytest.fixture(scope="module")
+def clean_echo() -> Iterator[Server]:
+    yield from start_server("--model", "echo")
+
+
+def test_client_error_is_not_retried(clean_echo: Server) -> None:
+    before = len(clean_echo.log())
+    bad = ChatPrompt((("assistant", "no user turn"),), "")
+    with client(clean_echo.url, model="echo", max_retries=5) as c:
+        with pytest.raises(BackendError, match="HTTP 400"):
+            c.generate([PROMPTS[0], bad])
+        assert c.stats.extra.get("retries", 0) == 0
+    assert [e["status"] for e in clean_echo.log()[before:]].count(400) == 1
+
+
+def test_seed_is_per_prompt_content_not_position() -> None:
+    c = OpenAIBackend("http://unused", "m")
+    a = c.request_body(PROMPTS[1], 2, 1.0, 16, ["\n"], seed=5)
+    b = c.request_body(PROMPTS[2], 2, 1.0, 16, ["\n"], seed=5)
+    assert a["seed"] == derive_seed(5, PROMPTS[1], bits=31) != b["seed"]
+    assert c.request_body(PROMPTS[1], 2, 1.0, 16, None, seed=6)["seed"] != a["seed"]
+    assert "continue_final_message" not in a and a["stop"] == ["\n"]
+    p = c.request_body(PROMPTS[0], 1, 0.0, 16, None, 0)
+    assert p["messages"][-1] == {"role": "assistant", "content": "SELECT."}
+    assert (p["continue_final_message"], p["add_generation_prompt"]) == (True, False)
+
+
+# ------------------------------------------------------------------ pure pieces
+
+
+def choice(i: int, text: str | None) -> dict:
+    return {"index": i, "message": {"role": "assistant", "content": text}}
+
+
+@pytest.mark.parametrize(
+    ("body", "n", "texts"),
+    [
+        ({"choices": [choice(0, "a"), choice(1, "b")]}, 2, ["a", "b"]),
+        ({"choices": [choice(1, "b"), choice(0, "a")]}, 2, ["a", "b"]),
+        ({"choices": [{"message": {"content": "x"}}]}, 1, ["x"]),
+    ],
+)
+def test_parse_choices_ok(body: dict, n: int, texts: list[str]) -> None:
+    assert parse_choices(json.dumps(body).encode(), n, "chat")[0] == texts
+
+
+@pytest.mark.parametrize(
+    ("raw", "n"),
+    [
+        (b'{"choices": [', 1),
+        (b"[]", 1),
+        (json.dumps({"error": "x"}).encode(), 1),
+        (json.dumps({"choices": [choice(0, "a")]}).encode(), 2),
+        (json.dumps({"choices": [choice(0, "a"), choice(0, "a")]}).encode(), 2),
+        (json.dumps({"choices": [choice(0, None)]}).encode(), 1),
+    ],
+)
+def test_parse_choices_rejects(raw: bytes, n: int) -> None:
+    with pytest.raises(MalformedResponse):
+        parse_choices(raw, n, "chat")
+
+
+def test_server_request_mapping() -> None:
+    req = {
+        "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "SELECT. "}],
+        "continue_final_message": True,
+        "add_generation_prompt": False,
+    }
+    assert chat_prompt_from_request(req) == ChatPrompt((("user", "q"),), "SELECT. ")
+    assert chat_prompt_from_request(
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
+    ).messages == (("user", "hi"),)
+    for bad in (
+        {"messages": []},
+        {"messages": [{"role": "user", "content": "q"}], "continue_final_message": True},
+        req | {"add_generation_prompt": True},
+        req | {"continue_final_message": False},
+    ):
+        with pytest.raises(BadRequest):
+            chat_prompt_from_request(bad)
+
+
+def test_fault_schedule_is_deterministic() -> None:
+    f = FaultConfig(error500=0.3, malformed=0.2, seed=4)
+    draws = [f.draw(k) for k in range(1, 400)]
+    assert draws == [FaultConfig(error500=0.3, malformed=0.2, seed=4).draw(k) for k in range(1, 400)]
+    c = Counter(draws)
+    assert 0.2 < c["error500"] / 399 < 0.4 and 0.1 < c["malformed"] / 399 < 0.3
+    with pytest.raises(ValueError, match="sum to <= 1"):
+        FaultConfig(error500=0.7, drop=0.5)
+
+
+def test_echo_backend_encodes_prompt_and_sample() -> None:
+    out = EchoBackend().generate(PROMPTS[:2], n=2)
+    assert out[0][0] != out[0][1] != out[1][1] and out[0][1].endswith(":1")
