@@ -117,3 +117,22 @@ def test_bad_line_names_file_and_line(tmp_path):
     )
     with pytest.raises(RolloutFileError, match=r"bad.jsonl:2"):
         read_records(p)
+
+
+def test_shards_merge_back_to_one_uninterrupted_run(db, tmp_path):
+    from matsql.rollout.io import merge_rollouts
+
+    cfg = RolloutConfig(benchmark="fake", k=3, batch_questions=2, seed=5)
+    _run(db, tmp_path / "full.jsonl", cfg)
+    shards = []
+    for i in range(3):
+        c = cfg.model_copy(update={"shard": (i, 3)})
+        _run(db, tmp_path / f"s{i}.jsonl", c)
+        shards.append(tmp_path / f"s{i}.jsonl")
+    n = merge_rollouts(shards, tmp_path / "merged.jsonl")
+    assert n == 10
+    full = [r.question_id for r in read_records(tmp_path / "full.jsonl")]
+    merged = read_records(tmp_path / "merged.jsonl")
+    assert [r.question_id for r in merged] == full
+    with pytest.raises(RolloutFileError, match="also in"):
+        merge_rollouts([shards[0], shards[0]], tmp_path / "dup.jsonl")

@@ -14,7 +14,7 @@ from matsql.evaluate.diagnose_cmd import diagnose_app
 from matsql.evaluate.select_cmd import select
 from matsql.experiment.commands import demo, experiment_app, publish
 from matsql.labels.commands import labels_app
-from matsql.rollout.commands import rollout
+from matsql.rollout.commands import rollout, rollout_merge
 from matsql.sql.commands import eval_sql
 from matsql.train.commands import train_app
 
@@ -27,6 +27,7 @@ app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.command("eval-sql")(eval_sql)
 app.command("rollout")(rollout)
+app.command("rollout-merge")(rollout_merge)
 app.command("metrics")(metrics)
 app.add_typer(labels_app, name="labels")
 app.add_typer(train_app, name="train")

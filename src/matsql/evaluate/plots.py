@@ -5,17 +5,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # after matplotlib.use: the backend must be chosen first
 import numpy as np
 
 from matsql.evaluate.statistics import ComparisonResult
 
 
+def _plt():
+    """pyplot on the Agg backend, imported on first use (keeps the CLI's start-up light)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def bootstrap_png(result: ComparisonResult, path: Path, boot: np.ndarray | None = None) -> Path:
     """Histogram of the bootstrap difference (pp) with the CI, zero and the min-gap margin."""
+    plt = _plt()
     dist = boot if boot is not None else result.boot
     if dist is None:
         raise ValueError("no bootstrap distribution to plot")
@@ -64,6 +71,7 @@ def _lattice_bins(values: np.ndarray, target: int = 60) -> np.ndarray:
 
 def table_png(headers: Sequence[str], rows: Sequence[Sequence[str]], path: Path, title: str = "") -> Path:
     """A results table as an image (for slides and READMEs that cannot render Markdown)."""
+    plt = _plt()
     height = 0.6 + 0.35 * (len(rows) + 1)
     width = max(6.0, 1.35 * len(headers))
     fig, ax = plt.subplots(figsize=(width, height), dpi=150)
@@ -84,7 +92,8 @@ def table_png(headers: Sequence[str], rows: Sequence[Sequence[str]], path: Path,
     return _save(fig, path)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def _save(fig: matplotlib.figure.Figure, path: Path) -> Path:  # noqa: F821
+    plt = _plt()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from scipy import stats
 
 DEFAULT_RESAMPLES = 10_000
 _CHUNK_ELEMENTS = 1 << 22  # bound one index chunk to ~32 MiB of int64
@@ -125,6 +124,8 @@ class McNemar:
 
 def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> McNemar:
     """Exact two-sided McNemar test; sign test on a_i - b_i when values are seed means."""
+    from scipy import stats
+
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     nb, nc = int((d > 0).sum()), int((d < 0).sum())
     p = 1.0 if nb + nc == 0 else float(stats.binomtest(nb, nb + nc, 0.5, alternative="two-sided").pvalue)
@@ -143,6 +144,8 @@ def mde_paired(n: int, psi: float, *, alpha: float = 0.05, power: float = 0.80) 
     (about (z_a + z_b) sqrt(psi / n) for large n). For seed means psi is the mean of d_i^2,
     which equals the discordance rate for binary data. None when psi is 0 (nothing to go on).
     """
+    from scipy import stats
+
     if n < 1 or psi <= 0:
         return None
     za = float(stats.norm.ppf(1.0 - alpha / 2.0))

@@ -105,7 +105,9 @@ def check(plan: Path, sets: list[str] = typer.Option([], "--set")) -> None:
 def publish(
     run_dir: Path = typer.Argument(..., help="a run folder written by `matsql experiment run`"),
     repo: str = typer.Option(..., "--repo", help="ORG/NAME on the Hugging Face Hub"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="write the folder that would be pushed, push nothing"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="write the folder that would be pushed, push nothing"
+    ),
     out: Path | None = typer.Option(None, "--out", help="folder to assemble in (default RUN_DIR/publish)"),
     no_weights: bool = typer.Option(False, "--no-weights", help="cards and results only"),
     private: bool = typer.Option(True, "--private/--public"),
@@ -125,3 +127,38 @@ def publish(
                 console.print(f"  {p.relative_to(folder)}")
         return
     console.print(push(folder, repo, private=private))
+
+
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="run folder (resumed if it exists)"),
+    model: str = typer.Option("smollm2-135m-instruct", "--model", help="base model for every agent"),
+    sets: list[str] = typer.Option([], "--set", help="override vars.NAME of the demo plan"),
+) -> None:
+    """The whole iter2 plan on the embedded minibench with a small real model on CPU: prints
+    the results table and the COLLAB vs INDEP comparison."""
+    import json
+    from importlib import resources
+
+    from matsql.experiment.constraints import check_study
+    from matsql.experiment.executors import LocalExecutor, StageFailed
+    from matsql.experiment.plan import PlanError, load_plan
+    from matsql.experiment.runner import run_plan
+
+    plan_path = Path(str(resources.files("matsql.experiment").joinpath("plans", "demo.yaml")))
+    over = {"run_dir": str(out.resolve()), "vars.model": model, **_overrides(sets)}
+    try:
+        p = load_plan(plan_path, overrides=over)
+        for line in check_study(p):
+            console.print(f"[green]check[/green] {line}")
+        run_plan(p, LocalExecutor(echo=False))
+    except (PlanError, StageFailed) as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from e
+    report = p.run_dir / "report" / "report.md"
+    cmp_json = p.run_dir / "compare" / "compare.json"
+    if report.exists():
+        console.print(report.read_text())
+    if cmp_json.exists():
+        c = json.loads(cmp_json.read_text())
+        console.print(f"[bold]compare[/bold]: {c.get('claim') or c.get('verdict')}")
+    console.print(f"run folder: {p.run_dir}")

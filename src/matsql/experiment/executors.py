@@ -23,29 +23,116 @@ def _argv(stage: Stage) -> list[str]:
     return [sys.executable, "-m", "matsql.cli", *stage.argv]
 
 
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use: ``CUDA_VISIBLE_DEVICES`` if set, else all CUDA devices."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g for g in env.split(",") if g.strip()]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        return []
+
+
+def shard_argv(argv: list[str], i: int, n: int, out: str) -> list[str]:
+    """The argv of shard ``i`` of ``n``: ``--shard i/n`` and its own ``--out`` file."""
+    res, skip = [], False
+    for j, tok in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if tok in ("--out", "-o") and j + 1 < len(argv):
+            res += [tok, f"{out}.shard{i}"]
+            skip = True
+            continue
+        res.append(tok)
+    return [*res, "--shard", f"{i}/{n}"]
+
+
 class LocalExecutor:
-    """Runs each stage as ``python -m matsql.cli ...``; output is teed to the stage log."""
+    """Runs each stage as ``python -m matsql.cli ...``; output is teed to the stage log.
+
+    Stage resources: ``shards: N`` runs N rollout processes over disjoint questions, one per
+    visible GPU, then merges their files; ``processes: N`` launches a training stage with
+    ``accelerate launch`` on N GPUs (data parallel). Without GPUs both fall back to one process.
+    """
 
     def __init__(self, env: dict[str, str] | None = None, echo: bool = True):
         self.env = {**os.environ, **(env or {})}
         self.echo = echo
 
+    def _spawn(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+    def _drain(self, procs: list[subprocess.Popen], f) -> list[int]:
+        import threading
+
+        lock = threading.Lock()
+
+        def pump(k: int, p: subprocess.Popen) -> None:
+            assert p.stdout is not None
+            for line in p.stdout:
+                tag = f"[{k}] " if len(procs) > 1 else ""
+                with lock:
+                    f.write(tag + line)
+                    f.flush()
+                    if self.echo:
+                        sys.stderr.write(tag + line)
+
+        threads = [threading.Thread(target=pump, args=(k, p)) for k, p in enumerate(procs)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return [p.wait() for p in procs]
+
     def run(self, stage: Stage, log: Path) -> None:
         log.parent.mkdir(parents=True, exist_ok=True)
+        gpus = visible_gpus()
+        shards = int(stage.resources.get("shards", 1))
+        procs_n = int(stage.resources.get("processes", 1))
         with log.open("a", encoding="utf-8") as f:
             f.write(f"$ {stage.command}\n")
             f.flush()
-            proc = subprocess.Popen(
-                _argv(stage), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env
-            )
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                f.write(line)
-                if self.echo:
-                    sys.stderr.write(line)
-            rc = proc.wait()
-        if rc != 0:
-            raise StageFailed(f"stage {stage.name} failed with exit code {rc}; see {log}")
+            if shards > 1:
+                n = shards if not gpus else min(shards, len(gpus))
+                procs = []
+                for i in range(n):
+                    env = dict(self.env)
+                    if gpus:
+                        env["CUDA_VISIBLE_DEVICES"] = gpus[i]
+                    argv = [sys.executable, "-m", "matsql.cli", *shard_argv(stage.argv, i, n, stage.out)]
+                    f.write(f"$ shard {i}/{n}: {' '.join(argv[3:])}\n")
+                    procs.append(self._spawn(argv, env))
+                rcs = self._drain(procs, f)
+                if any(rcs):
+                    raise StageFailed(f"stage {stage.name}: shard exit codes {rcs}; see {log}")
+                from matsql.rollout.io import merge_rollouts
+
+                parts = [Path(f"{stage.out}.shard{i}") for i in range(n)]
+                merge_rollouts(parts, Path(stage.out))
+                for p in parts:
+                    p.unlink()
+                return
+            argv = _argv(stage)
+            if procs_n > 1 and len(gpus) > 1:
+                k = min(procs_n, len(gpus))
+                argv = [
+                    sys.executable,
+                    "-m",
+                    "accelerate.commands.launch",
+                    "--num_processes",
+                    str(k),
+                    "--multi_gpu",
+                    "-m",
+                    "matsql.cli",
+                    *stage.argv,
+                ]
+            rcs = self._drain([self._spawn(argv, self.env)], f)
+        if rcs[0] != 0:
+            raise StageFailed(f"stage {stage.name} failed with exit code {rcs[0]}; see {log}")
 
 
 def _run_cli(argv: list[str]) -> None:  # pragma: no cover - runs inside the SLURM job

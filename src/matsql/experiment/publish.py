@@ -32,7 +32,11 @@ def find_artifacts(run_dir: Path) -> list[dict[str, Any]]:
 def model_card(art: dict[str, Any], repo: str) -> str:
     run = art["run"]
     recipe = run.get("recipe", {})
-    base = (recipe.get("model") or {}).get("name_or_path") if isinstance(recipe.get("model"), dict) else recipe.get("model")
+    base = (
+        (recipe.get("model") or {}).get("name_or_path")
+        if isinstance(recipe.get("model"), dict)
+        else recipe.get("model")
+    )
     meta = {
         "library_name": "peft" if (art["path"] / "adapter_config.json").exists() else "transformers",
         "base_model": base or "unknown",
@@ -79,7 +83,9 @@ def build_folder(run_dir: Path, repo: str, out: Path, include_weights: bool = Tr
     for a in arts:
         dst = out / a["stage"]
         if include_weights:
-            shutil.copytree(a["path"], dst, ignore=shutil.ignore_patterns("checkpoint-*", "optimizer.pt", "*.tmp"))
+            shutil.copytree(
+                a["path"], dst, ignore=shutil.ignore_patterns("checkpoint-*", "optimizer.pt", "*.tmp")
+            )
         else:
             dst.mkdir()
         (dst / "README.md").write_text(model_card(a, repo))

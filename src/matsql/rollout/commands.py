@@ -59,7 +59,6 @@ def rollout(
 ) -> None:
     """Run planner -> validators -> gate -> fixer over K candidates per question."""
     from matsql.benchmarks import load_benchmark
-    from matsql.benchmarks.base import schema_style
     from matsql.rollout.config import RolloutConfig
     from matsql.rollout.runner import run_rollout
     from matsql.rollout.services import real_services
@@ -103,3 +102,14 @@ def rollout(
         f"wrote {int(stats['written'])} record(s) to {out} in {stats['seconds']:.1f}s: "
         f"{stats['questions_per_s']:.2f} questions/s, {stats['tokens_per_s']:,.0f} generated tokens/s"
     )
+
+
+def rollout_merge(
+    out: Path = typer.Argument(..., help="merged rollout JSONL"),
+    shards: list[Path] = typer.Argument(..., help="shard files written with --shard I/N"),
+) -> None:
+    """Merge the shard files of one rollout (same settings) into one file."""
+    from matsql.rollout.io import merge_rollouts
+
+    n = merge_rollouts(shards, out)
+    console.print(f"merged {len(shards)} shard(s): {n} record(s) -> {out}")

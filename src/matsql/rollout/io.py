@@ -137,3 +137,49 @@ class RolloutWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def merge_rollouts(shards: list[Path], out: Path, order: list[str] | None = None) -> int:
+    """Merge shard files of one run (same config hash) into ``out``; returns the record count.
+
+    Records are written in ``order`` (question ids) when given, else shard by shard. A
+    question in two shards, or shards of different configs, is an error.
+    """
+    headers = [read_header(p) for p in shards]
+    hashes = {h.config_hash for h in headers if h is not None}
+    if len(hashes) > 1:
+        raise RolloutFileError(f"shards come from different configs: {sorted(hashes)}")
+    lines: dict[str, str] = {}
+    where: dict[str, str] = {}
+    position: dict[str, tuple[int, int]] = {}
+    for si, (p, h) in enumerate(zip(shards, headers, strict=True)):
+        _repair_tail(p)
+        shard = (h.config.get("shard") if h is not None else None) or (si, len(shards))
+        local = 0
+        for lineno, obj in iter_lines(p):
+            if obj.get("kind") == "header":
+                continue
+            qid = obj["question"]["question_id"]
+            # shard I of N holds positions I, I+N, ...: interleave back to benchmark order
+            position[qid] = (local * int(shard[1]) + int(shard[0]), si)
+            local += 1
+            if qid in lines:
+                raise RolloutFileError(f"{p}:{lineno}: question {qid} is also in {where[qid]}")
+            lines[qid] = json.dumps(obj, ensure_ascii=False)
+            where[qid] = f"{p}:{lineno}"
+    if order is not None:
+        rank = {q: i for i, q in enumerate(order)}
+        ids = sorted(lines, key=lambda q: (rank.get(q, len(rank)), position[q]))
+    else:
+        ids = sorted(lines, key=lambda q: position[q])
+    header = headers[0]
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        if header is not None:
+            cfg = dict(header.config)
+            cfg.pop("shard", None)
+            f.write(dumps(header.model_copy(update={"config": cfg})) + "\n")
+        for q in ids:
+            f.write(lines[q] + "\n")
+    os.replace(tmp, out)
+    return len(ids)

@@ -5,9 +5,11 @@ planner (K samples) -> execute -> validators (``branches`` critiques per candida
 and label-time rollouts (branches=M, ``fix_all``: the fixer runs on every branch so that every
 label mode can be computed from the record without re-running a model).
 
-Reproducibility: each generate call gets a seed derived from (run seed, the batch's first
-question id, stage), and batches are fixed by question order, so a resumed run recomputes a
-partially written batch exactly (for a deterministic backend on the same hardware).
+Reproducibility: each generate call gets a seed derived from (run seed, stage) alone. The
+backends key each sample's random stream on (seed, prompt, sample index), so a question's
+outputs do not depend on which batch or shard it ran in; batches are also fixed by question
+order, so even a backend whose sampling depends on the batch recomputes a partially written
+batch exactly on resume.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def run_batch(
     reuse_planner: dict[str, list[Candidate]] | None = None,
     config_hash: str = "",
 ) -> list[RolloutRecord]:
-    key = questions[0].question_id if questions else ""
+    key = ""  # seeds must not depend on batch composition (see module docstring)
     models = {name: spec.model_id() for name, spec in svc.team.agents.items()}
 
     # Gold results (once per question). Missing DBs give a record with no candidates: scored wrong.

@@ -1,0 +1,107 @@
+"""EX of a predictions file over a benchmark: the scoring behind ``matsql eval-sql``.
+
+Every selected question counts in the denominator. A question is wrong when its database is
+missing (policy "wrong"), when it has no prediction, when the prediction errors or times out, or
+when the gold query itself fails (reported separately: a benchmark problem, not a model one).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from matsql.records import Question
+from matsql.sql.execute import ExecResult
+from matsql.sql.executor import results_match
+
+Outcome = str  # "correct" | "wrong" | "pred_error" | "pred_timeout" | "gold_failed" | "no_prediction" | "missing_db"
+
+
+class RunsSql(Protocol):
+    def run_many(self, items: Sequence[tuple[Any, str]]) -> list[ExecResult]: ...
+
+
+@dataclass
+class Split:
+    n: int = 0
+    correct: int = 0
+
+    @property
+    def ex(self) -> float:
+        return self.correct / self.n if self.n else 0.0
+
+
+@dataclass
+class ExSummary:
+    benchmark: str
+    mode: str
+    overall: Split
+    by_difficulty: dict[str, Split]
+    outcomes: dict[str, int]  # Outcome -> count
+    n_questions: int  # in the benchmark
+    n_skipped_missing_db: int  # left out by policy "skip"
+    per_question: dict[str, Outcome] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["overall"]["ex"] = self.overall.ex
+        for k, s in self.by_difficulty.items():
+            d["by_difficulty"][k]["ex"] = s.ex
+        return d
+
+
+def outcome_of(pred: ExecResult, gold: ExecResult, mode: str, gold_sql: str) -> Outcome:
+    if not gold.ok:
+        return "gold_failed"
+    if pred.status == "timeout":
+        return "pred_timeout"
+    if not pred.ok:
+        return "pred_error"
+    return "correct" if results_match(pred, gold, mode, gold_sql) else "wrong"
+
+
+def evaluate_predictions(
+    questions: Sequence[Question],
+    predictions: Mapping[str, str],
+    db_paths: Mapping[str, Any],
+    runner: RunsSql,
+    *,
+    benchmark: str,
+    mode: str = "bird",
+    n_questions: int | None = None,
+) -> ExSummary:
+    """Score ``questions`` (already selected by the missing-database policy). ``db_paths`` maps
+    db_id -> file for databases that exist; a question whose db_id is absent is "missing_db"."""
+    outcome: dict[str, Outcome] = {}
+    jobs: list[Question] = []
+    for q in questions:
+        if q.db_id not in db_paths:
+            outcome[q.question_id] = "missing_db"
+        elif q.question_id not in predictions:
+            outcome[q.question_id] = "no_prediction"
+        else:
+            jobs.append(q)
+    items = [(db_paths[q.db_id], predictions[q.question_id]) for q in jobs]
+    items += [(db_paths[q.db_id], q.gold_sql) for q in jobs]
+    results = runner.run_many(items)
+    for i, q in enumerate(jobs):
+        outcome[q.question_id] = outcome_of(results[i], results[len(jobs) + i], mode, q.gold_sql)
+
+    overall, by_diff = Split(), {}
+    for q in questions:
+        ok = outcome[q.question_id] == "correct"
+        for s in (overall, by_diff.setdefault(q.difficulty, Split())):
+            s.n += 1
+            s.correct += ok
+    return ExSummary(
+        benchmark=benchmark,
+        mode=mode,
+        overall=overall,
+        by_difficulty=by_diff,
+        outcomes=dict(Counter(outcome[q.question_id] for q in questions)),
+        n_questions=len(questions) if n_questions is None else n_questions,
+        n_skipped_missing_db=(n_questions - len(questions)) if n_questions is not None else 0,
+        per_question={q.question_id: outcome[q.question_id] for q in questions},
+    )

@@ -1,0 +1,188 @@
+"""eval-sql: prediction files (BIRD JSON, JSONL), scoring with every failure counted, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+import matsql.benchmarks
+from matsql.benchmarks.base import Benchmark
+from matsql.records import Question
+from matsql.sql import Executor
+from matsql.sql.commands import eval_sql
+from matsql.sql.ex_eval import evaluate_predictions
+from matsql.sql.predictions import BIRD_SEPARATOR, PredictionError, read_predictions
+from tests.test_sql_execute import make_db
+
+SETUP = "CREATE TABLE t (a INTEGER, b TEXT); INSERT INTO t VALUES (1, 'x'), (2, 'y'), (3, 'z');"
+
+
+def q(i: int, db: str = "db1", gold: str = "SELECT a FROM t WHERE a > 1", diff: str = "simple") -> Question:
+    return Question(
+        question_id=f"toy-{i}", db_id=db, question=f"q{i}", gold_sql=gold, difficulty=diff, benchmark="toy"
+    )
+
+
+@pytest.fixture
+def toy(tmp_path: Path) -> Benchmark:
+    (tmp_path / "dbs" / "db1").mkdir(parents=True)
+    make_db(tmp_path / "dbs" / "db1" / "db1.sqlite", SETUP)
+    questions = [
+        q(0),  # correct prediction
+        q(1, diff="moderate"),  # wrong result
+        q(2, diff="moderate"),  # prediction errors
+        q(3, diff="challenging"),  # prediction times out
+        q(4),  # no prediction
+        q(5, db="absent"),  # database missing
+        q(6, gold="SELECT nope FROM t", diff="challenging"),  # gold fails
+    ]
+    return Benchmark("toy", questions, tmp_path / "dbs")
+
+
+PREDS = {
+    "toy-0": "SELECT a FROM t WHERE a >= 2 ORDER BY a DESC;",
+    "toy-1": "SELECT a FROM t",
+    "toy-2": "SELECT a FROM missing_table",
+    "toy-3": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+    "toy-5": "SELECT 1",
+    "toy-6": "SELECT nope FROM t",
+}
+
+
+def test_evaluate_counts_every_failure_as_wrong(toy: Benchmark) -> None:
+    dbs = {db: toy.db_path(db) for db in ("db1", "absent") if toy.has_db(db)}
+    with Executor(in_process=True, timeout_s=0.3) as ex:
+        s = evaluate_predictions(toy.questions, PREDS, dbs, ex, benchmark="toy", n_questions=7)
+    assert s.per_question == {
+        "toy-0": "correct",
+        "toy-1": "wrong",
+        "toy-2": "pred_error",
+        "toy-3": "pred_timeout",
+        "toy-4": "no_prediction",
+        "toy-5": "missing_db",
+        "toy-6": "gold_failed",
+    }
+    assert (s.overall.n, s.overall.correct) == (7, 1)
+    assert {k: (v.n, v.correct) for k, v in s.by_difficulty.items()} == {
+        "simple": (3, 1),
+        "moderate": (2, 0),
+        "challenging": (2, 0),
+    }
+    assert s.to_json()["overall"]["ex"] == pytest.approx(1 / 7)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_read_bird_official_json(toy: Benchmark, tmp_path: Path) -> None:
+    data = {"0": f"SELECT 1{BIRD_SEPARATOR}db1", "3": "SELECT 3", "5": f"SELECT 5{BIRD_SEPARATOR}absent"}
+    preds = read_predictions(write(tmp_path / "p.json", json.dumps(data)), toy.questions, "toy")
+    assert preds == {"toy-0": "SELECT 1", "toy-3": "SELECT 3", "toy-5": "SELECT 5"}
+
+
+def test_read_jsonl_accepts_full_and_raw_ids(toy: Benchmark, tmp_path: Path) -> None:
+    lines = [
+        '{"question_id": "toy-0", "sql": "SELECT 1"}',
+        "",
+        '{"question_id": 1, "sql": "SELECT 2"}',
+        '{"question_id": "2", "sql": null}',
+    ]
+    preds = read_predictions(write(tmp_path / "p.jsonl", "\n".join(lines)), toy.questions, "toy")
+    assert preds == {"toy-0": "SELECT 1", "toy-1": "SELECT 2"}
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        (
+            "bad.jsonl",
+            '{"question_id": "toy-0", "sql": "SELECT 1"}\n{"question_id": "toy-1", "sql": }',
+            r"bad\.jsonl:2: malformed JSON",
+        ),
+        (
+            "unknown.jsonl",
+            '{"question_id": "toy-99", "sql": "SELECT 1"}',
+            r"unknown\.jsonl:1: question_id 'toy-99'",
+        ),
+        ("fields.jsonl", '{"id": "toy-0", "sql": "SELECT 1"}', r"fields\.jsonl:1: expected an object"),
+        (
+            "dup.jsonl",
+            '{"question_id": "toy-0", "sql": "a"}\n{"question_id": "0", "sql": "b"}',
+            r"dup\.jsonl:2: a second",
+        ),
+        ("db.json", json.dumps({"0": f"SELECT 1{BIRD_SEPARATOR}other_db"}), r"db\.json: key '0'.*'other_db'"),
+        ("range.json", json.dumps({"7": "SELECT 1"}), r"range\.json: key '7': position out of range"),
+        ("key.json", json.dumps({"q0": "SELECT 1"}), r"key\.json: key 'q0'"),
+    ],
+)
+def test_bad_prediction_files_name_file_and_line(
+    toy: Benchmark, tmp_path: Path, name: str, text: str, message: str
+) -> None:
+    with pytest.raises(PredictionError, match=message):
+        read_predictions(write(tmp_path / name, text), toy.questions, "toy")
+
+
+def cli() -> typer.Typer:
+    app = typer.Typer()
+    app.command()(eval_sql)
+    app.command("noop")(lambda: None)  # two commands: typer keeps the sub-command name
+    return app
+
+
+def test_cli_json_and_table(toy: Benchmark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(matsql.benchmarks, "load_benchmark", lambda name, root=None: toy, raising=False)
+    preds = write(
+        tmp_path / "p.jsonl", "\n".join(json.dumps({"question_id": k, "sql": v}) for k, v in PREDS.items())
+    )
+    res = CliRunner().invoke(
+        cli(), ["eval-sql", str(preds), "--benchmark", "toy", "--timeout", "0.3", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert (out["overall"]["n"], out["overall"]["correct"]) == (7, 1)
+    assert out["outcomes"]["missing_db"] == 1 and out["outcomes"]["no_prediction"] == 1
+
+    res = CliRunner().invoke(cli(), ["eval-sql", str(preds), "--missing", "skip", "--timeout", "0.3"])
+    assert res.exit_code == 0, res.output
+    assert "EX on toy" in res.output and "16.67" in res.output  # 1 of 6: the missing-db question left out
+    assert "skipped (missing database)" in res.output
+
+    res = CliRunner().invoke(cli(), ["eval-sql", str(preds), "--missing", "error"])
+    assert res.exit_code == 2 and "absent" in res.output
+
+
+def test_cli_bad_input_exits_2_naming_the_line(
+    toy: Benchmark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(matsql.benchmarks, "load_benchmark", lambda name, root=None: toy, raising=False)
+    bad = write(tmp_path / "broken.jsonl", '{"question_id": "toy-0", "sql": "SELECT 1"}\nnot json\n')
+    res = CliRunner().invoke(cli(), ["eval-sql", str(bad)])
+    assert res.exit_code == 2 and "broken.jsonl:2" in res.output
+    res = CliRunner().invoke(cli(), ["eval-sql", str(bad), "--mode", "exact"])
+    assert res.exit_code == 2 and "--mode" in res.output
+
+
+def test_cli_on_bird_minidev_gold_scores_all_runnable(tmp_path: Path) -> None:
+    """The gold SQL as predictions (BIRD official format): every runnable question correct, every
+    question whose database is missing wrong."""
+    root = Path(os.environ.get("MATSQL_DATA", "../shared/data"))
+    if not hasattr(matsql.benchmarks, "load_benchmark"):
+        pytest.skip("matsql.benchmarks.load_benchmark not available yet")
+    if not (root / "bird" / "MINIDEV" / "mini_dev_sqlite.json").is_file():
+        pytest.skip(f"BIRD mini-dev not found at {root / 'bird' / 'MINIDEV'}")
+    bench = matsql.benchmarks.load_benchmark("bird-minidev", root=root)
+    preds = {str(i): f"{qq.gold_sql}{BIRD_SEPARATOR}{qq.db_id}" for i, qq in enumerate(bench.questions)}
+    path = write(tmp_path / "predict_dev.json", json.dumps(preds))
+    res = CliRunner().invoke(cli(), ["eval-sql", str(path), "--data", str(root), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["overall"]["n"] == len(bench.questions)
+    assert out["overall"]["correct"] == len(bench.runnable) > 0
+    assert out["outcomes"]["missing_db"] == len(bench.missing)
