@@ -136,3 +136,13 @@ def test_shards_merge_back_to_one_uninterrupted_run(db, tmp_path):
     assert [r.question_id for r in merged] == full
     with pytest.raises(RolloutFileError, match="also in"):
         merge_rollouts([shards[0], shards[0]], tmp_path / "dup.jsonl")
+
+
+def test_gzipped_rollouts_read_the_same(db, tmp_path):
+    import gzip
+    import shutil
+
+    _run(db, tmp_path / "r.jsonl", RolloutConfig(benchmark="fake", k=2))
+    with (tmp_path / "r.jsonl").open("rb") as src, gzip.open(tmp_path / "r.jsonl.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    assert read_records(tmp_path / "r.jsonl.gz") == read_records(tmp_path / "r.jsonl")

@@ -7,6 +7,7 @@ cut off, finished question ids are skipped, and the header must match the run's 
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from collections.abc import Iterator
@@ -47,8 +48,15 @@ def _repair_tail(path: Path) -> None:
         f.truncate(0)
 
 
+def _open_text(path: Path):
+    """Rollout files may be gzipped (``.jsonl.gz``) for archiving in results/."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return path.open(encoding="utf-8")
+
+
 def iter_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as f:
+    with _open_text(path) as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue

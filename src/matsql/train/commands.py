@@ -1,0 +1,228 @@
+"""`matsql train ...`: SFT / ORPO runs from recipes, and SFT data building.
+
+Multi-GPU: the same command under accelerate, e.g.
+``accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m matsql.train sft RECIPE``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import typer
+import yaml
+from rich.console import Console
+
+train_app = typer.Typer(
+    help="Train agents: SFT / ORPO on TRL from versioned recipes; build SFT data.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+_console = Console(stderr=True)
+
+_OVERRIDES = typer.Argument(None, help="Recipe overrides as key=value (same as --set).", show_default=False)
+_SET = typer.Option([], "--set", help="Override a recipe key: --set trainer.learning_rate=1e-5 (repeatable).")
+_DRY = typer.Option(
+    False, "--dry-run", help="Validate recipe and data, tokenise, print batch arithmetic; no training."
+)
+_NPROC = typer.Option(None, "--num-processes", help="Processes for the batch arithmetic of --dry-run.")
+_ACC = typer.Option(
+    None, "--accelerate-config", help="Read num_processes for --dry-run from this accelerate config."
+)
+_FORCE = typer.Option(False, "--force", help="Overwrite a finished run of a different recipe in output_dir.")
+
+
+def num_processes(explicit: int | None, accelerate_config: Path | None) -> int:
+    """--num-processes, else the accelerate config's num_processes, else WORLD_SIZE, else 1."""
+    if explicit:
+        return explicit
+    if accelerate_config is not None:
+        try:
+            cfg = yaml.safe_load(accelerate_config.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise typer.BadParameter(f"accelerate config not found: {accelerate_config}") from None
+        n = cfg.get("num_processes")
+        if not isinstance(n, int) or n < 1:
+            raise typer.BadParameter(
+                f"{accelerate_config}: num_processes must be a positive integer, got {n!r}"
+            )
+        return n
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _train(
+    method: str, recipe_path: Path, overrides: list[str], dry_run: bool, nproc: int, force: bool
+) -> None:
+    from matsql.train.config import RecipeError, load_recipe
+
+    try:
+        recipe = load_recipe(recipe_path, overrides)
+    except RecipeError as e:
+        _console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+    if recipe.method != method:
+        _console.print(
+            f"[red]{recipe_path}: recipe method is {recipe.method!r}; run `matsql train {recipe.method}`[/red]"
+        )
+        raise typer.Exit(2)
+    from matsql.train import runner
+
+    try:
+        if dry_run:
+            report = runner.dry_run(recipe, num_processes=nproc)
+            typer.echo(json.dumps(report, indent=2, ensure_ascii=False))
+            _console.print(
+                f"[green]dry run ok[/green]: {report['train']['rows']} train / {report['eval']['rows']} eval rows, "
+                f"effective batch size {report['effective_batch_size']} on {nproc} process(es), "
+                f"{report['total_steps']} optimizer steps"
+            )
+            return
+        info = runner.run_training(recipe, force=force)
+    except (RecipeError, ValueError, FileNotFoundError) as e:
+        _console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        _close_process_group()
+    if info.get("skipped"):
+        _console.print(f"{recipe.output_dir}: already trained with this recipe (run.json); nothing to do")
+    elif info:
+        ev = info["metrics"].get("eval") or {}
+        shown = {
+            k: round(v, 4)
+            for k, v in ev.items()
+            if isinstance(v, float) and ("rewards/" in k or k == "eval_loss")
+        }
+        _console.print(f"[green]trained[/green] {info['kind']} -> {recipe.output_dir} {shown}")
+
+
+def _close_process_group() -> None:
+    """Under accelerate/torchrun, leave the process group before exit (NCCL teardown at
+    interpreter exit can crash a rank after training finished)."""
+    import sys
+
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@train_app.command("sft")
+def sft(
+    recipe: Path = typer.Argument(..., help="Recipe YAML (method: sft)."),
+    overrides: list[str] | None = _OVERRIDES,
+    set_: list[str] = _SET,
+    dry_run: bool = _DRY,
+    num_processes_: int | None = _NPROC,
+    accelerate_config: Path | None = _ACC,
+    force: bool = _FORCE,
+) -> None:
+    """Supervised fine-tuning (completion-only loss) from a recipe."""
+    _train(
+        "sft",
+        recipe,
+        [*set_, *(overrides or [])],
+        dry_run,
+        num_processes(num_processes_, accelerate_config),
+        force,
+    )
+
+
+@train_app.command("orpo")
+def orpo(
+    recipe: Path = typer.Argument(..., help="Recipe YAML (method: orpo)."),
+    overrides: list[str] | None = _OVERRIDES,
+    set_: list[str] = _SET,
+    dry_run: bool = _DRY,
+    num_processes_: int | None = _NPROC,
+    accelerate_config: Path | None = _ACC,
+    force: bool = _FORCE,
+) -> None:
+    """ORPO on preference pairs (completion-only NLL, safe log-odds) from a recipe."""
+    _train(
+        "orpo",
+        recipe,
+        [*set_, *(overrides or [])],
+        dry_run,
+        num_processes(num_processes_, accelerate_config),
+        force,
+    )
+
+
+@train_app.command("sft-data")
+def sft_data(
+    agent: str = typer.Option("all", "--agent", help="planner | val-sel | val-cond | fixer | selector | all"),
+    benchmark: str = typer.Option(
+        ..., "--benchmark", help="Benchmark (train split) for questions and schemas."
+    ),
+    rollouts: list[Path] = typer.Option(
+        [], "--rollouts", help="Rollout JSONL file(s) (validators, fixer, selector)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Output folder: <agent>/ datasets folders + <agent>.jsonl."),
+    max_per_question: int = typer.Option(4, help="Cap of rows per question (validators, fixer); 0 = no cap."),
+    correct_ratio: float | None = typer.Option(
+        None, help="Validators: share of 'correct' verdicts (down-sampling)."
+    ),
+    keep_correct: float = typer.Option(
+        0.2, help="Fixer: share of correct candidates kept as unchanged targets."
+    ),
+    fixer_critiques: str = typer.Option("rollout", help="Fixer critiques: rollout (sampled) | teacher."),
+    selector_verdicts: bool = typer.Option(False, help="Selector options carry validator verdicts."),
+    test_frac: float = typer.Option(0.05, help="Share of questions written to the test split (eval)."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Build SFT datasets (TRL prompt-completion) for one agent or all."""
+    from matsql.benchmarks import load_benchmark
+    from matsql.train import sft_data as sd
+    from matsql.train.data import split_groups
+
+    agents = list(sd.SFT_AGENTS) if agent == "all" else [agent]
+    if any(a not in sd.SFT_AGENTS for a in agents):
+        raise typer.BadParameter(f"--agent must be one of {', '.join(sd.SFT_AGENTS)} or all, got {agent!r}")
+    if fixer_critiques not in ("rollout", "teacher"):
+        raise typer.BadParameter("--fixer-critiques must be rollout or teacher")
+    need_rollouts = [a for a in agents if a != "planner"]
+    if need_rollouts and not rollouts:
+        if agent != "all":
+            raise typer.BadParameter(
+                f"--agent {agent} needs --rollouts (it learns from real planner samples)"
+            )
+        _console.print("[yellow]no --rollouts: building planner data only[/yellow]")
+        agents = ["planner"]
+    bench = load_benchmark(benchmark)
+    records = []
+    if rollouts and need_rollouts:
+        from matsql.labels.io import read_rollouts
+
+        records, _ = read_rollouts(rollouts)
+    cap = max_per_question or None
+    summary: dict[str, dict] = {}
+    for a in agents:
+        if a == "planner":
+            built = sd.planner_examples(bench.runnable, bench.schema_text)
+        elif a in ("val-sel", "val-cond"):
+            built = sd.validator_examples(
+                records, bench.schema_text, a, max_per_question=cap, correct_ratio=correct_ratio, seed=seed
+            )
+        elif a == "fixer":
+            built = sd.fixer_examples(
+                records,
+                bench.schema_text,
+                critiques=fixer_critiques,  # type: ignore[arg-type]
+                keep_correct=keep_correct,
+                max_per_question=cap,
+                seed=seed,
+            )
+        else:
+            built = sd.selector_examples(
+                records, bench.schema_text, with_verdicts=selector_verdicts, seed=seed
+            )
+        groups = [{"group": r["question_id"]} for r in built.rows]
+        _, held = split_groups(groups, test_frac, seed)
+        counts = sd.write_sft(built.rows, out, a, {g["group"] for g in held})
+        summary[a] = {"rows": counts, "skipped": dict(built.skipped)}
+        _console.print(f"{a}: {counts} -> {out / a} (skipped: {dict(built.skipped) or 'none'})")
+    meta = {"benchmark": benchmark, "rollouts": [str(p) for p in rollouts], "seed": seed, "agents": summary}
+    (out / "sft_data.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

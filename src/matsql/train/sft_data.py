@@ -1,0 +1,367 @@
+"""SFT data for every agent, from a benchmark's train split and from rollouts.
+
+Pure builders (questions / rollout records + a schema function -> rows) and one writer. A row
+is TRL's conversational prompt-completion format (``prompt`` messages, ``completion`` = one
+assistant message that starts with the agent's prefix) plus ``prefix`` (so the trainer puts the
+forced prefix on the prompt side) and string info columns (question_id, db_id, agent, label,
+reason). Prompts are the agents' own builders (:mod:`matsql.agents`), so training and inference
+prompts cannot drift apart; the student prompt never contains the gold SQL.
+
+- planner: question -> plan (Goal/Conditions/Tables derived from gold SQL) + gold SQL.
+- val-sel / val-cond: teacher critiques (:mod:`matsql.train.teacher`) of REAL planner samples
+  from rollouts, with their execution results; optional correct/incorrect balance.
+- fixer: candidate + critiques -> gold SQL for wrong candidates; a share of correct candidates
+  is kept unchanged (so the fixer learns to leave right SQL alone). Critiques are the rollout's
+  sampled ones when present (E1: varied, sometimes wrong) or the teacher's.
+- selector: distinct-result candidates (failures dropped) -> the number of the correct one,
+  options shuffled deterministically per question.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from matsql.agents import fixer, planner, selector, validator
+from matsql.backends.base import ChatPrompt
+from matsql.records import Candidate, Critique, ExecInfo, Question, RolloutRecord
+from matsql.train import teacher
+from matsql.train.sqlparts import parse_parts, tables_and_columns
+
+SchemaFn = Callable[[str], str]
+SFT_AGENTS = ("planner", "val-sel", "val-cond", "fixer", "selector")
+INFO_COLUMNS = ("question_id", "db_id", "agent", "label", "reason")
+
+
+@dataclass
+class Built:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)  # reason -> count, reported by the CLI
+
+
+@cache
+def _phrases() -> dict[str, Any]:
+    path = resources.files("matsql.train").joinpath("templates", "sft_data.yaml")
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def _rng(seed: int, *parts: object) -> random.Random:
+    return random.Random(":".join(map(str, (seed, *parts))))
+
+
+def _unit(seed: int, *parts: object) -> float:
+    h = hashlib.sha256(":".join(map(str, (seed, *parts))).encode()).hexdigest()
+    return int(h[:12], 16) / 16**12
+
+
+def row(
+    prompt: ChatPrompt, target: str, q: Question, agent: str, label: str = "", reason: str = ""
+) -> dict[str, Any]:
+    return {
+        "prompt": prompt.as_messages(),
+        "completion": [{"role": "assistant", "content": prompt.prefix + target}],
+        "prefix": prompt.prefix,
+        "question_id": q.question_id,
+        "db_id": q.db_id,
+        "agent": agent,
+        "label": label,
+        "reason": reason,
+    }
+
+
+# ---------------------------------------------------------------- planner
+
+
+def _items(texts: Iterable[str]) -> str:
+    return ", ".join(f"`{t}`" for t in texts)
+
+
+def plan_lines(gold_sql: str) -> tuple[str, str, str] | None:
+    """(goal, conditions, tables) describing ``gold_sql``; None when sqlglot cannot read it."""
+    parts, tables = parse_parts(gold_sql), tables_and_columns(gold_sql)
+    if parts is None or tables is None:
+        return None
+    p = _phrases()["planner"]
+    goal = p["goal"].format(
+        select=_items(i.text for i in parts.select),
+        per_group=p["per_group"].format(group=_items(i.text for i in parts.group_by))
+        if parts.group_by
+        else "",
+        distinct=p["distinct"] if parts.distinct else "",
+    )
+    conds = []
+    for key, items in (("join", parts.joins), ("where", parts.where)):
+        if items:
+            conds.append(p[key].format(items=" AND ".join(f"`{i.text}`" for i in items)))
+    if parts.group_by:
+        conds.append(p["group"].format(items=_items(i.text for i in parts.group_by)))
+    if parts.having:
+        conds.append(p["having"].format(items=" AND ".join(f"`{i.text}`" for i in parts.having)))
+    if parts.order_by:
+        conds.append(p["order"].format(items=_items(i.text for i in parts.order_by)))
+    if parts.limit:
+        conds.append(p["limit"].format(limit=parts.limit))
+    if parts.set_op:
+        conds.append(p["set_op"].format(op=parts.set_op.upper()))
+    conditions = p["conditions_join"].join(conds) + "." if conds else p["conditions_none"]
+    shown = []
+    for table, cols in tables.items():
+        if not table:
+            shown.append(p["unqualified"].format(columns=", ".join(cols)))
+        elif cols:
+            shown.append(p["table"].format(table=table, columns=", ".join(cols)))
+        else:
+            shown.append(p["table_no_columns"].format(table=table))
+    return goal, conditions, "; ".join(shown)
+
+
+def planner_examples(questions: Sequence[Question], schema: SchemaFn) -> Built:
+    out = Built()
+    for q in questions:
+        lines = plan_lines(q.gold_sql)
+        if lines is None:
+            out.skipped["gold_unparsable"] += 1
+            continue
+        target = planner.render_target(*lines, sql=q.gold_sql.strip().rstrip(";"))
+        out.rows.append(row(planner.build(q, schema(q.db_id)), target, q, "planner", reason="gold"))
+    return out
+
+
+# ---------------------------------------------------------------- validators
+
+
+def _distinct_candidates(rec: RolloutRecord) -> list[Candidate]:
+    """One candidate per distinct planner SQL text (the same text gets the same critique)."""
+    seen: set[str] = set()
+    out = []
+    for c in rec.candidates:
+        key = " ".join((c.planner.sql or "").split()).lower()
+        if key not in seen:
+            seen.add(key)
+            out.append(c)
+    return out
+
+
+def balance(rows: list[dict[str, Any]], correct_ratio: float | None, seed: int) -> list[dict[str, Any]]:
+    """Down-sample the majority verdict so that ``correct_ratio`` of rows are "correct"."""
+    if correct_ratio is None:
+        return rows
+    if not 0.0 < correct_ratio < 1.0:
+        raise ValueError(f"correct_ratio must be in (0, 1), got {correct_ratio}")
+    pos = [r for r in rows if r["label"] == "correct"]
+    neg = [r for r in rows if r["label"] != "correct"]
+    if not pos or not neg:
+        return rows
+    if len(pos) / len(rows) > correct_ratio:
+        pos = _rng(seed, "balance").sample(pos, round(correct_ratio / (1 - correct_ratio) * len(neg)))
+    else:
+        neg = _rng(seed, "balance").sample(neg, round((1 - correct_ratio) / correct_ratio * len(pos)))
+    keep = {id(r) for r in pos + neg}
+    return [r for r in rows if id(r) in keep]  # original order
+
+
+def validator_examples(
+    records: Sequence[RolloutRecord],
+    schema: SchemaFn,
+    agent: str,
+    *,
+    max_per_question: int | None = 4,
+    correct_ratio: float | None = None,
+    seed: int = 0,
+) -> Built:
+    if agent not in teacher.AGENTS:
+        raise ValueError(f"unknown validator {agent!r}")
+    out = Built()
+    for rec in records:
+        q = rec.question
+        cands = _distinct_candidates(rec)
+        _rng(seed, q.question_id, agent).shuffle(cands)
+        taken = 0
+        for c in cands:
+            if max_per_question is not None and taken >= max_per_question:
+                out.skipped["over_max_per_question"] += 1
+                continue
+            tc = teacher.critique(agent, c.planner.sql, c.exec, q.gold_sql, rec.gold_exec)
+            if tc is None:
+                out.skipped["gold_failed"] += 1
+                break
+            prompt = validator.build(agent, q, schema(q.db_id), c.planner.sql, c.exec)
+            out.rows.append(row(prompt, tc.text, q, agent, label=tc.verdict, reason=tc.reason))
+            taken += 1
+    before = len(out.rows)
+    out.rows = balance(out.rows, correct_ratio, seed)
+    if before > len(out.rows):
+        out.skipped["balance"] += before - len(out.rows)
+    return out
+
+
+# ---------------------------------------------------------------- fixer
+
+
+def _critique_sets(
+    rec: RolloutRecord, c: Candidate, source: Literal["rollout", "teacher"]
+) -> list[dict[str, Critique]]:
+    """The critique sets the fixer is trained on for one candidate (distinct texts only)."""
+    if source == "rollout":
+        sets, seen = [], set()
+        for b in c.branches:
+            if not b.critiques:
+                continue
+            key = json.dumps({k: v.text for k, v in sorted(b.critiques.items())})
+            if key not in seen:
+                seen.add(key)
+                sets.append(dict(b.critiques))
+        if sets:
+            return sets
+    tcs = teacher.critiques(c.planner.sql, c.exec, rec.question.gold_sql, rec.gold_exec)
+    return [{a: Critique(agent=a, text=t.text, verdict=t.verdict) for a, t in tcs.items()}] if tcs else []
+
+
+def fixer_examples(
+    records: Sequence[RolloutRecord],
+    schema: SchemaFn,
+    *,
+    critiques: Literal["rollout", "teacher"] = "rollout",
+    keep_correct: float = 0.2,
+    max_per_question: int | None = 4,
+    seed: int = 0,
+) -> Built:
+    """Wrong candidates -> gold SQL; a ``keep_correct`` share of correct ones -> themselves."""
+    out = Built()
+    for rec in records:
+        q = rec.question
+        if not rec.gold_exec.ok:
+            out.skipped["gold_failed"] += 1
+            continue
+        rows = []
+        for c in _distinct_candidates(rec):
+            if c.planner.sql is None:
+                out.skipped["no_sql"] += 1
+                continue
+            if c.correct and _unit(seed, q.question_id, c.index, "keep") >= keep_correct:
+                out.skipped["correct_not_kept"] += 1
+                continue
+            target_sql = c.planner.sql if c.correct else q.gold_sql.strip().rstrip(";")
+            for crit in _critique_sets(rec, c, critiques):
+                prompt = fixer.build(q, schema(q.db_id), c.planner.sql, c.exec, crit)
+                label = "keep" if c.correct else "fix"
+                verdicts = ",".join(f"{a}={v.verdict}" for a, v in sorted(crit.items()))
+                rows.append(
+                    row(prompt, fixer.render_target(target_sql), q, "fixer", label=label, reason=verdicts)
+                )
+        _rng(seed, q.question_id, "fixer").shuffle(rows)
+        if max_per_question is not None and len(rows) > max_per_question:
+            out.skipped["over_max_per_question"] += len(rows) - max_per_question
+            rows = rows[:max_per_question]
+        out.rows += rows
+    return out
+
+
+# ---------------------------------------------------------------- selector
+
+
+def selector_options(
+    rec: RolloutRecord, with_verdicts: bool = False
+) -> list[tuple[str, ExecInfo, dict[str, str] | None, bool]]:
+    """Final candidates, one per distinct execution result, failures dropped (lowest index wins)."""
+    seen: set[str] = set()
+    out = []
+    for c in sorted(rec.candidates, key=lambda c: c.index):
+        info, sql = c.final_exec, c.final_sql
+        if not sql or not info.ok or info.rows_digest is None or info.rows_digest in seen:
+            continue
+        seen.add(info.rows_digest)
+        verdicts = None
+        if with_verdicts and c.main is not None and c.main.critiques:
+            verdicts = {a: k.verdict for a, k in c.main.critiques.items()}
+        out.append((sql, info, verdicts, c.final_correct))
+    return out
+
+
+def selector_examples(
+    records: Sequence[RolloutRecord],
+    schema: SchemaFn,
+    *,
+    with_verdicts: bool = False,
+    max_options: int | None = None,
+    seed: int = 0,
+) -> Built:
+    """Questions with >= 2 distinct results of which one is correct -> that option's number."""
+    out = Built()
+    for rec in records:
+        q = rec.question
+        opts = selector_options(rec, with_verdicts)
+        right = [o for o in opts if o[3]]
+        if len(opts) < 2 or len(right) != 1:
+            out.skipped["no_choice" if len(opts) < 2 else "no_correct_option"] += 1
+            continue
+        rng = _rng(seed, q.question_id, "selector")
+        if max_options is not None and len(opts) > max_options:
+            wrong = [o for o in opts if not o[3]]
+            opts = right + rng.sample(wrong, max_options - 1)
+        rng.shuffle(opts)
+        index = next(i for i, o in enumerate(opts) if o[3])
+        prompt = selector.build(q, schema(q.db_id), [(s, e, v) for s, e, v, _ in opts])
+        out.rows.append(row(prompt, selector.render_target(index), q, "selector", label=str(index + 1)))
+    return out
+
+
+# ---------------------------------------------------------------- writing
+
+
+def write_sft(
+    rows: Sequence[dict[str, Any]], out_dir: str | Path, name: str, test_ids: set[str] | None = None
+) -> dict[str, int]:
+    """``out_dir/<name>/`` (a datasets DatasetDict: train and test, test possibly empty) and ``out_dir/<name>.jsonl``
+    (every row with its split). Rows of questions in ``test_ids`` go to ``test``."""
+    from datasets import Dataset, DatasetDict, Features, Value
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    msgs = [{"role": Value("string"), "content": Value("string")}]
+    features = Features(
+        {
+            "prompt": msgs,
+            "completion": msgs,
+            "prefix": Value("string"),
+            **{c: Value("string") for c in INFO_COLUMNS},
+        }
+    )
+    test_ids = test_ids or set()
+    splits: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
+    for r in rows:
+        splits["test" if r["question_id"] in test_ids else "train"].append(r)
+    dd = DatasetDict(
+        {
+            s: Dataset.from_dict({c: [r[c] for r in rs] for c in features}, features=features)
+            for s, rs in splits.items()
+        }
+    )
+    tmp = out / f".{name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    dd.save_to_disk(str(tmp))
+    dest = out / name
+    if dest.exists():
+        if not (dest / "dataset_dict.json").exists():
+            raise FileExistsError(f"{dest} exists and is not a datasets folder; refusing to overwrite it")
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    jsonl = out / f"{name}.jsonl"
+    with (out / f"{name}.jsonl.tmp").open("w", encoding="utf-8") as fh:
+        for s, rs in splits.items():
+            for r in rs:
+                fh.write(json.dumps({"split": s, **r}, ensure_ascii=False) + "\n")
+    (out / f"{name}.jsonl.tmp").replace(jsonl)
+    return {s: len(rs) for s, rs in splits.items()}

@@ -1,0 +1,134 @@
+"""ORPO runs on the tiny chat model: falling loss, eval rewards, completion-only NLL, and a
+finite loss when completions are near-certain (average log p at or just below 0)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("trl")
+pytest.importorskip("peft")
+
+import torch
+from trl.experimental.orpo import ORPOTrainer
+
+from matsql.train import orpo
+from matsql.train.config import load_recipe
+from matsql.train.modeling import build_model
+from matsql.train.runner import prepare, run_training, trainer_args
+from tests.fixtures.train.tiny_runs import losses, pair_rows, write_jsonl, write_recipe
+
+
+def _trainer(recipe_path: Path, overrides: list[str] | None = None):
+    recipe = load_recipe(recipe_path, overrides)
+    model, tok, peft_cfg, _ = build_model(recipe)
+    prep = prepare(recipe, tok)
+    args = trainer_args(recipe, "orpo", bool(prep.eval.rows), orpo.config_fields())
+    t = orpo.make_trainer(
+        model, tok, peft_cfg, args, prep.train.rows, prep.eval.rows, recipe.trainer.nll_scope
+    )
+    return t, prep
+
+
+@pytest.fixture(scope="module")
+def pairs(tiny_chat_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    d = tmp_path_factory.mktemp("orpo")
+    data = write_jsonl(d / "pairs.jsonl", pair_rows(16))
+    return d, data, tiny_chat_model_dir
+
+
+def test_orpo_loss_falls_and_eval_rewards_are_reported(pairs):
+    d, data, model_dir = pairs
+    recipe = write_recipe(d / "orpo.yaml", "orpo", model_dir, data, d / "run")
+    info = run_training(load_recipe(recipe))
+    curve = losses(d / "run")
+    assert len(curve) == 12 and all(torch.isfinite(torch.tensor(curve)))
+    assert sum(curve[-3:]) / 3 < 0.7 * sum(curve[:3]) / 3, curve
+    ev, ev0 = info["metrics"]["eval"], info["metrics"]["eval_before"]
+    for key in ("eval_rewards/accuracies", "eval_rewards/margins", "eval_rewards/chosen", "eval_nll_loss"):
+        assert key in ev and key in ev0
+    assert ev["eval_rewards/margins"] > ev0["eval_rewards/margins"]
+    assert ev["eval_rewards/accuracies"] == 1.0
+    metrics = json.loads((d / "run" / "metrics.json").read_text())
+    assert metrics["eval"] == ev and any("rewards/accuracies" in h for h in metrics["log_history"])
+    assert info["kind"] == "adapter" and info["method"] == "orpo"
+
+
+def _batch(trainer):
+    return trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
+
+
+def _manual_nll(logits, labels):
+    logp = torch.log_softmax(logits[:, :-1].float(), -1)
+    lab = labels[:, 1:]
+    mask = lab != -100
+    tok = logp.gather(-1, torch.where(mask, lab, 0).unsqueeze(-1)).squeeze(-1)
+    return -(tok * mask).sum() / mask.sum()
+
+
+def test_nll_is_over_the_chosen_completion_only(pairs):
+    d, data, model_dir = pairs
+    recipe = write_recipe(d / "nll.yaml", "orpo", model_dir, data, d / "nll")
+    trainer, _ = _trainer(recipe)
+    batch = _batch(trainer)
+    model = trainer.model
+    with torch.no_grad():
+        c_logps, r_logps, _, _, nll = trainer.concatenated_forward(model, batch)
+        logits = model(batch["chosen_input_ids"], attention_mask=batch["chosen_attention_mask"]).logits
+        want = _manual_nll(logits, batch["chosen_labels"])
+        # TRL 1.16's own NLL includes the prompt tokens: a different number
+        trl_nll = ORPOTrainer.concatenated_forward(trainer, model, batch)[4]
+        full = torch.where(batch["chosen_attention_mask"] == 1, batch["chosen_input_ids"], -100)
+    assert torch.allclose(nll, want, atol=1e-5)
+    assert torch.allclose(trl_nll, _manual_nll(logits, full), atol=1e-4)
+    assert not torch.allclose(nll, trl_nll, atol=1e-3)
+    # average log p over completion tokens, as TRL's get_batch_logps(average_log_prob=True)
+    ref = ORPOTrainer.get_batch_logps(logits, batch["chosen_labels"], average_log_prob=True)
+    assert torch.allclose(c_logps, ref, atol=1e-5) and c_logps.shape == r_logps.shape == (4,)
+
+
+def test_sequence_scope_reproduces_trls_nll(pairs):
+    d, data, model_dir = pairs
+    recipe = write_recipe(d / "seq.yaml", "orpo", model_dir, data, d / "seq", nll_scope="sequence")
+    trainer, _ = _trainer(recipe)
+    batch = _batch(trainer)
+    with torch.no_grad():
+        ours = trainer.concatenated_forward(trainer.model, batch)[4]
+        theirs = ORPOTrainer.concatenated_forward(trainer, trainer.model, batch)[4]
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+@pytest.mark.parametrize("boost", [1e4, 25.0])
+def test_confident_completions_train_without_nan(pairs, boost):
+    """Add ``boost`` to the logit of every actual next token: each token's probability rounds to
+    1 (or within 1e-8 of it), the regime of short certain critiques where 1 - p underflows."""
+    d, data, model_dir = pairs
+    recipe = write_recipe(
+        d / f"conf{boost}.yaml", "orpo", model_dir, data, d / f"conf{boost}", max_steps=3, logging_steps=1
+    )
+    trainer, _ = _trainer(recipe)
+    inner = trainer.model.get_base_model()
+
+    def hook(module, args, kwargs, output):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        nxt = torch.roll(ids, -1, dims=1)
+        output.logits = output.logits + boost * torch.nn.functional.one_hot(nxt, output.logits.shape[-1])
+        return output
+
+    handle = inner.register_forward_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            c, r, *_ = trainer.concatenated_forward(trainer.model, _batch(trainer))
+        assert (c > -1e-6).all() and (r > -1e-6).all() and (c <= 0).all()  # the dangerous regime
+        trainer.train()
+    finally:
+        handle.remove()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 3
+    for h in logs:
+        for k in ("loss", "grad_norm", "log_odds_ratio", "nll_loss", "rewards/margins"):
+            assert torch.isfinite(torch.tensor(h[k])), (k, h)
+    for p in trainer.model.parameters():
+        assert torch.isfinite(p).all()
