@@ -105,3 +105,60 @@ def test_until_only_and_stale_inputs(tmp_path):
     run_plan(_plan(tmp_path, **{"vars.k": "9"}), ex3, until="eval-collab")
     assert ex3.ran == ["eval-collab"]
     assert list((tmp_path / "toy").glob("eval-collab.jsonl.stale-*"))
+
+
+def test_extends_arm_vars_env_and_resources(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        yaml.safe_dump(
+            {
+                "name": "base",
+                "vars": {"k": "8", "shards": "1", "extra": ""},
+                "env": {"A": "1"},
+                "arms": {"x": {"mode": "collab"}, "y": {"mode": "independent"}},
+                "stages": {
+                    "s-${arm}": {
+                        "foreach": "arm",
+                        "resources": {"shards": "${vars.shards}"},
+                        "cmd": "labels build --mode ${arm.mode} --k ${vars.k} ${vars.extra} --out ${out}",
+                    }
+                },
+            }
+        )
+    )
+    child = tmp_path / "child.yaml"
+    child.write_text(
+        yaml.safe_dump(
+            {
+                "extends": "base.yaml",
+                "name": "child",
+                "vars": {"shards": "4", "extra": "--a 1 --b"},
+                "env": {"B": "2"},
+            }
+        )
+    )
+    p = load_plan(child, overrides={"run_dir": str(tmp_path / "run")})
+    assert p.name == "child" and p.env == {"A": "1", "B": "2"}
+    sx = p.stages["s-x"]
+    assert sx.resources == {"shards": "4"}
+    assert sx.argv[:4] == ["labels", "build", "--mode", "collab"]
+    assert sx.argv[4:9] == ["--k", "8", "--a", "1", "--b"]  # a var holding several options is split
+    assert p.stages["s-y"].argv[3] == "independent"
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("extends: loop.yaml\nstages: {}\n")
+    with pytest.raises(PlanError, match="extends itself"):
+        load_plan(loop)
+
+
+def test_packaged_plans_satisfy_the_study_constraints():
+    from importlib import resources
+
+    root = Path(__file__).resolve().parents[1]
+    for name in ("iter2.yaml", "demo.yaml"):
+        plan = load_plan(
+            Path(str(resources.files("matsql.experiment").joinpath("plans", name))), base_dir=root
+        )
+        checks = check_study(plan)
+        assert any("K=8" in c for c in checks) and len(checks) == 3
+    study = load_plan(root / "experiments/study-spider.yaml", base_dir=root)
+    assert study.vars["eval"] == "spider-dev" and len(check_study(study)) == 3

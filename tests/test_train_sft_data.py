@@ -168,8 +168,19 @@ def test_selector_options_distinct_results_failures_dropped_shuffled_determinist
 def test_selector_needs_a_choice_with_one_correct_option():
     only_wrong = record("w", [cand(0, "SELECT 1", ok("a"), False), cand(1, "SELECT 2", ok("b"), False)])
     single = record("s", [cand(0, "SELECT 1", ok("g"), True), cand(1, "SELECT 1 ", ok("g"), True)])
-    b = sd.selector_examples([only_wrong, single], schema)
+    b = sd.selector_examples([only_wrong, single], schema, inject_gold=False)
     assert b.rows == [] and b.skipped == {"no_correct_option": 1, "no_choice": 1}
+
+
+def test_selector_injects_gold_when_no_candidate_is_right():
+    only_wrong = record("w", [cand(0, "SELECT 1", ok("a"), False), cand(1, "SELECT 2", ok("b"), False)])
+    b = sd.selector_examples([only_wrong], schema)
+    assert b.skipped["gold_injected"] == 1 and len(b.rows) == 1
+    user = b.rows[0]["prompt"][-1]["content"]
+    assert user.count("Candidate ") == 3
+    k = selector.parse(b.rows[0]["completion"][0]["content"].removeprefix(b.rows[0]["prefix"]), 3)
+    chosen = user.split(f"Candidate {k + 1}:\n```sql\n")[1].split("\n```")[0]
+    assert chosen == only_wrong.question.gold_sql
 
 
 def test_selector_can_show_validator_verdicts():

@@ -56,10 +56,10 @@ def run(
         for line in check_study(p):
             console.print(f"[green]check[/green] {line}")
         if executor == "local":
-            ex = LocalExecutor()
+            ex = LocalExecutor(env=p.env)
         elif executor == "slurm":
             params = {"slurm_partition": partition} if partition else {}
-            ex = SlurmExecutor(p.run_dir / "slurm", job_name=job_name, **params)
+            ex = SlurmExecutor(p.run_dir / "slurm", job_name=job_name, env=p.env, **params)
         else:
             raise typer.BadParameter("--executor must be local or slurm")
         outcome = run_plan(p, ex, until=until, only=only, force=force)
@@ -129,9 +129,17 @@ def publish(
     console.print(push(folder, repo, private=private))
 
 
+def _repo_root() -> Path:
+    """The checkout holding recipes/ and experiments/ (the demo plan refers to both)."""
+    here = Path(__file__).resolve()
+    for cand in [Path.cwd(), *Path.cwd().parents, *here.parents]:
+        if (cand / "recipes" / "tiny").is_dir() and (cand / "experiments" / "agents").is_dir():
+            return cand
+    raise typer.BadParameter("run `matsql demo` from a matsql checkout (recipes/ and experiments/ are needed)")
+
+
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="run folder (resumed if it exists)"),
-    model: str = typer.Option("smollm2-135m-instruct", "--model", help="base model for every agent"),
     sets: list[str] = typer.Option([], "--set", help="override vars.NAME of the demo plan"),
 ) -> None:
     """The whole iter2 plan on the embedded minibench with a small real model on CPU: prints
@@ -145,12 +153,12 @@ def demo(
     from matsql.experiment.runner import run_plan
 
     plan_path = Path(str(resources.files("matsql.experiment").joinpath("plans", "demo.yaml")))
-    over = {"run_dir": str(out.resolve()), "vars.model": model, **_overrides(sets)}
+    over = {"run_dir": str(out.resolve()), **_overrides(sets)}
     try:
-        p = load_plan(plan_path, overrides=over)
+        p = load_plan(plan_path, overrides=over, base_dir=_repo_root())
         for line in check_study(p):
             console.print(f"[green]check[/green] {line}")
-        run_plan(p, LocalExecutor(echo=False))
+        run_plan(p, LocalExecutor(env=p.env, echo=False))
     except (PlanError, StageFailed) as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from e

@@ -135,8 +135,8 @@ class LocalExecutor:
             raise StageFailed(f"stage {stage.name} failed with exit code {rcs[0]}; see {log}")
 
 
-def _run_cli(argv: list[str]) -> None:  # pragma: no cover - runs inside the SLURM job
-    env = dict(os.environ)
+def _run_cli(argv: list[str], extra_env: dict[str, str] | None = None) -> None:  # pragma: no cover
+    env = {**os.environ, **(extra_env or {})}
     subprocess.run([sys.executable, "-m", "matsql.cli", *argv], check=True, env=env)
 
 
@@ -146,9 +146,17 @@ class SlurmExecutor:
     ``cluster="debug"`` runs the job in-process (submitit's debug executor): used by tests.
     """
 
-    def __init__(self, folder: Path, job_name: str = "vl", cluster: str | None = None, **params: object):
+    def __init__(
+        self,
+        folder: Path,
+        job_name: str = "vl",
+        cluster: str | None = None,
+        env: dict[str, str] | None = None,
+        **params: object,
+    ):
         import submitit
 
+        self.env = dict(env or {})
         self.ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
         self.job_name = job_name
         self.params = params
@@ -163,7 +171,7 @@ class SlurmExecutor:
         if "mem_gb" in res:
             params["mem_gb"] = int(res["mem_gb"])
         self.ex.update_parameters(name=f"{self.job_name}-{stage.name}", **params)
-        job = self.ex.submit(_run_cli, stage.argv)
+        job = self.ex.submit(_run_cli, stage.argv, self.env)
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("a") as f:
             f.write(f"$ {stage.command}\nsubmitted job {job.job_id}\n")

@@ -61,6 +61,7 @@ class Plan:
     arms: list[str]
     source: str
     raw: dict[str, Any]
+    env: dict[str, str] = field(default_factory=dict)  # environment for every stage
 
     def ancestors(self, name: str) -> list[str]:
         if name not in self.stages:
@@ -103,14 +104,33 @@ def _substitute(text: str, ctx: dict[str, str], where: str) -> str:
 def load_plan(
     path: str | Path, overrides: dict[str, str] | None = None, base_dir: Path | None = None
 ) -> Plan:
-    path = Path(path)
+    raw = read_plan_yaml(Path(path))
+    return parse_plan(raw, source=str(path), overrides=overrides, base_dir=base_dir)
+
+
+def read_plan_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A plan's YAML with ``extends: OTHER.yaml`` resolved (relative to the file): the child's
+    ``vars``/``env`` entries override the parent's; other keys (stages, arms, ...) replace them."""
+    path = path.resolve()
+    if path in _seen:
+        raise PlanError(f"{path}: extends itself ({' -> '.join(map(str, _seen))})")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise PlanError(f"plan not found: {path}") from e
     except yaml.YAMLError as e:
         raise PlanError(f"{path}: invalid YAML: {e}") from e
-    return parse_plan(raw, source=str(path), overrides=overrides, base_dir=base_dir)
+    if not isinstance(raw, dict):
+        raise PlanError(f"{path}: a plan is a mapping")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    base = read_plan_yaml(path.parent / str(parent), (*_seen, path))
+    merged = {**base, **{k: v for k, v in raw.items() if k not in ("vars", "env")}}
+    for key in ("vars", "env"):
+        if key in base or key in raw:
+            merged[key] = {**(base.get(key) or {}), **(raw.get(key) or {})}
+    return merged
 
 
 def parse_plan(
@@ -132,7 +152,14 @@ def parse_plan(
         else:
             raise PlanError(f"override {k!r}: only run_dir and vars.NAME can be overridden")
     base = base_dir or Path.cwd()
-    arms = [str(a) for a in raw.get("arms") or []]
+    raw_arms = raw.get("arms") or []
+    # arms: a list of names, or a mapping name -> per-arm vars (referenced as ${arm.X})
+    arm_vars: dict[str, dict[str, Any]] = (
+        {str(k): dict(v or {}) for k, v in raw_arms.items()}
+        if isinstance(raw_arms, dict)
+        else {str(a): {} for a in raw_arms}
+    )
+    arms = list(arm_vars)
     ctx: dict[str, str] = {"name": name, "base_dir": str(base)}
     for k, v in vars_.items():  # vars may refer to earlier vars, name and base_dir
         ctx[f"vars.{k}"] = _substitute(str(v), ctx, f"{source}: vars.{k}")
@@ -159,6 +186,12 @@ def parse_plan(
         local = dict(ctx)
         if arm is not None:
             local["arm"] = arm
+            local.update(
+                {
+                    f"arm.{k}": _substitute(str(v), local, f"{source}: arms.{arm}.{k}")
+                    for k, v in arm_vars[arm].items()
+                }
+            )
         if "cmd" not in spec:
             raise PlanError(f"{source}: stage {sname} has no cmd")
         out = _substitute(str(spec.get("out", "${run_dir}/" + sname)), local, f"{source}: {sname}.out")
@@ -169,7 +202,10 @@ def parse_plan(
             out=out,
             needs=[_substitute(str(n), local, f"{source}: {sname}.needs") for n in spec.get("needs") or []],
             arm=arm,
-            resources=dict(spec.get("resources") or {}),
+            resources={
+                k: _substitute(str(v), local, f"{source}: {sname}.resources.{k}")
+                for k, v in (spec.get("resources") or {}).items()
+            },
             check=dict(spec.get("check") or {}),
         )
         stages[sname]._cmd = spec["cmd"]  # type: ignore[attr-defined]
@@ -182,11 +218,16 @@ def parse_plan(
         local["out"] = s.out
         local.update({f"stages.{n}.out": o for n, o in outs.items()})
         cmd = s._cmd  # type: ignore[attr-defined]
-        parts = cmd if isinstance(cmd, list) else shlex.split(str(cmd))
-        s.argv = [_substitute(str(p), local, f"{source}: {s.name}.cmd") for p in parts]
+        if isinstance(cmd, list):  # one argument per item, substituted as is
+            s.argv = [_substitute(str(p), local, f"{source}: {s.name}.cmd") for p in cmd]
+        else:  # a command line: substitute, then split (a var may hold several options)
+            s.argv = shlex.split(_substitute(str(cmd), local, f"{source}: {s.name}.cmd"))
         del s._cmd, s._ctx  # type: ignore[attr-defined]
     ordered = _toposort(stages, source)
-    return Plan(name=name, run_dir=run_dir, stages=ordered, vars=vars_, arms=arms, source=source, raw=raw)
+    env = {str(k): _substitute(str(v), ctx, f"{source}: env.{k}") for k, v in (raw.get("env") or {}).items()}
+    return Plan(
+        name=name, run_dir=run_dir, stages=ordered, vars=vars_, arms=arms, source=source, raw=raw, env=env
+    )
 
 
 def _toposort(stages: dict[str, Stage], source: str) -> dict[str, Stage]:

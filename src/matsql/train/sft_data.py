@@ -296,12 +296,21 @@ def selector_examples(
     with_verdicts: bool = False,
     max_options: int | None = None,
     seed: int = 0,
+    inject_gold: bool = True,
 ) -> Built:
-    """Questions with >= 2 distinct results of which one is correct -> that option's number."""
+    """Questions with >= 2 distinct results of which one is correct -> that option's number.
+
+    With ``inject_gold``, a question whose candidates hold no correct result gets the gold SQL
+    as one more option (its result is the gold result): weak planners, early in training,
+    rarely produce a correct candidate, and without this the selector would see no data.
+    """
     out = Built()
     for rec in records:
         q = rec.question
         opts = selector_options(rec, with_verdicts)
+        if inject_gold and opts and not any(o[3] for o in opts) and rec.gold_exec.status == "ok":
+            opts = [*opts, (q.gold_sql, rec.gold_exec, None, True)]
+            out.skipped["gold_injected"] += 1
         right = [o for o in opts if o[3]]
         if len(opts) < 2 or len(right) != 1:
             out.skipped["no_choice" if len(opts) < 2 else "no_correct_option"] += 1
