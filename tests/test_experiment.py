@@ -162,3 +162,17 @@ def test_packaged_plans_satisfy_the_study_constraints():
         assert any("K=8" in c for c in checks) and len(checks) == 3
     study = load_plan(root / "experiments/study-spider.yaml", base_dir=root)
     assert study.vars["eval"] == "spider-dev" and len(check_study(study)) == 3
+
+
+def test_slurm_executor_runs_a_stage_through_submitit(tmp_path):
+    pytest.importorskip("submitit")
+    from matsql.experiment.executors import SlurmExecutor
+
+    plan = parse_plan(
+        {"name": "s", "stages": {"bench": {"cmd": "data minibench ${out} --seed 3", "out": "${run_dir}/mb"}}},
+        overrides={"run_dir": str(tmp_path / "run")},
+    )
+    ex = SlurmExecutor(tmp_path / "slurm", job_name="vl", cluster="debug")
+    out = run_plan(plan, ex)
+    assert out == {"bench": "ran"} and (tmp_path / "run" / "mb" / "dev.json").exists()
+    assert "submitted job" in (tmp_path / "run" / "logs" / "bench.log").read_text()

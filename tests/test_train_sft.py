@@ -126,3 +126,15 @@ def test_init_from_with_another_lora_shape_merges_the_adapter(sft_run, tmp_path)
     assert not start.continue_adapter and peft_cfg is not None and peft_cfg.r == 4
     ids = torch.tensor([tok("SELECT count(*) FROM singer")["input_ids"]])
     assert torch.allclose(merged(ids).logits, trained(ids).logits, atol=1e-5)
+
+
+def test_no_training_rows_saves_the_starting_adapter_and_says_so(tiny_chat_model_dir, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "empty.jsonl", [])
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", "sft", tiny_chat_model_dir, data, tmp_path / "run"))
+    info = run_training(recipe)
+    assert info["status"] == "no_data" and info["kind"] == "adapter"
+    assert (tmp_path / "run" / "adapter_config.json").exists()
+    assert "no training rows" in capsys.readouterr().err
+    model, _ = load_run(tmp_path / "run", dtype=torch.float32, device="cpu")
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(torch.count_nonzero(p) == 0 for p in lora_b)  # identical to the base model

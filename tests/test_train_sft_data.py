@@ -203,3 +203,12 @@ def test_written_dataset_round_trips_into_training_rows(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "val-cond.jsonl").read_text().splitlines()]
     assert [x["split"] for x in lines].count("test") == 4
     assert read_source(Source(path=str(tmp_path / "val-cond"), split="test"))[0]["question_id"] == "q2"
+
+
+def test_written_datasets_reload_with_an_empty_split(tmp_path):
+    from datasets import load_from_disk
+
+    rows = sd.selector_examples([sample_record("q0")], schema).rows
+    sd.write_sft(rows, tmp_path, "selector", test_ids=set())
+    dd = load_from_disk(str(tmp_path / "selector"))
+    assert len(dd["train"]) == len(rows) and len(dd["test"]) == 0

@@ -31,12 +31,7 @@ def find_artifacts(run_dir: Path) -> list[dict[str, Any]]:
 
 def model_card(art: dict[str, Any], repo: str) -> str:
     run = art["run"]
-    recipe = run.get("recipe", {})
-    base = (
-        (recipe.get("model") or {}).get("name_or_path")
-        if isinstance(recipe.get("model"), dict)
-        else recipe.get("model")
-    )
+    base = run.get("base_model")  # written by `matsql train` in run.json
     meta = {
         "library_name": "peft" if (art["path"] / "adapter_config.json").exists() else "transformers",
         "base_model": base or "unknown",
@@ -61,8 +56,8 @@ def model_card(art: dict[str, Any], repo: str) -> str:
         json.dumps(metrics, indent=2, default=str)[:4000],
         "```",
     ]
-    if run.get("data_hashes"):
-        lines += ["", "## Data (sha256)", "", "```json", json.dumps(run["data_hashes"], indent=2), "```"]
+    if run.get("data"):
+        lines += ["", "## Training data (sha256)", "", "```json", json.dumps(run["data"], indent=2), "```"]
     return "\n".join(lines) + "\n"
 
 
@@ -84,7 +79,9 @@ def build_folder(run_dir: Path, repo: str, out: Path, include_weights: bool = Tr
         dst = out / a["stage"]
         if include_weights:
             shutil.copytree(
-                a["path"], dst, ignore=shutil.ignore_patterns("checkpoint-*", "optimizer.pt", "*.tmp")
+                a["path"],
+                dst,
+                ignore=shutil.ignore_patterns("checkpoints", "checkpoint-*", "optimizer.pt", "*.tmp"),
             )
         else:
             dst.mkdir()

@@ -175,8 +175,8 @@ def load_split(spec: DataSpec, method: str) -> SplitData:
     stats = []
     for i, src in enumerate(spec.sources):
         rows = [normalise_row(r, method, f"{src.path}[{j}]") for j, r in enumerate(read_source(src))]
-        if not rows:
-            raise DataError(f"data source {src.path} (split {src.split!r}) has no rows")
+        # an empty source is legal (a labelling mode can yield no pair): the runner then saves the
+        # starting model with status no_data instead of training
         tr, ev = (rows, []) if spec.eval_sources else split_groups(rows, spec.eval_fraction, spec.seed)
         mixed = mix(tr, src.weight, random.Random(f"{spec.seed}:{i}"))
         train += mixed

@@ -39,7 +39,8 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(
             f"init_from: {path} not found (is {run_dir} a finished matsql training run?)"
         ) from None
-    if info.get("status") != "complete" or info.get("kind") not in ("adapter", "full"):
+    # no_data: a finished run that had nothing to learn and saved its starting point
+    if info.get("status") not in ("complete", "no_data") or info.get("kind") not in ("adapter", "full"):
         raise ValueError(
             f"{path}: the run did not finish (status={info.get('status')!r}); cannot start from it"
         )

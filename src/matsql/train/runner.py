@@ -135,7 +135,7 @@ def prepare(recipe: Recipe, tokenizer: Any) -> Prepared:
     fmt = chat_format(tokenizer)
     limits = limits_of(recipe)
     train = tokenise(split.train, tokenizer, fmt, recipe.method, limits)
-    if not train.rows:
+    if not train.rows and len(split.train):  # rows exist but none fits; no rows at all is no_data
         raise RecipeError(
             f"recipe {recipe.name or recipe.output_dir}: no training row fits max_length={limits.max_length}"
         )
@@ -239,6 +239,8 @@ def run_training(recipe: Recipe, *, force: bool = False) -> dict[str, Any]:
     started = time.time()
     model, tok, peft_cfg, start = build_model(recipe)
     prep = prepare(recipe, tok)
+    if not prep.train.rows:
+        return _save_untrained(recipe, model, tok, peft_cfg, start, prep, started)
     args = trainer_args(recipe, recipe.method, bool(prep.eval.rows), mod.config_fields())
     if recipe.trainer.gradient_checkpointing and (peft_cfg is not None or start.continue_adapter):
         model.enable_input_require_grads()
@@ -298,6 +300,42 @@ def _write_outputs(recipe, trainer, tok, prep, start, result, eval_before, eval_
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     _write_json(out / RUN_FILE, info)
+    return info
+
+
+def _save_untrained(recipe, model, tok, peft_cfg, start, prep, started) -> dict[str, Any]:
+    """No training rows (e.g. a weak planner gave the selector no question with a correct
+    option, or a labelling mode gave no pair): save the starting point unchanged, so later
+    stages still find a model, and say so in run.json (``status: no_data``) and on stderr."""
+    import sys
+
+    out = Path(recipe.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if peft_cfg is not None and not hasattr(model, "peft_config"):
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_cfg)  # LoRA B starts at zero: identical to the base
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    info = {
+        "status": "no_data",
+        "method": recipe.method,
+        "name": recipe.name,
+        "agent": recipe.agent,
+        "kind": "adapter" if hasattr(model, "peft_config") else "full",
+        "base_model": start.base_model,
+        "init_from": str(Path(recipe.init_from).resolve()) if recipe.init_from else None,
+        "recipe_sha256": recipe.sha256(),
+        "data": [data_mod.fingerprint(s.path) for s in [*recipe.data.sources, *recipe.data.eval_sources]],
+        "data_counts": prep.sources,
+        "metrics": {},
+        "versions": _versions(),
+        "seconds": round(time.time() - started, 1),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    _write_json(out / RUN_FILE, info)
+    print(f"warning: {recipe.name}: no training rows; saved the starting model unchanged to {out}", file=sys.stderr)
     return info
 
 

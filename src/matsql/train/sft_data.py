@@ -360,7 +360,7 @@ def write_sft(
     tmp = out / f".{name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    dd.save_to_disk(str(tmp))
+    dd.save_to_disk(str(tmp), num_shards={s: 1 for s in dd})  # an empty split needs one shard to reload
     dest = out / name
     if dest.exists():
         if not (dest / "dataset_dict.json").exists():
