@@ -1,18 +1,36 @@
-"""Rollout-style generation throughput of LocalBackend vs plain ``model.generate``.
+"""Rollout-style generation throughput of LocalBackend vs plain ``model.generate``, and the
+per-step cost of the keyed sampler in isolation.
 
 Builds ``--questions`` synthetic schema-style prompts whose lengths spread around
 ``--prompt-tokens`` (real schema prompts vary, which is where padding waste comes from), then
-times LocalBackend (length-sorted batches, keyed sampling) and, as the baseline, plain
-``model.generate`` over the same prompts in their given order with the same batch size. Both
-count generated tokens up to and including the end token. Prints questions/s, new tokens/s and
-the ratio LocalBackend / baseline.
+times LocalBackend (length-sorted batches, decode rounds, keyed sampling), LocalBackend in one
+round per batch (the straggler-bound way), and, as the baseline, plain
+``model.generate`` over the same prompts in their given order with the same batch size. All
+count generated tokens up to and including the end token. Prints questions/s, new tokens/s,
+decode steps, the share of row-steps that produced a kept token, and the ratios to the
+baseline. Every path first runs once on a full-size batch (2 new tokens), so allocator and
+kernel warm-up does not land on whichever path is timed first.
+
+The sampler part times one decode step's token choice for ``--batch-size`` rows over the
+model's vocabulary on the model's device: the keyed inverse-CDF sampler (``sampling.py``), the
+keyed Gumbel-max sampler it replaced (int64 hash per vocabulary entry, kept here as the
+"before"), ``softmax`` + ``torch.multinomial`` (what ``generate(do_sample=True)`` runs) and
+``argmax`` (greedy, the floor), with the number of GPU kernels (CPU: aten ops) per call.
+
+``--system`` sets the instruction; the default asks for bare SQL (short answers); a planner-like
+instruction that asks for reasoning first gives long, uneven completions, where decode rounds
+matter most.
 
 Reference (DEVICE.md, H100, Qwen2.5-Coder-0.5B bf16, plain generate, T=1, 128 new tokens):
 7,105 new tokens/s at batch 512 with 794-token prompts.
 
-    python benchmarks/bench_generate.py --model qwen2.5-coder-0.5b-instruct --questions 1024 \
-        --batch-size 512 --prompt-tokens 794 --new-tokens 128            # GPU
-    python benchmarks/bench_generate.py --model smollm2-135m-instruct --device cpu \
+    python benchmarks/bench_generate.py --model qwen2.5-coder-0.5b-instruct --questions 512 \
+        --batch-size 256 --prompt-tokens 794 --new-tokens 128 --json out.json      # GPU, as before
+    python benchmarks/bench_generate.py --model qwen2.5-coder-0.5b-instruct --questions 512 \
+        --batch-size 256 --prompt-tokens 794 --new-tokens 320 --system "First explain which \
+        tables, columns and conditions answer the question, then write one SQLite query."  # planner-like
+    python benchmarks/bench_generate.py --model qwen2.5-coder-0.5b-instruct --sampler-only  # sampler alone
+    python benchmarks/bench_generate.py --model smollm2-135m-instruct --device cpu --baseline yes \
         --questions 16 --batch-size 8 --prompt-tokens 96 --new-tokens 16  # CPU smoke check
 """
 
@@ -21,15 +39,21 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 REFERENCE = {"new_tokens_per_s": 7105, "batch": 512, "prompt_tokens": 794, "device": "H100, plain generate"}
 
 TYPES = ("INTEGER", "TEXT", "REAL", "DATE")
+SYSTEM = "Write one SQLite query."
+PATHS = ("local_backend", "local_one_round", "plain_generate")
 
 
-def synthetic_prompts(tokenizer: Any, count: int, target: int, spread: float, seed: int) -> list[Any]:
+def synthetic_prompts(
+    tokenizer: Any, count: int, target: int, spread: float, seed: int, system: str = SYSTEM
+) -> list[Any]:
     """Schema + question chat prompts, each padded with CREATE TABLE lines to a drawn length."""
     from matsql.backends.base import ChatPrompt
     from matsql.backends.chat import encode_rendered, render_chat
@@ -43,7 +67,7 @@ def synthetic_prompts(tokenizer: Any, count: int, target: int, spread: float, se
         while True:
             p = ChatPrompt.of(
                 [
-                    {"role": "system", "content": "Write one SQLite query."},
+                    {"role": "system", "content": system},
                     {"role": "user", "content": "\n".join([*lines, question])},
                 ]
             )
@@ -56,26 +80,33 @@ def synthetic_prompts(tokenizer: Any, count: int, target: int, spread: float, se
     return prompts
 
 
-def run_backend(backend: Any, prompts: list[Any], args: argparse.Namespace) -> dict[str, float]:
+def synchronize(device: Any) -> None:
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_backend(
+    backend: Any, prompts: list[Any], args: argparse.Namespace, max_tokens: int
+) -> dict[str, float]:
     backend.stats.__init__()
     t0 = time.perf_counter()
-    backend.generate(
-        prompts, n=args.n, temperature=args.temperature, max_tokens=args.new_tokens, seed=args.seed
-    )
+    backend.generate(prompts, n=args.n, temperature=args.temperature, max_tokens=max_tokens, seed=args.seed)
     dt = time.perf_counter() - t0
     s = backend.stats
-    return {
-        "seconds": dt,
-        "questions_per_s": len(prompts) / dt,
-        "new_tokens_per_s": s.completion_tokens / dt,
-        "new_tokens": s.completion_tokens,
-        "padded_prompt_tokens": s.extra.get("padded_prompt_tokens", 0),
-        "prompt_tokens": s.prompt_tokens,
-    }
+    return summarize(
+        dt,
+        len(prompts),
+        s.completion_tokens,
+        s.extra.get("padded_prompt_tokens", 0),
+        s.extra.get("decode_steps", 0),
+        s.extra.get("row_steps", 0),
+    ) | {"batches": s.extra.get("batches", 0), "rounds": s.extra.get("rounds", 0)}
 
 
-def run_plain(engine: Any, prompts: list[Any], args: argparse.Namespace) -> dict[str, float]:
-    """The baseline: tokenizer padding + ``model.generate`` per batch in the given order."""
+def run_plain(engine: Any, prompts: list[Any], args: argparse.Namespace, max_tokens: int) -> dict[str, float]:
+    """The baseline: tokenizer padding + ``model.generate(do_sample=...)`` per batch in the given order."""
     import torch
 
     from matsql.backends.chat import cut_at_stop_ids
@@ -84,7 +115,7 @@ def run_plain(engine: Any, prompts: list[Any], args: argparse.Namespace) -> dict
     tok.padding_side = "left"
     texts = [engine.render(p) for p in prompts]
     sample = args.temperature > 0
-    new = padded = 0
+    new = padded = steps = row_steps = 0
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -94,7 +125,7 @@ def run_plain(engine: Any, prompts: list[Any], args: argparse.Namespace) -> dict
             ).to(engine.device)
             out = model.generate(
                 **enc,
-                max_new_tokens=args.new_tokens,
+                max_new_tokens=max_tokens,
                 do_sample=sample,
                 temperature=args.temperature if sample else None,
                 top_p=1.0,
@@ -103,20 +134,139 @@ def run_plain(engine: Any, prompts: list[Any], args: argparse.Namespace) -> dict
                 eos_token_id=engine.stop_ids,
                 pad_token_id=engine.stop_ids[0],
             )
+            width = enc["input_ids"].shape[1]
             padded += enc["input_ids"].numel()
-            for row in out[:, enc["input_ids"].shape[1] :].tolist():
+            steps += out.shape[1] - width
+            row_steps += out.shape[0] * (out.shape[1] - width)
+            for row in out[:, width:].tolist():
                 kept, ended = cut_at_stop_ids(row, engine.stop_ids)
                 new += len(kept) + int(ended)
-    if str(engine.device).startswith("cuda"):
-        torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
+    synchronize(engine.device)
+    return summarize(time.perf_counter() - t0, len(texts), new, padded, steps, row_steps)
+
+
+def summarize(
+    seconds: float, questions: int, new: float, padded: float, steps: float, row_steps: float
+) -> dict[str, float]:
     return {
-        "seconds": dt,
-        "questions_per_s": len(texts) / dt,
-        "new_tokens_per_s": new / dt,
+        "seconds": seconds,
+        "questions_per_s": questions / seconds,
+        "new_tokens_per_s": new / seconds,
         "new_tokens": new,
         "padded_prompt_tokens": padded,
+        "decode_steps": steps,
+        "ms_per_decode_step": 1e3 * seconds / max(steps, 1),
+        "useful_row_steps": new / max(row_steps, 1),
     }
+
+
+# ------------------------------------------------------------------ the sampler in isolation
+
+
+def legacy_gumbel_sampler(
+    keys: list[int], temperature: float, chunk_rows: int = 64
+) -> Callable[[Any, int], Any]:
+    """The keyed sampler before inverse CDF (matsql 0.1, commit 26eb7aa): Gumbel-max with a
+    SplitMix64 hash per (row, step, vocabulary entry), int64 on the device, 64 rows a chunk."""
+    import torch
+
+    def signed(x: int) -> int:
+        return x - (1 << 64) if x >= 1 << 63 else x
+
+    golden, mix1, mix2 = signed(0x9E3779B97F4A7C15), signed(0xBF58476D1CE4E5B9), signed(0x94D049BB133111EB)
+
+    def srl(x: Any, k: int) -> Any:
+        return (x >> k) & ((1 << (64 - k)) - 1)
+
+    key_t = torch.tensor([k & ((1 << 63) - 1) for k in keys], dtype=torch.int64)
+
+    def step_fn(scores: Any, step: int) -> Any:
+        nonlocal key_t
+        key_t = key_t.to(scores.device)
+        vocab = scores.shape[1]
+        out = torch.empty(scores.shape, dtype=torch.float32, device=scores.device)
+        for a in range(0, scores.shape[0], chunk_rows):
+            b = min(a + chunk_rows, scores.shape[0])
+            counter = torch.arange(vocab, device=scores.device, dtype=torch.int64) + step * vocab
+            z = key_t[a:b, None] + counter[None, :] * golden
+            z = (z ^ srl(z, 30)) * mix1
+            z = (z ^ srl(z, 27)) * mix2
+            z = z ^ srl(z, 31)
+            u = (srl(z, 40).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+            out[a:b] = scores[a:b].float() / temperature - torch.log(-torch.log(u))
+        return out.argmax(-1)
+
+    return step_fn
+
+
+def time_call(fn: Callable[[], Any], device: Any, repeats: int) -> float:
+    """Median seconds of ``fn()`` after one warm-up call, synchronizing the device around each."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def count_launches(fn: Callable[[], Any], device: Any) -> int | None:
+    """GPU kernels launched by ``fn()`` (on CPU: top-level aten ops); None if the profiler fails."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = str(device).startswith("cuda")
+    try:
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=acts) as prof:
+            fn()
+            synchronize(device)
+    except Exception:  # a missing CUPTI must not sink the benchmark
+        return None
+    events = prof.events()
+    if cuda:
+        return sum(1 for e in events if e.device_type == DeviceType.CUDA)
+    return sum(1 for e in events if e.name.startswith("aten::") and e.cpu_parent is None)
+
+
+def bench_sampler(rows: int, vocab: int, temperature: float, device: Any, repeats: int) -> dict[str, Any]:
+    """Per-step cost of choosing ``rows`` tokens over ``vocab`` logits, each way."""
+    import torch
+
+    from matsql.backends.sampling import KeyedSampler
+
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    logits = (torch.randn(rows, vocab, generator=gen) * 3).to(device)
+    keys = list(range(1, rows + 1))
+    keyed = KeyedSampler(keys, temperature, 1.0, start_len=0, steps=8)
+    legacy = legacy_gumbel_sampler(keys, temperature)
+    ways: dict[str, Callable[[], Any]] = {
+        "keyed_inverse_cdf": lambda: keyed.sample(logits, 3),
+        "keyed_gumbel_legacy": lambda: legacy(logits, 3),
+        "softmax_multinomial": lambda: torch.multinomial(torch.softmax(logits / temperature, -1), 1),
+        "argmax": lambda: logits.argmax(-1),
+    }
+    out: dict[str, Any] = {"rows": rows, "vocab": vocab, "device": str(device)}
+    for name, fn in ways.items():
+        out[name] = {"ms": 1e3 * time_call(fn, device, repeats), "launches": count_launches(fn, device)}
+    return out
+
+
+def print_sampler(res: dict[str, Any]) -> None:
+    base = res["softmax_multinomial"]["ms"]
+    unit = "GPU kernels" if res["device"].startswith("cuda") else "aten ops"
+    print(f"sampler, one decode step of {res['rows']} rows x {res['vocab']} vocabulary on {res['device']}:")
+    for name in ("keyed_inverse_cdf", "keyed_gumbel_legacy", "softmax_multinomial", "argmax"):
+        r = res[name]
+        print(
+            f"  {name:20s} {r['ms']:9.2f} ms  ({r['ms'] / base:5.2f}x multinomial)  "
+            f"{r['launches'] if r['launches'] is not None else '?'} {unit}"
+        )
+
+
+# ------------------------------------------------------------------ main
 
 
 def main() -> None:
@@ -125,66 +275,109 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--questions", type=int, default=1024)
-    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--max-batch-tokens", type=int, default=None)
     ap.add_argument("--prompt-tokens", type=int, default=794)
     ap.add_argument("--spread", type=float, default=0.5, help="prompt lengths uniform in L*(1 +- spread)")
+    ap.add_argument("--system", default=SYSTEM, help="system instruction of the synthetic prompts")
     ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument(
+        "--round-tokens",
+        type=int,
+        default=None,
+        help="first decode round of local_backend (default: ROUND_TOKENS, also on CPU)",
+    )
     ap.add_argument("--n", type=int, default=1, help="samples per question")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=1, help="timed runs of each; the median is reported")
     ap.add_argument("--baseline", choices=("auto", "yes", "no"), default="auto", help="auto: only on CUDA")
+    ap.add_argument("--one-round", choices=("auto", "yes", "no"), default="auto", help="auto: only on CUDA")
+    ap.add_argument("--sampler-only", action="store_true", help="time the sampler alone, no generation")
+    ap.add_argument("--sampler-repeats", type=int, default=None, help="default: 20 on CUDA, 3 on CPU")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
 
-    from matsql.backends.transformers_local import LocalBackend, LocalEngine
+    from matsql.backends.transformers_local import ROUND_TOKENS, LocalBackend, LocalEngine
 
     t0 = time.perf_counter()
     engine = LocalEngine.load(args.model, device=args.device, dtype=args.dtype)
     load_s = time.perf_counter() - t0
     dev = str(engine.device)
-    prompts = synthetic_prompts(engine.tokenizer, args.questions, args.prompt_tokens, args.spread, args.seed)
-    backend = LocalBackend(engine, batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens)
-    backend.generate(prompts[:2], max_tokens=4)  # warm-up (kernels, allocator)
+    cuda = dev.startswith("cuda")
     res: dict[str, Any] = {"args": vars(args), "device": dev, "load_s": load_s, "model": engine.identifier}
-    baseline = args.baseline == "yes" or (args.baseline == "auto" and dev.startswith("cuda"))
-    runs: dict[str, list[dict[str, float]]] = {"local_backend": [], "plain_generate": []}
-    for _ in range(args.repeats):  # interleaved, so drift in machine load hits both alike
-        runs["local_backend"].append(run_backend(backend, prompts, args))
-        if baseline:
-            runs["plain_generate"].append(run_plain(engine, prompts, args))
-    for name, rs in runs.items():
-        if rs:  # the median run by wall time
-            res[name] = sorted(rs, key=lambda r: r["seconds"])[len(rs) // 2]
-    if baseline:
-        for k in ("new_tokens_per_s", "questions_per_s"):
-            res[f"ratio_{k}"] = res["local_backend"][k] / res["plain_generate"][k]
-    res["reference"] = REFERENCE
+    if cuda:
+        import torch
 
-    print(
-        f"model {engine.identifier} on {dev} (loaded in {load_s:.1f}s); {args.questions} questions x n={args.n}, "
-        f"~{args.prompt_tokens} prompt tokens (+-{args.spread:.0%}), {args.new_tokens} new, T={args.temperature}, batch {args.batch_size}, "
-        f"median of {args.repeats} runs"
+        res["gpu"] = torch.cuda.get_device_name()
+    vocab = engine.model.get_output_embeddings().weight.shape[0]
+    reps = args.sampler_repeats or (20 if cuda else 3)
+    res["sampler"] = bench_sampler(args.batch_size, vocab, args.temperature or 1.0, engine.device, reps)
+    print_sampler(res["sampler"])
+    if args.sampler_only:
+        dump(res, args.json)
+        return
+
+    prompts = synthetic_prompts(
+        engine.tokenizer, args.questions, args.prompt_tokens, args.spread, args.seed, args.system
     )
-    for name in ("local_backend", "plain_generate"):
+    rounds = args.round_tokens or ROUND_TOKENS  # rounds even on CPU, where "auto" would not use them
+    backend = LocalBackend(
+        engine, batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens, round_tokens=rounds
+    )
+    one_round = LocalBackend(
+        engine, batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens, round_tokens=None
+    )
+    runners: dict[str, Callable[[list[Any], int], dict[str, float]]] = {
+        "local_backend": lambda ps, m: run_backend(backend, ps, args, m)
+    }
+    if args.one_round == "yes" or (args.one_round == "auto" and cuda):
+        runners["local_one_round"] = lambda ps, m: run_backend(one_round, ps, args, m)
+    if args.baseline == "yes" or (args.baseline == "auto" and cuda):
+        runners["plain_generate"] = lambda ps, m: run_plain(engine, ps, args, m)
+    for run in runners.values():  # warm-up: one full-size batch per path, 2 new tokens
+        run(prompts[: args.batch_size], 2)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in runners}
+    for _ in range(args.repeats):  # interleaved, so drift in machine load hits all alike
+        for name, run in runners.items():
+            runs[name].append(run(prompts, args.new_tokens))
+    for name, rs in runs.items():  # the median run by wall time
+        res[name] = sorted(rs, key=lambda r: r["seconds"])[len(rs) // 2]
+    for name in ("local_backend", "local_one_round"):
+        if name in res and "plain_generate" in res:
+            res[f"ratio_{name}_new_tokens_per_s"] = (
+                res[name]["new_tokens_per_s"] / res["plain_generate"]["new_tokens_per_s"]
+            )
+    res["reference"] = REFERENCE
+    print(
+        f"model {engine.identifier} on {res.get('gpu', dev)} (loaded in {load_s:.1f}s); {args.questions} questions x n={args.n}, "
+        f"~{args.prompt_tokens} prompt tokens (+-{args.spread:.0%}), {args.new_tokens} new, T={args.temperature}, "
+        f"batch {args.batch_size}, rounds from {rounds}, median of {args.repeats} runs"
+    )
+    for name in PATHS:
         if name in res:
             r = res[name]
             print(
-                f"  {name:15s} {r['questions_per_s']:9.2f} questions/s  {r['new_tokens_per_s']:10.1f} new tokens/s  "
-                f"({r['new_tokens']} tokens in {r['seconds']:.1f}s, {r['padded_prompt_tokens']} padded prompt tokens)"
+                f"  {name:16s} {r['questions_per_s']:8.2f} questions/s {r['new_tokens_per_s']:9.1f} new tokens/s  "
+                f"({r['new_tokens']:.0f} tokens in {r['seconds']:.1f}s; {r['decode_steps']:.0f} decode steps, "
+                f"{r['ms_per_decode_step']:.1f} ms each incl. prefill; {r['useful_row_steps']:.0%} of row-steps kept; "
+                f"{r['padded_prompt_tokens']:.0f} padded prompt tokens)"
             )
-    if "ratio_new_tokens_per_s" in res:
-        print(
-            f"  ratio LocalBackend / plain generate: {res['ratio_new_tokens_per_s']:.2f}x new tokens/s, "
-            f"{res['ratio_questions_per_s']:.2f}x questions/s"
-        )
+    for name in ("local_backend", "local_one_round"):
+        if f"ratio_{name}_new_tokens_per_s" in res:
+            print(
+                f"  ratio {name} / plain generate: {res[f'ratio_{name}_new_tokens_per_s']:.2f}x new tokens/s"
+            )
     print(
         f"  reference: {REFERENCE['new_tokens_per_s']:,} new tokens/s ({REFERENCE['device']}, batch {REFERENCE['batch']}, "
         f"{REFERENCE['prompt_tokens']}-token prompts)"
     )
-    if args.json:
-        with open(args.json, "w") as fh:
+    dump(res, args.json)
+
+
+def dump(res: dict[str, Any], path: str | None) -> None:
+    if path:
+        with open(path, "w") as fh:
             json.dump(res, fh, indent=1)
 
 

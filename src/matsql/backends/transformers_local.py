@@ -2,15 +2,26 @@
 
 How a call runs: prompts are rendered with the tokenizer's own chat template (+ prefix) and
 tokenized without adding special tokens; each (prompt, sample) becomes a row; rows are sorted
-by prompt length and packed into batches (``batch_size`` rows, and at most ``max_batch_tokens``
-of rows x (longest prompt + max_tokens)), so little compute goes to padding; each batch is
+by length and packed into batches (``batch_size`` rows, and at most ``max_batch_tokens`` of
+rows x (longest input + new tokens)), so little compute goes to padding; each batch is
 left-padded and decoded with ``model.generate``. Greedy calls (T=0) decode each prompt once and
 repeat the text ``n`` times.
+
+Decoding runs in rounds (``round_tokens`` new tokens, then twice as many, ...): a batch runs
+until its longest row ends, so one long row keeps hundreds of finished rows computing. After
+each round, finished rows leave; the rest (prompt + tokens so far) are re-packed with the
+survivors of other batches into full batches and prefilled again, which costs far less than
+the straggling decode steps it saves (rollout completions are mostly much shorter than their
+cap). Round boundaries depend only on a row's own token count, never on its batch. On a GPU,
+decoding is bound by memory traffic and kernel launches, so a prefilled token costs a small
+fraction of a decode row-step; on a CPU both are compute-bound and re-prefilling costs as much
+as it saves, so ``round_tokens="auto"`` means rounds of ``ROUND_TOKENS`` on accelerators and
+one round on CPU (``benchmarks/bench_generate.py`` measures both ways on the device at hand).
 
 Sampling is keyed per row (see ``sampling.py``): a completion is a function of the prompt,
 the settings, ``seed`` and its sample index, not of which prompts shared its batch. ``seed``
 and ``n`` therefore reproduce across batch sizes and resumed runs (on one machine; bf16
-logits can differ in the last bit with different padding).
+logits can differ in the last bit with different padding, or with another ``round_tokens``).
 
 Several agents can share one loaded base model: a ``LocalEngine`` holds the model and its
 LoRA adapters, and each ``LocalBackend`` is a view with its own default adapter and stats.
@@ -26,7 +37,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from matsql.backends.base import ChatPrompt, GenerationStats
 from matsql.backends.chat import (
@@ -41,13 +52,14 @@ from matsql.backends.chat import (
 log = logging.getLogger(__name__)
 
 BASE = "__base__"  # adapter name meaning "the base model, adapters off" (PEFT's own spelling)
+ROUND_TOKENS = 32  # first decode round on an accelerator; later rounds double (see module doc)
 
 
 @dataclass(frozen=True)
 class Row:
     prompt: int  # index into the call's prompts
     sample: int  # sample index within the prompt
-    length: int  # prompt tokens
+    length: int  # input tokens: prompt + tokens generated in earlier rounds
 
 
 def pack_rows(
@@ -171,14 +183,15 @@ class LocalEngine:
         top_p: float = 1.0,
         batch_size: int = 64,
         max_batch_tokens: int | None = None,
+        round_tokens: int | Literal["auto"] | None = "auto",
         adapter: str | None = None,
         stats: GenerationStats | None = None,
     ) -> list[list[str]]:
         """``n`` completions for each rendered prompt text (see module doc)."""
         import torch
-        from transformers import GenerationConfig, LogitsProcessorList
 
-        from matsql.backends.sampling import KeyedSampler
+        if round_tokens == "auto":
+            round_tokens = None if self.device.type == "cpu" else ROUND_TOKENS
 
         if n < 1 or max_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
             raise ValueError(
@@ -197,46 +210,45 @@ class LocalEngine:
                 )
         greedy = temperature <= 0
         rows = [Row(p, s, len(enc[p])) for p in range(len(enc)) for s in range(1 if greedy else n)]
-        out: dict[tuple[int, int], str] = {}
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
-        gen_cfg = GenerationConfig(
-            max_new_tokens=max_tokens,
-            do_sample=False,
-            num_beams=1,
-            eos_token_id=list(self.stop_ids),
-            pad_token_id=self.stop_ids[0],  # filler after a row ends: cut like an eos
-            stop_strings=list(stop) if stop else None,
-            use_cache=True,
+        keys = (
+            {}
+            if greedy
+            else {(r.prompt, r.sample): derive_seed(seed, texts[r.prompt], r.sample) for r in rows}
         )
-        n_generated = padded = batches = 0
+        made: dict[tuple[int, int], list[int]] = {(r.prompt, r.sample): [] for r in rows}
+        counts = dict.fromkeys(("batches", "rounds", "padded_prompt_tokens", "decode_steps", "row_steps"), 0)
+        n_generated = 0
+        pending = rows
         with self.lock, self.use_adapter(adapter), self._neutral_defaults(), torch.inference_mode():
-            for batch in pack_rows(rows, batch_size, max_batch_tokens, max_tokens):
-                width = batch[0].length
-                ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for j, r in enumerate(batch):
-                    ids[j, width - r.length :] = torch.tensor(enc[r.prompt])
-                    mask[j, width - r.length :] = 1
-                kwargs: dict[str, Any] = {"tokenizer": self.tokenizer} if stop else {}
-                if not greedy:
-                    keys = [derive_seed(seed, texts[r.prompt], r.sample) for r in batch]
-                    kwargs["logits_processor"] = LogitsProcessorList(
-                        [KeyedSampler(keys, temperature, top_p, width)]
-                    )
-                seqs = self.model.generate(
-                    input_ids=ids.to(self.device),
-                    attention_mask=mask.to(self.device),
-                    generation_config=gen_cfg,
-                    **kwargs,
-                )
-                new = seqs[:, width:].tolist()
-                for j, r in enumerate(batch):
-                    kept, ended = cut_at_stop_ids(new[j], self.stop_ids)
-                    n_generated += len(kept) + int(ended)
-                    text = self.tokenizer.decode(kept, skip_special_tokens=True)
-                    out[(r.prompt, r.sample)] = truncate_at_stop(text, stop)
-                padded += len(batch) * width
-                batches += 1
+            for budget in round_budgets(max_tokens, round_tokens):
+                if not pending:
+                    break
+                counts["rounds"] += 1
+                carry: list[Row] = []
+                for batch in pack_rows(pending, batch_size, max_batch_tokens, budget):
+                    inputs = [enc[r.prompt] + made[(r.prompt, r.sample)] for r in batch]
+                    sampler = None
+                    if not greedy:
+                        sampler = (
+                            [keys[(r.prompt, r.sample)] for r in batch],
+                            [len(made[(r.prompt, r.sample)]) for r in batch],
+                        )
+                    new = self._decode(inputs, budget, stop, sampler, temperature, top_p, counts)
+                    for r, toks in zip(batch, new, strict=True):
+                        kept, ended = cut_at_stop_ids(toks, self.stop_ids)
+                        so_far = made[(r.prompt, r.sample)]
+                        so_far.extend(kept)
+                        n_generated += len(kept) + int(ended)
+                        finished = (
+                            ended or len(so_far) >= max_tokens or _has_stop(self.tokenizer, so_far, stop)
+                        )
+                        if not finished:
+                            carry.append(Row(r.prompt, r.sample, r.length + len(kept)))
+                pending = carry
+        out = {
+            k: truncate_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), stop)
+            for k, ids in made.items()
+        }
         result = [[out[(p, 0 if greedy else s)] for s in range(n)] for p in range(len(enc))]
         if stats is not None:
             stats.calls += 1
@@ -245,9 +257,84 @@ class LocalEngine:
             stats.prompt_tokens += sum(len(e) for e in enc)
             stats.completion_tokens += n_generated
             stats.seconds += time.perf_counter() - t0
-            for k, v in (("batches", batches), ("rows", len(rows)), ("padded_prompt_tokens", padded)):
+            for k, v in (("rows", len(rows)), *counts.items()):
                 stats.extra[k] = stats.extra.get(k, 0.0) + v
         return result
+
+    def _decode(
+        self,
+        inputs: list[list[int]],
+        budget: int,
+        stop: Sequence[str] | None,
+        sampler: tuple[list[int], list[int]] | None,
+        temperature: float,
+        top_p: float,
+        counts: dict[str, int],
+    ) -> list[list[int]]:
+        """One left-padded ``generate`` call: up to ``budget`` new ids per row (after an end
+        token, filler). ``sampler`` is (keys, steps already generated) per row, None for greedy."""
+        import numpy as np
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        from matsql.backends.sampling import KeyedSampler
+
+        width = max(len(x) for x in inputs)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
+        ids = np.full((len(inputs), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(inputs), width), dtype=np.int64)
+        for j, x in enumerate(inputs):
+            ids[j, width - len(x) :] = x
+            mask[j, width - len(x) :] = 1
+        gen_cfg = GenerationConfig(
+            max_new_tokens=budget,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=list(self.stop_ids),
+            pad_token_id=self.stop_ids[0],  # filler after a row ends: cut like an eos
+            stop_strings=list(stop) if stop else None,
+            use_cache=True,
+        )
+        kwargs: dict[str, Any] = {"tokenizer": self.tokenizer} if stop else {}
+        if sampler is not None:
+            keys, first = sampler
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [KeyedSampler(keys, temperature, top_p, width, steps=budget, first_step=first)]
+            )
+        seqs = self.model.generate(
+            input_ids=torch.from_numpy(ids).to(self.device),
+            attention_mask=torch.from_numpy(mask).to(self.device),
+            generation_config=gen_cfg,
+            **kwargs,
+        )
+        new = seqs[:, width:].tolist()  # the one host sync per batch
+        steps = seqs.shape[1] - width
+        counts["batches"] += 1
+        counts["padded_prompt_tokens"] += len(inputs) * width
+        counts["decode_steps"] += steps
+        counts["row_steps"] += len(inputs) * steps
+        return new
+
+
+def round_budgets(max_tokens: int, round_tokens: int | None) -> list[int]:
+    """New-token budgets of successive decode rounds: ``round_tokens``, then doubling, summing
+    to ``max_tokens`` (one round if ``round_tokens`` is None or covers ``max_tokens``)."""
+    if round_tokens is not None and round_tokens < 1:
+        raise ValueError(f"round_tokens must be >= 1 or None, got {round_tokens}")
+    budgets: list[int] = []
+    size = round_tokens or max_tokens
+    while (left := max_tokens - sum(budgets)) > 0:
+        budgets.append(min(size, left))
+        size *= 2
+    return budgets
+
+
+def _has_stop(tokenizer: Any, ids: list[int], stop: Sequence[str] | None) -> bool:
+    """Whether the completion so far contains a stop string (then it needs no more rounds)."""
+    if not stop or not ids:
+        return False
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    return any(s and s in text for s in stop)
 
 
 class LocalBackend:
@@ -256,6 +343,8 @@ class LocalBackend:
     ``model`` is a model spec (see ``matsql.models.resolve_model``) or a ``LocalEngine`` to share
     one loaded model between agents. ``adapter`` (a PEFT folder) is this backend's default; a
     call may pick another loaded adapter by name (``adapter_name=``, ``BASE`` for none).
+    ``round_tokens`` is the first decode round's length (None: one round of ``max_tokens``;
+    "auto": ``ROUND_TOKENS`` on an accelerator, one round on CPU).
     """
 
     def __init__(
@@ -269,6 +358,7 @@ class LocalBackend:
         max_batch_tokens: int | None = None,
         top_p: float = 1.0,
         name: str | None = None,
+        round_tokens: int | Literal["auto"] | None = "auto",
     ) -> None:
         self.engine = (
             model if isinstance(model, LocalEngine) else LocalEngine.load(model, device=device, dtype=dtype)
@@ -277,6 +367,7 @@ class LocalBackend:
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         self.top_p = top_p
+        self.round_tokens = round_tokens
         self.name = name or f"local:{self.engine.identifier}" + (f"+{self.adapter}" if self.adapter else "")
         self.stats = GenerationStats()
 
@@ -340,6 +431,7 @@ class LocalBackend:
             top_p=self.top_p,
             batch_size=self.batch_size,
             max_batch_tokens=self.max_batch_tokens,
+            round_tokens=self.round_tokens,
             adapter=adapter_name if adapter_name is not None else self.adapter,
             stats=self.stats,
         )
