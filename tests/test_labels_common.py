@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from matsql.backends.base import ChatPrompt
-from matsql.labels.common import Group, Scored, distinct_texts, pair_groups, uncapped_pairs
+from matsql.labels.common import Group, Scored, distinct_texts, make_labeler, pair_groups, uncapped_pairs
 
 
 def _group(qid: str, chosen: int, rejected: int, tag: str = "p") -> Group:
@@ -100,3 +100,19 @@ def test_scores_order_pairs_beyond_booleans() -> None:
     )
     got = {(a.text, b.text) for a, b in uncapped_pairs(g)}
     assert got == {("up", "same"), ("up", "same2"), ("up", "down"), ("same", "down"), ("same2", "down")}
+
+
+@pytest.mark.parametrize("seeded", [False, True])
+def test_make_labeler_pairs_the_grouping_and_forwards_seed_only_when_seeded(seeded: bool) -> None:
+    calls: list[dict] = []
+
+    def groups_fake(records, agent, prompt_fn, **opts):
+        calls.append({"records": records, "agent": agent, "prompt_fn": prompt_fn, **opts})
+        return [_group("q", 3, 3)]
+
+    label = make_labeler(groups_fake, seeded=seeded)
+    pairs = label(["r"], "val-sel", "fn", max_pairs_per_prompt=2, seed=5, with_verdicts=True)
+    expected = {"records": ["r"], "agent": "val-sel", "prompt_fn": "fn", "with_verdicts": True}
+    assert calls == [{**expected, "seed": 5} if seeded else expected]
+    assert _keys(pairs) == _keys(pair_groups([_group("q", 3, 3)], max_pairs_per_prompt=2, seed=5))
+    assert label.__name__ == "label_fake" and label.__module__ == __name__

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from matsql.labels.common import DEFAULT_MAX_PAIRS_PER_PROMPT, Group, PromptFn, check_agent, pair_groups
-from matsql.labels.planner import planner_groups
-from matsql.labels.validators import validator_groups
-from matsql.records import VALIDATORS, Branch, Candidate, Critique, PreferencePair, RolloutRecord
+from matsql.labels.common import Group, PromptFn, make_labeler
+from matsql.labels.validators import PLANNER_AND_VALIDATORS, mode_groups
+from matsql.records import Branch, Candidate, Critique, RolloutRecord
 
 MODE = "collab"
-AGENTS = ("planner", *VALIDATORS)
+AGENTS = PLANNER_AND_VALIDATORS
 
 
 def critique_label(candidate: Candidate, branch: Branch, critique: Critique) -> bool | None:
@@ -24,24 +23,7 @@ def critique_label(candidate: Candidate, branch: Branch, critique: Critique) -> 
 
 
 def groups_collab(records: Sequence[RolloutRecord], agent: str, prompt_fn: PromptFn) -> list[Group]:
-    check_agent(agent, AGENTS, MODE)
-    if agent == "planner":
-        return planner_groups(records, prompt_fn, MODE, lambda c: c.correct)
-    return validator_groups(records, agent, prompt_fn, MODE, critique_label)
+    return mode_groups(records, agent, prompt_fn, MODE, critique_label)
 
 
-def label_collab(
-    records: Sequence[RolloutRecord],
-    agent: str,
-    prompt_fn: PromptFn,
-    *,
-    max_pairs_per_prompt: int | None = DEFAULT_MAX_PAIRS_PER_PROMPT,
-    max_pairs_per_question: int | None = None,
-    seed: int = 0,
-) -> list[PreferencePair]:
-    return pair_groups(
-        groups_collab(records, agent, prompt_fn),
-        max_pairs_per_prompt=max_pairs_per_prompt,
-        max_pairs_per_question=max_pairs_per_question,
-        seed=seed,
-    )
+label_collab = make_labeler(groups_collab)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from matsql.labels.dataset import split_by_question, write_json, write_split
 from matsql.labels.fixer import sft_balance
 from matsql.labels.io import RolloutReadError, benchmark_of, read_rollouts
 from matsql.labels.prompts import check_prompts, make_prompt_fn
-from matsql.labels.registry import MODES_BY_AGENT, modes_for, run_labels
+from matsql.labels.registry import MODES_BY_AGENT, LabelRun, modes_for, run_labels
 from matsql.labels.yield_stats import YieldStats, compute_yield, yield_table
 from matsql.records import RolloutRecord
 
@@ -48,6 +48,16 @@ def schema_lookup(benchmark: str, data: Path | None) -> Callable[[str], str]:
     return load_benchmark(benchmark, root=data).schema_text
 
 
+def label_modes(
+    records: Sequence[RolloutRecord], agent: str, mode: str, prompt_fn: PromptFn, **opts: Any
+) -> Iterator[tuple[LabelRun, YieldStats]]:
+    """Each of the agent's modes (``mode`` is one or ``all``) labelled, with its yield (the E1 SFT
+    mix's balance included), so that ``build`` and ``yield`` report the same numbers."""
+    for m in modes_for(agent, mode):
+        run = run_labels(agent, m, records, prompt_fn, **opts)
+        yield run, compute_yield(run, sft_balance(records, run.sft) if run.sft is not None else None)
+
+
 def build_labels(
     records: Sequence[RolloutRecord],
     agent: str,
@@ -68,22 +78,20 @@ def build_labels(
     modes = modes_for(agent, mode)
     _, test_ids = split_by_question([r.question_id for r in records], test_frac, seed)
     stats: list[YieldStats] = []
-    for m in modes:
-        run = run_labels(
-            agent,
-            m,
-            records,
-            prompt_fn,
-            max_pairs_per_prompt=max_pairs_per_prompt,
-            max_pairs_per_question=max_pairs_per_question,
-            seed=seed,
-            with_verdicts=with_verdicts,
-            sft_max_per_question=sft_max_per_question,
-        )
-        sft = sft_balance(records, run.sft) if run.sft is not None else None
-        y = compute_yield(run, sft)
+    runs = label_modes(
+        records,
+        agent,
+        mode,
+        prompt_fn,
+        max_pairs_per_prompt=max_pairs_per_prompt,
+        max_pairs_per_question=max_pairs_per_question,
+        seed=seed,
+        with_verdicts=with_verdicts,
+        sft_max_per_question=sft_max_per_question,
+    )
+    for run, y in runs:
         stats.append(y)
-        d = out if len(modes) == 1 else out / m
+        d = out if len(modes) == 1 else out / run.mode
         splits = {"pairs": write_split(d, "pairs", run.pairs, test_ids)}
         if run.sft is not None:
             splits["sft"] = write_split(d, "sft", run.sft, test_ids)
@@ -185,23 +193,20 @@ def yield_cmd(
     """Print the pair yield of every mode of an agent, side by side (no schema needed: prompts
     of one question share the schema, so grouping is the same without it)."""
     try:
-        modes = modes_for(agent, "all")
+        modes_for(agent, "all")
         records, _ = read_rollouts(rollouts)
     except (RolloutReadError, ValueError) as e:
         raise _fail(str(e)) from e
-    prompt_fn = make_prompt_fn(lambda db_id: "")
-    stats = []
-    for m in modes:
-        run = run_labels(
-            agent,
-            m,
-            records,
-            prompt_fn,
-            max_pairs_per_prompt=max_pairs_per_prompt,
-            max_pairs_per_question=max_pairs_per_question,
-            seed=seed,
-        )
-        stats.append(compute_yield(run, sft_balance(records, run.sft) if run.sft is not None else None))
+    runs = label_modes(
+        records,
+        agent,
+        "all",
+        make_prompt_fn(lambda db_id: ""),
+        max_pairs_per_prompt=max_pairs_per_prompt,
+        max_pairs_per_question=max_pairs_per_question,
+        seed=seed,
+    )
+    stats = [y for _, y in runs]
     console.print(yield_table(stats, title=f"pair yield, {agent} ({len(records)} questions)"))
     if json_out is not None:
         write_json(json_out, [s.to_dict() for s in stats])

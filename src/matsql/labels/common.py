@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
@@ -233,3 +233,54 @@ def pair_groups(
 def check_agent(agent: str, allowed: Sequence[str], mode: str) -> None:
     if agent not in allowed:
         raise ValueError(f"mode {mode!r} has no labels for agent {agent!r}; it labels {', '.join(allowed)}")
+
+
+#: A mode's grouping: ``groups_<mode>(records, agent, prompt_fn, **opts) -> list[Group]``.
+GroupsFn = Callable[..., list[Group]]
+
+
+class LabelFn(Protocol):
+    """``label_<mode>(records, agent, prompt_fn, *, caps, seed, **opts) -> list[PreferencePair]``."""
+
+    def __call__(
+        self,
+        records: Sequence[RolloutRecord],
+        agent: str,
+        prompt_fn: PromptFn,
+        *,
+        max_pairs_per_prompt: int | None = DEFAULT_MAX_PAIRS_PER_PROMPT,
+        max_pairs_per_question: int | None = None,
+        seed: int = 0,
+        **opts: Any,
+    ) -> list[PreferencePair]: ...
+
+
+def make_labeler(groups_fn: GroupsFn, *, seeded: bool = False) -> LabelFn:
+    """``label_<mode>`` from ``groups_<mode>``: modes differ only in how they score and group, so
+    pairing (caps, seed) is written once. ``seeded``: the grouping takes ``seed`` as well (the
+    selector's option order); other ``opts`` (e.g. ``with_verdicts``) go to the grouping as is."""
+
+    def label(
+        records: Sequence[RolloutRecord],
+        agent: str,
+        prompt_fn: PromptFn,
+        *,
+        max_pairs_per_prompt: int | None = DEFAULT_MAX_PAIRS_PER_PROMPT,
+        max_pairs_per_question: int | None = None,
+        seed: int = 0,
+        **opts: Any,
+    ) -> list[PreferencePair]:
+        if seeded:
+            opts["seed"] = seed
+        return pair_groups(
+            groups_fn(records, agent, prompt_fn, **opts),
+            max_pairs_per_prompt=max_pairs_per_prompt,
+            max_pairs_per_question=max_pairs_per_question,
+            seed=seed,
+        )
+
+    name = groups_fn.__name__.replace("groups_", "label_", 1)
+    label.__name__ = label.__qualname__ = name
+    label.__module__ = groups_fn.__module__
+    label.__doc__ = f"Preference pairs from ``{groups_fn.__name__}``'s groups (capped, seeded)."
+    return label

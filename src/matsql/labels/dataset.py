@@ -44,29 +44,28 @@ def _assistant(text: str) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": text}]
 
 
+def _info(r: PreferencePair | SFTExample) -> dict[str, Any]:
+    """The ``_INFO_COLUMNS`` of a row (meta as JSON: one column type for every row)."""
+    return {
+        "question_id": r.question_id,
+        "db_id": r.db_id,
+        "agent": r.agent,
+        "mode": r.mode,
+        "meta": json.dumps(r.meta, sort_keys=True),
+    }
+
+
 def pair_row(p: PreferencePair) -> dict[str, Any]:
     return {
         "prompt": p.prompt,
         "chosen": _assistant(p.prefix + p.chosen),
         "rejected": _assistant(p.prefix + p.rejected),
-        "question_id": p.question_id,
-        "db_id": p.db_id,
-        "agent": p.agent,
-        "mode": p.mode,
-        "meta": json.dumps(p.meta, sort_keys=True),
+        **_info(p),
     }
 
 
 def sft_row(e: SFTExample) -> dict[str, Any]:
-    return {
-        "prompt": e.prompt,
-        "completion": _assistant(e.prefix + e.completion),
-        "question_id": e.question_id,
-        "db_id": e.db_id,
-        "agent": e.agent,
-        "mode": e.mode,
-        "meta": json.dumps(e.meta, sort_keys=True),
-    }
+    return {"prompt": e.prompt, "completion": _assistant(e.prefix + e.completion), **_info(e)}
 
 
 def _features(kind: str):

@@ -18,17 +18,16 @@ from typing import Any
 
 from matsql.agents import fixer as fixer_agent
 from matsql.labels.common import (
-    DEFAULT_MAX_PAIRS_PER_PROMPT,
     Group,
     GroupCollector,
     PromptFn,
     Scored,
     SFTExample,
     check_agent,
-    pair_groups,
+    make_labeler,
     rng_for,
 )
-from matsql.records import Branch, Candidate, PreferencePair, RolloutRecord
+from matsql.records import Branch, Candidate, RolloutRecord
 
 MODE = "e1"
 AGENTS = ("fixer",)
@@ -66,21 +65,7 @@ def groups_e1(records: Sequence[RolloutRecord], agent: str, prompt_fn: PromptFn)
     return fixer_groups(records, prompt_fn, MODE)
 
 
-def label_e1(
-    records: Sequence[RolloutRecord],
-    agent: str,
-    prompt_fn: PromptFn,
-    *,
-    max_pairs_per_prompt: int | None = DEFAULT_MAX_PAIRS_PER_PROMPT,
-    max_pairs_per_question: int | None = None,
-    seed: int = 0,
-) -> list[PreferencePair]:
-    return pair_groups(
-        groups_e1(records, agent, prompt_fn),
-        max_pairs_per_prompt=max_pairs_per_prompt,
-        max_pairs_per_question=max_pairs_per_question,
-        seed=seed,
-    )
+label_e1 = make_labeler(groups_e1)
 
 
 def _sft_target(rec: RolloutRecord, cand: Candidate, br: Branch) -> tuple[str, str]:

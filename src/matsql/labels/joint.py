@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from matsql.labels.common import DEFAULT_MAX_PAIRS_PER_PROMPT, Group, PromptFn, check_agent, pair_groups
+from matsql.labels.common import Group, PromptFn, check_agent, make_labeler
 from matsql.labels.fixer import fixer_groups
 from matsql.labels.planner import planner_groups
 from matsql.labels.selector import selector_groups
 from matsql.labels.validators import validator_groups
-from matsql.records import AGENTS, VALIDATORS, Branch, Candidate, Critique, PreferencePair, RolloutRecord
+from matsql.records import AGENTS, VALIDATORS, Branch, Candidate, Critique, RolloutRecord
 
 MODE = "joint"
 
@@ -43,19 +43,4 @@ def groups_joint(
     return selector_groups(records, prompt_fn, MODE, seed=seed, with_verdicts=with_verdicts)
 
 
-def label_joint(
-    records: Sequence[RolloutRecord],
-    agent: str,
-    prompt_fn: PromptFn,
-    *,
-    max_pairs_per_prompt: int | None = DEFAULT_MAX_PAIRS_PER_PROMPT,
-    max_pairs_per_question: int | None = None,
-    seed: int = 0,
-    with_verdicts: bool = False,
-) -> list[PreferencePair]:
-    return pair_groups(
-        groups_joint(records, agent, prompt_fn, seed=seed, with_verdicts=with_verdicts),
-        max_pairs_per_prompt=max_pairs_per_prompt,
-        max_pairs_per_question=max_pairs_per_question,
-        seed=seed,
-    )
+label_joint = make_labeler(groups_joint, seeded=True)

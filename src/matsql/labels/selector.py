@@ -14,17 +14,16 @@ from dataclasses import dataclass
 
 from matsql.agents import selector as selector_agent
 from matsql.labels.common import (
-    DEFAULT_MAX_PAIRS_PER_PROMPT,
     Group,
     GroupCollector,
     PromptFn,
     Scored,
     SelectorOption,
     check_agent,
-    pair_groups,
+    make_labeler,
     rng_for,
 )
-from matsql.records import PreferencePair, RolloutRecord
+from matsql.records import RolloutRecord
 
 MODE = "joint"  # credit is the final (post-fixer) correctness of the rollout a candidate ended in
 AGENTS = ("selector",)
@@ -95,19 +94,4 @@ def groups_selector(
     return selector_groups(records, prompt_fn, MODE, seed=seed, with_verdicts=with_verdicts)
 
 
-def label_selector(
-    records: Sequence[RolloutRecord],
-    agent: str,
-    prompt_fn: PromptFn,
-    *,
-    max_pairs_per_prompt: int | None = DEFAULT_MAX_PAIRS_PER_PROMPT,
-    max_pairs_per_question: int | None = None,
-    seed: int = 0,
-    with_verdicts: bool = False,
-) -> list[PreferencePair]:
-    return pair_groups(
-        groups_selector(records, agent, prompt_fn, seed=seed, with_verdicts=with_verdicts),
-        max_pairs_per_prompt=max_pairs_per_prompt,
-        max_pairs_per_question=max_pairs_per_question,
-        seed=seed,
-    )
+label_selector = make_labeler(groups_selector, seeded=True)

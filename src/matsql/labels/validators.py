@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from matsql.labels.common import Group, GroupCollector, PromptFn, Scored
-from matsql.records import Branch, Candidate, Critique, RolloutRecord
+from matsql.labels.common import Group, GroupCollector, PromptFn, Scored, check_agent
+from matsql.labels.planner import planner_groups
+from matsql.records import VALIDATORS, Branch, Candidate, Critique, RolloutRecord
 
 #: A mode's credit rule for one critique: chosen (True), rejected (False) or unusable (None).
 CritiqueLabel = Callable[[Candidate, Branch, Critique], "bool | None"]
+
+#: Agents of the modes that credit the planner by its own correctness (all but ``joint``).
+PLANNER_AND_VALIDATORS = ("planner", *VALIDATORS)
 
 
 def validator_groups(
@@ -43,3 +47,18 @@ def validator_groups(
                 else:
                     col.add(rec, prompt, Scored(crit.text, float(lab), {**meta, "label": lab}))
     return col.groups
+
+
+def mode_groups(
+    records: Sequence[RolloutRecord],
+    agent: str,
+    prompt_fn: PromptFn,
+    mode: str,
+    critique_label: CritiqueLabel,
+) -> list[Group]:
+    """Groups of a mode that differs from the others only in ``critique_label``: the planner is
+    credited by its own correctness (no collaborative credit of its own), validators by the rule."""
+    check_agent(agent, PLANNER_AND_VALIDATORS, mode)
+    if agent == "planner":
+        return planner_groups(records, prompt_fn, mode, lambda c: c.correct)
+    return validator_groups(records, agent, prompt_fn, mode, critique_label)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -109,46 +110,35 @@ def _close_process_group() -> None:
         dist.destroy_process_group()
 
 
-@train_app.command("sft")
-def sft(
-    recipe: Path = typer.Argument(..., help="Recipe YAML (method: sft)."),
-    overrides: list[str] | None = _OVERRIDES,
-    set_: list[str] = _SET,
-    dry_run: bool = _DRY,
-    num_processes_: int | None = _NPROC,
-    accelerate_config: Path | None = _ACC,
-    force: bool = _FORCE,
-) -> None:
-    """Supervised fine-tuning (completion-only loss) from a recipe."""
-    _train(
-        "sft",
-        recipe,
-        [*set_, *(overrides or [])],
-        dry_run,
-        num_processes(num_processes_, accelerate_config),
-        force,
-    )
+def _train_command(method: str, doc: str) -> Callable[..., None]:
+    """Register ``matsql train <method>``: the methods share their options and differ only in
+    what the recipe must declare, so the command is written once."""
+
+    def command(
+        recipe: Path = typer.Argument(..., help=f"Recipe YAML (method: {method})."),
+        overrides: list[str] | None = _OVERRIDES,
+        set_: list[str] = _SET,
+        dry_run: bool = _DRY,
+        num_processes_: int | None = _NPROC,
+        accelerate_config: Path | None = _ACC,
+        force: bool = _FORCE,
+    ) -> None:
+        _train(
+            method,
+            recipe,
+            [*set_, *(overrides or [])],
+            dry_run,
+            num_processes(num_processes_, accelerate_config),
+            force,
+        )
+
+    command.__name__ = command.__qualname__ = method
+    command.__doc__ = doc
+    return train_app.command(method)(command)
 
 
-@train_app.command("orpo")
-def orpo(
-    recipe: Path = typer.Argument(..., help="Recipe YAML (method: orpo)."),
-    overrides: list[str] | None = _OVERRIDES,
-    set_: list[str] = _SET,
-    dry_run: bool = _DRY,
-    num_processes_: int | None = _NPROC,
-    accelerate_config: Path | None = _ACC,
-    force: bool = _FORCE,
-) -> None:
-    """ORPO on preference pairs (completion-only NLL, safe log-odds) from a recipe."""
-    _train(
-        "orpo",
-        recipe,
-        [*set_, *(overrides or [])],
-        dry_run,
-        num_processes(num_processes_, accelerate_config),
-        force,
-    )
+sft = _train_command("sft", "Supervised fine-tuning (completion-only loss) from a recipe.")
+orpo = _train_command("orpo", "ORPO on preference pairs (completion-only NLL, safe log-odds) from a recipe.")
 
 
 @train_app.command("sft-data")
