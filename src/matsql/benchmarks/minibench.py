@@ -41,6 +41,7 @@ from matsql.benchmarks.bird import bird_questions
 from matsql.benchmarks.minibench_questions import Family, Instance, instantiate, parse_family
 from matsql.benchmarks.minibench_tables import Row, TableSpec, generate_rows, parse_table
 from matsql.benchmarks.paths import cache_root, read_json_list, require
+from matsql.fileio import sha256_file
 
 GENERATOR_VERSION = 1
 DATA_FILES = ("minibench_words.yaml", "minibench_schemas.yaml", "minibench_questions.yaml")
@@ -183,10 +184,6 @@ def question_rows(instances: list[Instance]) -> list[dict[str, Any]]:
 
 def _dump_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _write(out: Path, seed: int) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from matsql.evaluate.metrics import MissingPolicy, QuestionOutcome, question_outcome
 from matsql.evaluate.statistics import show_ids
+from matsql.fileio import iter_jsonl
 from matsql.rollout.io import read_records
 
 FileKind = Literal["rollout", "outcomes"]
@@ -60,17 +61,7 @@ def _json_lines(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line; invalid JSON is an error naming the line."""
     if not path.is_file():
         raise OutcomeError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise OutcomeError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise OutcomeError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+    yield from iter_jsonl(path, OutcomeError)
 
 
 def detect_kind(path: Path) -> FileKind:

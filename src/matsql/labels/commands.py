@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from matsql.fileio import sha256_file
 from matsql.labels.common import DEFAULT_MAX_PAIRS_PER_PROMPT, PromptFn
 from matsql.labels.dataset import split_by_question, write_json, write_split
 from matsql.labels.fixer import sft_balance
@@ -31,14 +31,6 @@ AGENT_HELP = ", ".join(MODES_BY_AGENT)
 def _fail(msg: str) -> typer.Exit:
     err.print(f"[red]error:[/red] {msg}")
     return typer.Exit(code=1)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def schema_lookup(benchmark: str, data: Path | None) -> Callable[[str], str]:
@@ -172,7 +164,7 @@ def build(
             with_verdicts=with_verdicts,
             sft_max_per_question=sft_max_per_question,
             provenance={
-                "rollouts": [{"path": str(p), "sha256": _sha256(p)} for p in rollouts],
+                "rollouts": [{"path": str(p), "sha256": sha256_file(p)} for p in rollouts],
                 "benchmark": name,
             },
         )

@@ -7,7 +7,6 @@ cut off, finished question ids are skipped, and the header must match the run's 
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from matsql import __version__
+from matsql.fileio import iter_jsonl
 from matsql.records import RolloutHeader, RolloutRecord, dumps
 
 
@@ -48,22 +48,9 @@ def _repair_tail(path: Path) -> None:
         f.truncate(0)
 
 
-def _open_text(path: Path):
-    """Rollout files may be gzipped (``.jsonl.gz``) for archiving in results/."""
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
-
-
 def iter_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RolloutFileError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+    """Rollout files may be gzipped (``.jsonl.gz``) for archiving in results/."""
+    yield from iter_jsonl(path, RolloutFileError)
 
 
 def read_header(path: Path) -> RolloutHeader | None:

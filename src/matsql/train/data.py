@@ -21,12 +21,12 @@ train/eval split.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from matsql.fileio import iter_jsonl, sha256_file
 from matsql.train.config import DataSpec, Source
 
 
@@ -42,18 +42,7 @@ class SplitData:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for i, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: not valid JSON: {e}") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{i}: a row must be a JSON object")
-            rows.append(row)
+    rows = [row for _, row in iter_jsonl(path, DataError)]
     return rows
 
 
@@ -193,14 +182,6 @@ def load_split(spec: DataSpec, method: str) -> SplitData:
         )
     random.Random(spec.seed).shuffle(train)
     return SplitData(train, evals, stats)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fingerprint(path: str | Path) -> dict[str, Any]:
