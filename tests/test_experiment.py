@@ -176,3 +176,57 @@ def test_slurm_executor_runs_a_stage_through_submitit(tmp_path):
     out = run_plan(plan, ex)
     assert out == {"bench": "ran"} and (tmp_path / "run" / "mb" / "dev.json").exists()
     assert "submitted job" in (tmp_path / "run" / "logs" / "bench.log").read_text()
+
+
+class ConcurrentTouchExecutor(TouchExecutor):
+    """Records start/end events; sleeps a little so that stages overlap when they can."""
+
+    def __init__(self):
+        import threading
+
+        super().__init__()
+        self.events: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+
+    def run(self, stage, log):
+        import time
+
+        with self.lock:
+            self.events.append(("start", stage.name))
+        time.sleep(0.05)
+        super().run(stage, log)
+        with self.lock:
+            self.events.append(("end", stage.name))
+
+
+def test_parallel_jobs_respect_dependencies_and_overlap(tmp_path):
+    ex = ConcurrentTouchExecutor()
+    out = run_plan(_plan(tmp_path), ex, jobs=2)
+    assert set(out) == set(_plan(tmp_path).stages) and set(out.values()) == {"ran"}
+    pos = {(kind, name): i for i, (kind, name) in enumerate(ex.events)}
+    for s in _plan(tmp_path).stages.values():
+        for d in s.needs:
+            assert pos[("end", d)] < pos[("start", s.name)], (d, s.name)
+    # the two labels stages (independent of each other) ran at the same time
+    assert pos[("start", "labels-indep")] < pos[("end", "labels-collab")]
+    assert run_plan(_plan(tmp_path), TouchExecutor(), jobs=2) == dict.fromkeys(out, "skipped")
+
+
+def test_local_executor_shares_out_gpus_between_concurrent_stages():
+    import threading
+    import time
+
+    from matsql.experiment.executors import LocalExecutor
+
+    ex = LocalExecutor(gpus=["0", "1", "2"])
+    a = ex._acquire(2)
+    got: list[list[str]] = []
+    t = threading.Thread(target=lambda: got.append(ex._acquire(2)))
+    t.start()
+    time.sleep(0.1)
+    assert not got  # only one GPU is free: the second stage waits
+    ex._release(a)
+    t.join(timeout=5)
+    assert len(got[0]) == 2 and set(got[0]) <= {"0", "1", "2"}
+    ex._release(got[0])
+    assert sorted(ex._acquire(8)) == ["0", "1", "2"]  # a request is capped at the GPUs that exist

@@ -40,6 +40,9 @@ def run(
     until: str | None = typer.Option(None, "--until", help="run the stages this one needs, and it"),
     only: str | None = typer.Option(None, "--only", help="run this stage alone (its inputs must be done)"),
     force: bool = typer.Option(False, "--force", help="rerun the --only/--until stage even if done"),
+    jobs: int = typer.Option(
+        1, "--jobs", "-j", help="stages run at once when their inputs are done (GPUs are shared out)"
+    ),
     executor: str = typer.Option("local", "--executor", help="local | slurm"),
     job_name: str = typer.Option("vl", "--job-name", help="SLURM job name prefix"),
     partition: str | None = typer.Option(None, "--partition"),
@@ -62,7 +65,7 @@ def run(
             ex = SlurmExecutor(p.run_dir / "slurm", job_name=job_name, env=p.env, **params)
         else:
             raise typer.BadParameter("--executor must be local or slurm")
-        outcome = run_plan(p, ex, until=until, only=only, force=force)
+        outcome = run_plan(p, ex, until=until, only=only, force=force, jobs=jobs)
     except (PlanError, StageFailed) as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from e
@@ -135,7 +138,9 @@ def _repo_root() -> Path:
     for cand in [Path.cwd(), *Path.cwd().parents, *here.parents]:
         if (cand / "recipes" / "tiny").is_dir() and (cand / "experiments" / "agents").is_dir():
             return cand
-    raise typer.BadParameter("run `matsql demo` from a matsql checkout (recipes/ and experiments/ are needed)")
+    raise typer.BadParameter(
+        "run `matsql demo` from a matsql checkout (recipes/ and experiments/ are needed)"
+    )
 
 
 def demo(

@@ -59,9 +59,27 @@ class LocalExecutor:
     ``accelerate launch`` on N GPUs (data parallel). Without GPUs both fall back to one process.
     """
 
-    def __init__(self, env: dict[str, str] | None = None, echo: bool = True):
+    def __init__(self, env: dict[str, str] | None = None, echo: bool = True, gpus: list[str] | None = None):
+        import threading
+
         self.env = {**os.environ, **(env or {})}
         self.echo = echo
+        self.gpus = visible_gpus() if gpus is None else list(gpus)
+        self._free = list(self.gpus)
+        self._cond = threading.Condition()
+
+    def _acquire(self, k: int) -> list[str]:
+        """Take ``k`` GPUs, waiting while concurrent stages (``experiment run --jobs``) hold them."""
+        k = min(k, len(self.gpus))
+        with self._cond:
+            self._cond.wait_for(lambda: len(self._free) >= k)
+            taken, self._free = self._free[:k], self._free[k:]
+            return taken
+
+    def _release(self, taken: list[str]) -> None:
+        with self._cond:
+            self._free.extend(taken)
+            self._cond.notify_all()
 
     def _spawn(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -89,10 +107,16 @@ class LocalExecutor:
         return [p.wait() for p in procs]
 
     def run(self, stage: Stage, log: Path) -> None:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        gpus = visible_gpus()
         shards = int(stage.resources.get("shards", 1))
         procs_n = int(stage.resources.get("processes", 1))
+        gpus = self._acquire(max(shards, procs_n, 1)) if self.gpus else []
+        try:
+            self._run(stage, log, gpus, shards, procs_n)
+        finally:
+            self._release(gpus)
+
+    def _run(self, stage: Stage, log: Path, gpus: list[str], shards: int, procs_n: int) -> None:
+        log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("a", encoding="utf-8") as f:
             f.write(f"$ {stage.command}\n")
             f.flush()
@@ -117,20 +141,22 @@ class LocalExecutor:
                     p.unlink()
                 return
             argv = _argv(stage)
+            env = dict(self.env)
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
             if procs_n > 1 and len(gpus) > 1:
-                k = min(procs_n, len(gpus))
                 argv = [
                     sys.executable,
                     "-m",
                     "accelerate.commands.launch",
                     "--num_processes",
-                    str(k),
+                    str(len(gpus)),
                     "--multi_gpu",
                     "-m",
                     "matsql.cli",
                     *stage.argv,
                 ]
-            rcs = self._drain([self._spawn(argv, self.env)], f)
+            rcs = self._drain([self._spawn(argv, env)], f)
         if rcs[0] != 0:
             raise StageFailed(f"stage {stage.name} failed with exit code {rcs[0]}; see {log}")
 

@@ -49,8 +49,14 @@ def run_plan(
     until: str | None = None,
     only: str | None = None,
     force: bool = False,
+    jobs: int = 1,
 ) -> dict[str, str]:
-    """Run what is needed; return what happened to each stage (ran / skipped)."""
+    """Run what is needed; return what happened to each stage (ran / skipped).
+
+    ``jobs > 1`` runs stages whose inputs are done concurrently (e.g. the five SFT stages, one
+    per GPU: the local executor hands each running stage its own GPUs). A failure lets running
+    stages finish, starts nothing new, and is raised.
+    """
     if until and only:
         raise PlanError("--until and --only exclude each other")
     names = list(plan.stages)
@@ -64,54 +70,89 @@ def run_plan(
     hashes: dict[str, str] = {}
     for name, s in plan.stages.items():  # hashes over the whole graph, in order
         hashes[name] = stage_hash(s, {d: hashes[d] for d in s.needs})
-    outcome: dict[str, str] = {}
     commit = git_commit()
-    for name in names:
-        s = plan.stages[name]
-        m = read_manifest(plan.run_dir, name)
-        done = m and m.get("status") == "done" and m.get("hash") == hashes[name] and _exists(s.out)
-        if done and not (force and name in (only, until)):
-            outcome[name] = "skipped"
-            console.print(f"[dim]= {name}: done ({m.get('finished')})[/dim]")
-            continue
-        for d in s.needs:
-            dm = read_manifest(plan.run_dir, d)
-            if not (dm and dm.get("status") == "done" and dm.get("hash") == hashes[d]):
-                raise PlanError(f"stage {name} needs {d}, which is not done; run without --only first")
-        if m and m.get("status") == "done" and m.get("hash") != hashes[name] and _exists(s.out):
-            # inputs or command changed: the old output is stale, move it aside rather than mix
-            stale = Path(s.out + f".stale-{int(time.time())}")
-            shutil.move(s.out, stale)
-            console.print(f"[yellow]{name}: inputs changed; previous output moved to {stale}[/yellow]")
-        console.print(f"[bold cyan]> {name}[/bold cyan]: {s.command}")
-        record = {
-            "stage": name,
-            "hash": hashes[name],
-            "command": s.command,
-            "argv": s.argv,
-            "needs": {d: hashes[d] for d in s.needs},
-            "out": s.out,
-            "arm": s.arm,
-            "commit": commit,
-            "started": now(),
-            "status": "running",
-        }
-        write_manifest(plan.run_dir, s, record)
-        t0 = time.perf_counter()
-        try:
-            executor.run(s, plan.run_dir / "logs" / f"{name}.log")
-        except StageFailed:
-            write_manifest(plan.run_dir, s, record | {"status": "failed", "finished": now()})
-            raise
-        if not _exists(s.out):
-            write_manifest(plan.run_dir, s, record | {"status": "failed", "finished": now()})
-            raise StageFailed(f"stage {name} finished but wrote no {s.out}")
-        record |= {
-            "status": "done",
-            "finished": now(),
-            "seconds": round(time.perf_counter() - t0, 2),
-            "metrics": collect_metrics(Path(s.out)),
-        }
-        write_manifest(plan.run_dir, s, record)
-        outcome[name] = "ran"
+    forced = {n for n in (only, until) if force and n}
+    if jobs <= 1:
+        return {n: _run_stage(plan, n, hashes, executor, commit, n in forced) for n in names}
+
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    outcome: dict[str, str] = {}
+    pending = list(names)
+    running: dict = {}
+    failure: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while pending or running:
+            if failure is None:
+                for n in list(pending):
+                    if len(running) >= jobs:
+                        break
+                    blocked = [d for d in plan.stages[n].needs if d in pending or d in running.values()]
+                    if not blocked:
+                        pending.remove(n)
+                        running[pool.submit(_run_stage, plan, n, hashes, executor, commit, n in forced)] = n
+            elif not running:
+                break
+            if not running:
+                raise PlanError(f"stages {pending} cannot start: their inputs are not part of this run")
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in done:
+                n = running.pop(fut)
+                try:
+                    outcome[n] = fut.result()
+                except BaseException as e:  # keep the first failure; let running stages finish
+                    failure = failure or e
+    if failure is not None:
+        raise failure
     return outcome
+
+
+def _run_stage(
+    plan: Plan, name: str, hashes: dict[str, str], executor: Executor, commit, forced: bool
+) -> str:
+    s = plan.stages[name]
+    m = read_manifest(plan.run_dir, name)
+    done = m and m.get("status") == "done" and m.get("hash") == hashes[name] and _exists(s.out)
+    if done and not forced:
+        console.print(f"[dim]= {name}: done ({m.get('finished')})[/dim]")
+        return "skipped"
+    for d in s.needs:
+        dm = read_manifest(plan.run_dir, d)
+        if not (dm and dm.get("status") == "done" and dm.get("hash") == hashes[d]):
+            raise PlanError(f"stage {name} needs {d}, which is not done; run without --only first")
+    if m and m.get("status") == "done" and m.get("hash") != hashes[name] and _exists(s.out):
+        # inputs or command changed: the old output is stale, move it aside rather than mix
+        stale = Path(s.out + f".stale-{int(time.time())}")
+        shutil.move(s.out, stale)
+        console.print(f"[yellow]{name}: inputs changed; previous output moved to {stale}[/yellow]")
+    console.print(f"[bold cyan]> {name}[/bold cyan]: {s.command}")
+    record = {
+        "stage": name,
+        "hash": hashes[name],
+        "command": s.command,
+        "argv": s.argv,
+        "needs": {d: hashes[d] for d in s.needs},
+        "out": s.out,
+        "arm": s.arm,
+        "commit": commit,
+        "started": now(),
+        "status": "running",
+    }
+    write_manifest(plan.run_dir, s, record)
+    t0 = time.perf_counter()
+    try:
+        executor.run(s, plan.run_dir / "logs" / f"{name}.log")
+    except StageFailed:
+        write_manifest(plan.run_dir, s, record | {"status": "failed", "finished": now()})
+        raise
+    if not _exists(s.out):
+        write_manifest(plan.run_dir, s, record | {"status": "failed", "finished": now()})
+        raise StageFailed(f"stage {name} finished but wrote no {s.out}")
+    record |= {
+        "status": "done",
+        "finished": now(),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "metrics": collect_metrics(Path(s.out)),
+    }
+    write_manifest(plan.run_dir, s, record)
+    return "ran"
