@@ -146,3 +146,19 @@ def test_gzipped_rollouts_read_the_same(db, tmp_path):
     with (tmp_path / "r.jsonl").open("rb") as src, gzip.open(tmp_path / "r.jsonl.gz", "wb") as dst:
         shutil.copyfileobj(src, dst)
     assert read_records(tmp_path / "r.jsonl.gz") == read_records(tmp_path / "r.jsonl")
+
+
+def test_sample_picks_a_seeded_subset_in_benchmark_order():
+    from matsql.rollout.runner import select_questions
+
+    qs = questions(10)
+    a = select_questions(qs, RolloutConfig(benchmark="fake", sample=4, seed=1))
+    b = select_questions(qs, RolloutConfig(benchmark="fake", sample=4, seed=1))
+    ids = [q.question_id for q in a]
+    assert ids == [q.question_id for q in b] and len(ids) == 4
+    assert ids == sorted(ids, key=lambda x: int(x[1:]))  # benchmark order kept
+    subsets = {
+        tuple(q.question_id for q in select_questions(qs, RolloutConfig(benchmark="fake", sample=4, seed=s)))
+        for s in range(10)
+    }
+    assert len(subsets) > 1 and subsets != {("q0", "q1", "q2", "q3")}  # random, not a prefix

@@ -46,7 +46,10 @@ def rollout(
     ),
     seed: int = typer.Option(0, "--seed"),
     batch_questions: int = typer.Option(16, "--batch-questions", help="questions per generation batch"),
-    limit: int | None = typer.Option(None, "--limit"),
+    limit: int | None = typer.Option(None, "--limit", help="first N questions"),
+    sample: int | None = typer.Option(
+        None, "--sample", help="a seeded random N questions (benchmark order kept)"
+    ),
     offset: int = typer.Option(0, "--offset"),
     shard: str | None = typer.Option(None, "--shard", help="I/N: this process's share of the questions"),
     data: Path | None = typer.Option(None, "--data", help="benchmark root (default MATSQL_DATA)"),
@@ -79,6 +82,7 @@ def rollout(
         seed=seed,
         batch_questions=batch_questions,
         limit=limit,
+        sample=sample,
         offset=offset,
         shard=_parse_shard(shard),
         missing=missing,

@@ -26,6 +26,7 @@ class RolloutConfig(BaseModel):
     seed: int = 0
     batch_questions: int = Field(16, ge=1)  # fixed question batches: resume reproduces them
     limit: int | None = None  # first N questions only
+    sample: int | None = None  # a seeded random N questions (kept in benchmark order): unbiased slices
     offset: int = 0
     shard: tuple[int, int] | None = None  # (index, count): questions with position % count == index
     missing: str = "wrong"  # wrong | skip | error
@@ -34,5 +35,5 @@ class RolloutConfig(BaseModel):
     team_digest: str = ""
 
     def digest(self) -> str:
-        d = self.model_dump(exclude={"limit", "offset", "shard"})
+        d = self.model_dump(exclude={"limit", "offset", "shard", "sample"})
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

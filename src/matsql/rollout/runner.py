@@ -38,6 +38,11 @@ class _RateColumn(ProgressColumn):
 
 def select_questions(questions: Sequence[Question], cfg: RolloutConfig) -> list[Question]:
     qs = list(questions)[cfg.offset :]
+    if cfg.sample is not None and cfg.sample < len(qs):
+        import random
+
+        keep = sorted(random.Random(f"sample:{cfg.seed}").sample(range(len(qs)), cfg.sample))
+        qs = [qs[i] for i in keep]
     if cfg.limit is not None:
         qs = qs[: cfg.limit]
     if cfg.shard is not None:
