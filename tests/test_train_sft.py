@@ -130,7 +130,9 @@ def test_init_from_with_another_lora_shape_merges_the_adapter(sft_run, tmp_path)
 
 def test_no_training_rows_saves_the_starting_adapter_and_says_so(tiny_chat_model_dir, tmp_path, capsys):
     data = write_jsonl(tmp_path / "empty.jsonl", [])
-    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", "sft", tiny_chat_model_dir, data, tmp_path / "run"))
+    recipe = load_recipe(
+        write_recipe(tmp_path / "r.yaml", "sft", tiny_chat_model_dir, data, tmp_path / "run")
+    )
     info = run_training(recipe)
     assert info["status"] == "no_data" and info["kind"] == "adapter"
     assert (tmp_path / "run" / "adapter_config.json").exists()

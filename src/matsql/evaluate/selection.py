@@ -22,7 +22,11 @@ class SelectOption:
     exec: ExecInfo
     correct: bool
     verdicts: dict[str, str] | None
-    votes: int  # how many candidates share this result
+    candidates: tuple[int, ...]  # indices of the candidates whose final result this is
+
+    @property
+    def votes(self) -> int:
+        return len(self.candidates)
 
 
 @dataclass
@@ -65,7 +69,7 @@ def build_options(record: RolloutRecord, seed: int = 0, with_verdicts: bool = Fa
                 exec=first.final_exec,
                 correct=first.final_correct,
                 verdicts=verdicts,
-                votes=len(groups[dg]),
+                candidates=tuple(sorted(c.index for c in groups[dg])),
             )
         )
     random.Random(_order_key(seed, record.question_id)).shuffle(opts)

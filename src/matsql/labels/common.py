@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from matsql.backends.base import ChatPrompt
 from matsql.records import Branch, Candidate, ExecInfo, PreferencePair, RolloutRecord, digest
+from matsql.rollout.pipeline import prompt_digest  # the digest rollouts record
 
 #: A selector option as ``matsql.agents.selector.build`` takes it: (sql, exec, verdicts or None).
 SelectorOption = tuple[str, ExecInfo, dict[str, str] | None]
@@ -86,11 +87,6 @@ class SFTExample(BaseModel):
     prefix: str = ""
     completion: str  # continuation after ``prefix``
     meta: dict[str, Any] = Field(default_factory=dict)
-
-
-def prompt_digest(p: ChatPrompt) -> str:
-    """Same digest the rollout stores in ``prompt_digest`` (so rebuilt prompts can be checked)."""
-    return digest("\x1e".join(f"{r}\x1f{c}" for r, c in p.messages) + "\x1d" + p.prefix)
 
 
 def rng_for(seed: int, *keys: str) -> random.Random:

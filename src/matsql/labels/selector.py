@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from matsql.agents import selector as selector_agent
+from matsql.evaluate.selection import build_options
 from matsql.labels.common import (
     Group,
     GroupCollector,
@@ -21,7 +22,6 @@ from matsql.labels.common import (
     SelectorOption,
     check_agent,
     make_labeler,
-    rng_for,
 )
 from matsql.records import RolloutRecord
 
@@ -39,27 +39,12 @@ class OptionInfo:
 def selector_options(
     record: RolloutRecord, *, seed: int = 0, with_verdicts: bool = False
 ) -> list[OptionInfo]:
-    """Distinct successful final results in a seeded, question-keyed order. The first candidate
-    (by index) with a result represents it (its SQL, execution and, optionally, verdicts)."""
-    by_digest: dict[str, list] = {}
-    for cand in sorted(record.candidates, key=lambda c: c.index):
-        info = cand.final_exec
-        if not info.ok or info.rows_digest is None or cand.final_sql is None:
-            continue
-        by_digest.setdefault(info.rows_digest, []).append(cand)
-    opts: list[OptionInfo] = []
-    for cands in by_digest.values():
-        rep = cands[0]
-        verdicts = None
-        if with_verdicts and rep.main is not None:
-            verdicts = {v: c.verdict for v, c in rep.main.critiques.items()}
-        opts.append(
-            OptionInfo(
-                (rep.final_sql, rep.final_exec, verdicts), tuple(c.index for c in cands), rep.final_correct
-            )
-        )
-    rng_for(seed, "selector-order", record.question_id).shuffle(opts)
-    return opts
+    """The options exactly as ``matsql select`` presents them at inference
+    (:func:`matsql.evaluate.selection.build_options`), so training prompts match inference."""
+    return [
+        OptionInfo((o.sql, o.exec, o.verdicts), o.candidates, o.correct)
+        for o in build_options(record, seed=seed, with_verdicts=with_verdicts)
+    ]
 
 
 def selector_groups(

@@ -37,8 +37,9 @@ from matsql.rollout.gating import should_fix
 from matsql.team import Team
 
 
-def stage_seed(seed: int, key: str, stage: str) -> int:
-    h = hashlib.sha256(f"{seed}|{key}|{stage}".encode()).digest()
+def stage_seed(seed: int, stage: str) -> int:
+    """The seed of one stage's generate call: independent of the batch (see module docstring)."""
+    h = hashlib.sha256(f"{seed}||{stage}".encode()).digest()
     return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
 
 
@@ -101,7 +102,6 @@ def run_batch(
     reuse_planner: dict[str, list[Candidate]] | None = None,
     config_hash: str = "",
 ) -> list[RolloutRecord]:
-    key = ""  # seeds must not depend on batch composition (see module docstring)
     models = {name: spec.model_id() for name, spec in svc.team.agents.items()}
 
     # Gold results (once per question). Missing DBs give a record with no candidates: scored wrong.
@@ -123,12 +123,12 @@ def run_batch(
         outs: list[list[tuple[str, int, bool]]] = [[] for _ in runnable]
         n_sampled = cfg.k
         if cfg.greedy_first:
-            s = stage_seed(cfg.seed, key, "planner-greedy")
+            s = stage_seed(cfg.seed, "planner-greedy")
             for i, texts in enumerate(_generate(svc, "planner", prompts, 1, 0.0, s)):
                 outs[i].append((texts[0], s, True))
             n_sampled -= 1
         if n_sampled > 0:
-            s = stage_seed(cfg.seed, key, "planner-sample")
+            s = stage_seed(cfg.seed, "planner-sample")
             for i, texts in enumerate(_generate(svc, "planner", prompts, n_sampled, cfg.temperature, s)):
                 outs[i].extend((t, s, False) for t in texts)
         jobs = [(q, planner.parse(t)) for q, o in zip(runnable, outs, strict=True) for t, _, _ in o]
@@ -159,7 +159,7 @@ def run_batch(
             validator.build(v, qmap[qid], svc.schema_of(qmap[qid].db_id), c.planner.sql, c.exec)
             for qid, c in targets
         ]
-        s = stage_seed(cfg.seed, key, v)
+        s = stage_seed(cfg.seed, v)
         outs_v = _generate(svc, v, prompts, cfg.branches, spec.temperature, s)
         for (qid, c), p, texts in zip(targets, prompts, outs_v, strict=True):
             pd = prompt_digest(p)
@@ -188,7 +188,7 @@ def run_batch(
             fixer.build(qmap[qid], svc.schema_of(qmap[qid].db_id), c.planner.sql, c.exec, b.critiques)
             for qid, c, b in fix_slots
         ]
-        s = stage_seed(cfg.seed, key, "fixer")
+        s = stage_seed(cfg.seed, "fixer")
         outs_f = _generate(svc, "fixer", prompts, cfg.fixer_samples, spec.temperature, s)
         jobs = [
             (qmap[qid], fixer.parse(t))

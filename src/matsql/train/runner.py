@@ -335,7 +335,10 @@ def _save_untrained(recipe, model, tok, peft_cfg, start, prep, started) -> dict[
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     _write_json(out / RUN_FILE, info)
-    print(f"warning: {recipe.name}: no training rows; saved the starting model unchanged to {out}", file=sys.stderr)
+    print(
+        f"warning: {recipe.name}: no training rows; saved the starting model unchanged to {out}",
+        file=sys.stderr,
+    )
     return info
 
 

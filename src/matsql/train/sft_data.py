@@ -274,19 +274,12 @@ def fixer_examples(
 def selector_options(
     rec: RolloutRecord, with_verdicts: bool = False
 ) -> list[tuple[str, ExecInfo, dict[str, str] | None, bool]]:
-    """Final candidates, one per distinct execution result, failures dropped (lowest index wins)."""
-    seen: set[str] = set()
-    out = []
-    for c in sorted(rec.candidates, key=lambda c: c.index):
-        info, sql = c.final_exec, c.final_sql
-        if not sql or not info.ok or info.rows_digest is None or info.rows_digest in seen:
-            continue
-        seen.add(info.rows_digest)
-        verdicts = None
-        if with_verdicts and c.main is not None and c.main.critiques:
-            verdicts = {a: k.verdict for a, k in c.main.critiques.items()}
-        out.append((sql, info, verdicts, c.final_correct))
-    return out
+    """Final candidates, one per distinct execution result, failures dropped, as ``matsql select``
+    builds them (:func:`matsql.evaluate.selection.build_options`); the caller shuffles."""
+    from matsql.evaluate.selection import build_options
+
+    opts = sorted(build_options(rec, with_verdicts=with_verdicts), key=lambda o: o.candidate_index)
+    return [(o.sql, o.exec, o.verdicts or None, o.correct) for o in opts]
 
 
 def selector_examples(
