@@ -230,3 +230,17 @@ def test_local_executor_shares_out_gpus_between_concurrent_stages():
     assert len(got[0]) == 2 and set(got[0]) <= {"0", "1", "2"}
     ex._release(got[0])
     assert sorted(ex._acquire(8)) == ["0", "1", "2"]  # a request is capped at the GPUs that exist
+
+
+def test_local_executor_gpu_slots_let_processes_share_a_card(tmp_path):
+    from matsql.experiment.executors import LocalExecutor
+
+    ex = LocalExecutor(gpus=["0", "1"], gpu_slots=2)
+    first = ex._acquire(2)
+    assert sorted(first) == ["0", "1"]  # spread over the cards before doubling up
+    second = ex._acquire(2)
+    assert sorted(second) == ["0", "1"]  # each card takes a second process
+    ex._release(first + second)
+    assert sorted(ex._acquire(9)) == ["0", "0", "1", "1"]  # capped at cards x slots
+    with pytest.raises(ValueError, match="gpu_slots"):
+        LocalExecutor(gpus=["0"], gpu_slots=0)

@@ -47,6 +47,9 @@ def run(
     job_name: str = typer.Option("vl", "--job-name", help="SLURM job name prefix"),
     partition: str | None = typer.Option(None, "--partition"),
     sets: list[str] = typer.Option([], "--set", help="override run_dir or vars.NAME, e.g. --set vars.k=8"),
+    gpu_slots: int = typer.Option(
+        1, "--gpu-slots", help="processes that may share one GPU (small models: 2-3 finish more per minute)"
+    ),
 ) -> None:
     """Run a plan; finished stages (same command, same inputs) are skipped."""
     from matsql.experiment.constraints import check_study
@@ -59,7 +62,7 @@ def run(
         for line in check_study(p):
             console.print(f"[green]check[/green] {line}")
         if executor == "local":
-            ex = LocalExecutor(env=p.env)
+            ex = LocalExecutor(env=p.env, gpu_slots=gpu_slots)
         elif executor == "slurm":
             params = {"slurm_partition": partition} if partition else {}
             ex = SlurmExecutor(p.run_dir / "slurm", job_name=job_name, env=p.env, **params)

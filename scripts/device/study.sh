@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Run a plan detached on the lent GPU so that it outlives the 10-minute limit of one device call
+# (the machine stays while calls keep coming), and move its run folder between machines.
+#   bash scripts/device/study.sh start PLAN [experiment-run options]  # returns at once
+#   bash scripts/device/study.sh wait SECONDS      # follow until the plan ends or SECONDS pass
+#   bash scripts/device/study.sh pack RUN_DIR DEST # RUN_DIR as parts of <=15 MiB (no checkpoints,
+#                                                  # no SFT datasets, adapters in bf16)
+#   bash scripts/device/study.sh unpack DIR        # join DIR/run.tgz.* into the copy's runs/
+# The tree is copied to $MATSQL_STATE/repo first: later calls replace the working tree, the
+# running job keeps its own copy. Set BENCH=1 to run benchmarks/bench_generate.py before it.
+set -euo pipefail
+STATE=${MATSQL_STATE:-/root/matsql}
+REPO=$STATE/repo
+case "$1" in
+  start)
+    shift
+    mkdir -p "$REPO"
+    rm -rf "$REPO/src" "$REPO/experiments" "$REPO/recipes" "$REPO/scripts" "$REPO/benchmarks"
+    cp -r src experiments recipes scripts benchmarks pyproject.toml "$REPO/"
+    rm -f "$STATE/job.rc"
+    printf '%q ' "$@" > "$STATE/job.args"
+    setsid nohup bash -c '
+      cd "'"$REPO"'" && source scripts/device/env.sh
+      if [ "${BENCH:-0}" = 1 ]; then
+        python3 benchmarks/bench_generate.py --model qwen2.5-coder-0.5b-instruct --questions 256 \
+          --batch-size 256 --prompt-tokens 794 --new-tokens 320 --repeats 1 \
+          --system "First explain which tables, columns and conditions answer the question, then write one SQLite query." \
+          --json "'"$STATE"'/bench_generate.json" || true
+      fi
+      eval "python3 -m matsql.cli experiment run $(cat "'"$STATE"'/job.args")"
+      echo $? > "'"$STATE"'/job.rc"' > "$STATE/job.log" 2>&1 < /dev/null &
+    echo "started pid $!; log $STATE/job.log"
+    ;;
+  wait)
+    end=$(( $(date +%s) + $2 ))
+    while [ ! -f "$STATE/job.rc" ] && [ "$(date +%s)" -lt "$end" ]; do sleep 10; done
+    grep -v '━' "$STATE/job.log" | tail -n 40 || true
+    nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader || true
+    [ -f "$STATE/job.rc" ] && echo "job exit code $(cat "$STATE/job.rc")" || echo "job still running"
+    ;;
+  pack)
+    run=$2 dest=$3
+    mkdir -p "$dest"
+    python3 - "$run" <<'PY'
+import sys
+from pathlib import Path
+import torch
+from safetensors.torch import load_file, save_file
+for f in Path(sys.argv[1]).rglob("adapter_model.safetensors"):
+    if "checkpoint-" in str(f):
+        continue
+    t = load_file(f)
+    if any(v.dtype == torch.float32 for v in t.values()):
+        save_file({k: v.to(torch.bfloat16) for k, v in t.items()}, f, metadata={"format": "pt"})
+PY
+    tar -C "$(dirname "$run")" --exclude='checkpoint-*' --exclude='sft-data/*/*' --exclude='*.pt' \
+      -czf - "$(basename "$run")" | split -b 15m -d - "$dest/run.tgz."
+    ls -la "$dest"
+    ;;
+  unpack)
+    mkdir -p "$REPO/runs"
+    cat "$2"/run.tgz.* | tar -C "$REPO/runs" -xzf -
+    ls "$REPO/runs"/*
+    ;;
+  *) echo "usage: study.sh start|wait|pack|unpack ..." >&2; exit 2 ;;
+esac
