@@ -244,3 +244,20 @@ def test_local_executor_gpu_slots_let_processes_share_a_card(tmp_path):
     assert sorted(ex._acquire(9)) == ["0", "0", "1", "1"]  # capped at cards x slots
     with pytest.raises(ValueError, match="gpu_slots"):
         LocalExecutor(gpus=["0"], gpu_slots=0)
+
+
+def test_until_takes_several_targets(tmp_path):
+    out = run_plan(_plan(tmp_path), TouchExecutor(), until="labels-collab,eval-indep")
+    assert list(out) == ["shared", "labels-collab", "labels-indep", "eval-indep"]
+
+
+def test_keep_going_drops_only_what_needs_the_failed_stage(tmp_path):
+    ex = TouchExecutor(fail="labels-collab")
+    with pytest.raises(StageFailed, match="labels-collab failed"):
+        run_plan(_plan(tmp_path), ex, jobs=2, keep_going=True)
+    # the INDEP branch ran to its end; COLLAB's eval/select and the compare (needs both) did not
+    assert set(ex.ran) == {"shared", "labels-indep", "eval-indep", "select-indep"}
+    ex2 = TouchExecutor(fail="labels-collab")
+    with pytest.raises(StageFailed):
+        run_plan(_plan(tmp_path / "b"), ex2, jobs=2)
+    assert "eval-indep" not in ex2.ran or len(ex2.ran) < 5  # without -k nothing new starts

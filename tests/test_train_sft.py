@@ -140,3 +140,29 @@ def test_no_training_rows_saves_the_starting_adapter_and_says_so(tiny_chat_model
     model, _ = load_run(tmp_path / "run", dtype=torch.float32, device="cpu")
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and all(torch.count_nonzero(p) == 0 for p in lora_b)  # identical to the base model
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_step_and_is_not_complete(tiny_chat_model_dir, tmp_path):
+    from matsql.train.guards import TrainingDiverged
+
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(8))
+    # an absurd learning rate sends the LoRA weights to inf/NaN within a step or two
+    recipe = write_recipe(
+        tmp_path / "r.yaml", "sft", tiny_chat_model_dir, data, tmp_path / "run",
+        learning_rate=1e30, max_grad_norm=0.0,
+    )
+    with pytest.raises(TrainingDiverged, match=r"(loss|grad_norm) = (nan|inf)"):
+        run_training(load_recipe(recipe))
+    run_json = tmp_path / "run" / "run.json"
+    assert not run_json.exists() or json.loads(run_json.read_text()).get("status") != "complete"
+
+
+def test_guard_ignores_finite_logs():
+    from types import SimpleNamespace
+
+    from matsql.train.guards import NonFiniteGuard, TrainingDiverged
+
+    g, state = NonFiniteGuard(), SimpleNamespace(global_step=3, epoch=0.5)
+    g.on_log(None, state, None, logs={"loss": 1.2, "grad_norm": 0.4, "learning_rate": 1e-4})
+    with pytest.raises(TrainingDiverged, match="eval_loss = inf at step 3"):
+        g.on_log(None, state, None, logs={"eval_loss": float("inf")})

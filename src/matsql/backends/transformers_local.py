@@ -110,6 +110,10 @@ class LocalEngine:
 
         r = spec if isinstance(spec, ResolvedModel) else resolve_model(spec)
         model, tok = load_model_and_tokenizer(r, dtype=dtype, device=device)
+        if os.environ.get("MATSQL_GQA_DECODE", "1") != "0":
+            from matsql.backends.attention import use_gqa_decode
+
+            use_gqa_decode(model)  # decode steps without repeat_kv (see backends/attention.py)
         return cls(model, tok, identifier=r.identifier)
 
     @property

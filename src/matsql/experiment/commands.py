@@ -37,7 +37,9 @@ def _load(plan: Path, sets: list[str]):
 @experiment_app.command("run")
 def run(
     plan: Path = typer.Argument(..., help="plan YAML (see experiments/)"),
-    until: str | None = typer.Option(None, "--until", help="run the stages this one needs, and it"),
+    until: str | None = typer.Option(
+        None, "--until", help="run the stages these need, and them (comma-separated stage names)"
+    ),
     only: str | None = typer.Option(None, "--only", help="run this stage alone (its inputs must be done)"),
     force: bool = typer.Option(False, "--force", help="rerun the --only/--until stage even if done"),
     jobs: int = typer.Option(
@@ -47,6 +49,9 @@ def run(
     job_name: str = typer.Option("vl", "--job-name", help="SLURM job name prefix"),
     partition: str | None = typer.Option(None, "--partition"),
     sets: list[str] = typer.Option([], "--set", help="override run_dir or vars.NAME, e.g. --set vars.k=8"),
+    keep_going: bool = typer.Option(
+        False, "--keep-going", "-k", help="after a failure, run on what does not need the failed stage"
+    ),
     gpu_slots: int = typer.Option(
         1, "--gpu-slots", help="processes that may share one GPU (small models: 2-3 finish more per minute)"
     ),
@@ -68,7 +73,7 @@ def run(
             ex = SlurmExecutor(p.run_dir / "slurm", job_name=job_name, env=p.env, **params)
         else:
             raise typer.BadParameter("--executor must be local or slurm")
-        outcome = run_plan(p, ex, until=until, only=only, force=force, jobs=jobs)
+        outcome = run_plan(p, ex, until=until, only=only, force=force, jobs=jobs, keep_going=keep_going)
     except (PlanError, StageFailed) as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from e
@@ -166,7 +171,7 @@ def demo(
         p = load_plan(plan_path, overrides=over, base_dir=_repo_root())
         for line in check_study(p):
             console.print(f"[green]check[/green] {line}")
-        run_plan(p, LocalExecutor(env=p.env, echo=False))
+        run_plan(p, LocalExecutor(env=p.env, echo=False), until="compare,report")  # the study's own graph
     except (PlanError, StageFailed) as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from e

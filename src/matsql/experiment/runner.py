@@ -50,18 +50,24 @@ def run_plan(
     only: str | None = None,
     force: bool = False,
     jobs: int = 1,
+    keep_going: bool = False,
 ) -> dict[str, str]:
     """Run what is needed; return what happened to each stage (ran / skipped).
 
     ``jobs > 1`` runs stages whose inputs are done concurrently (e.g. the five SFT stages, one
     per GPU: the local executor hands each running stage its own GPUs). A failure lets running
-    stages finish, starts nothing new, and is raised.
+    stages finish, starts nothing new, and is raised; with ``keep_going`` only the stages that
+    need the failed one are dropped, the rest of the graph runs on (``make -k``), and the first
+    failure is raised at the end. ``until`` may name several stages, comma-separated.
     """
     if until and only:
         raise PlanError("--until and --only exclude each other")
     names = list(plan.stages)
     if until:
-        names = plan.ancestors(until)
+        wanted: set[str] = set()
+        for target in until.split(","):
+            wanted.update(plan.ancestors(target.strip()))
+        names = [n for n in plan.stages if n in wanted]
     if only:
         if only not in plan.stages:
             raise PlanError(f"no stage {only!r}; stages: {', '.join(plan.stages)}")
@@ -71,8 +77,8 @@ def run_plan(
     for name, s in plan.stages.items():  # hashes over the whole graph, in order
         hashes[name] = stage_hash(s, {d: hashes[d] for d in s.needs})
     commit = git_commit()
-    forced = {n for n in (only, until) if force and n}
-    if jobs <= 1:
+    forced = {n for n in [only, *(until or "").split(",")] if force and n}
+    if jobs <= 1 and not keep_going:
         return {n: _run_stage(plan, n, hashes, executor, commit, n in forced) for n in names}
 
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -81,7 +87,8 @@ def run_plan(
     pending = list(names)
     running: dict = {}
     failure: BaseException | None = None
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    first_error: Exception | None = None
+    with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
         while pending or running:
             if failure is None:
                 for n in list(pending):
@@ -101,9 +108,22 @@ def run_plan(
                 try:
                     outcome[n] = fut.result()
                 except BaseException as e:  # keep the first failure; let running stages finish
-                    failure = failure or e
+                    if not keep_going or not isinstance(e, Exception):
+                        failure = failure or e
+                        continue
+                    first_error = first_error or e
+                    outcome[n] = "failed"
+                    lost = {n}
+                    for m in list(pending):  # pending is in plan order: needs come first
+                        if lost & set(plan.stages[m].needs):
+                            lost.add(m)
+                            pending.remove(m)
+                            outcome[m] = "blocked"
+                    console.print(f"[red]{n} failed ({e}); dropped what needs it: {sorted(lost - {n}) or 'none'}[/red]")
     if failure is not None:
         raise failure
+    if first_error is not None:
+        raise first_error
     return outcome
 
 

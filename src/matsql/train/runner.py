@@ -232,8 +232,10 @@ def run_training(recipe: Recipe, *, force: bool = False) -> dict[str, Any]:
         )
     from transformers import set_seed
 
+    from matsql.train.guards import NonFiniteGuard, disable_cudnn_attention
     from matsql.train.modeling import build_model
 
+    disable_cudnn_attention()
     mod = _method_module(recipe.method)
     set_seed(recipe.trainer.seed)  # LoRA initialisation is random
     started = time.time()
@@ -246,6 +248,7 @@ def run_training(recipe: Recipe, *, force: bool = False) -> dict[str, Any]:
         model.enable_input_require_grads()
     extra = {"nll_scope": recipe.trainer.nll_scope} if recipe.method == "orpo" else {}
     trainer = mod.make_trainer(model, tok, peft_cfg, args, prep.train.rows, prep.eval.rows, **extra)
+    trainer.add_callback(NonFiniteGuard())
     eval_before = trainer.evaluate() if prep.eval.rows else {}
     result = trainer.train(resume_from_checkpoint=_last_checkpoint(checkpoint_dir(recipe)))
     eval_after = trainer.evaluate() if prep.eval.rows else {}
