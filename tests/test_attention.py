@@ -13,8 +13,13 @@ def _tiny_gqa(impl: str):
 
     torch.manual_seed(0)
     cfg = Qwen2Config(
-        vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=256,
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
     )
     cfg._attn_implementation = "sdpa"
     model = Qwen2ForCausalLM(cfg).eval()
@@ -63,7 +68,9 @@ def test_greedy_generation_is_identical():
         m = _tiny_gqa(impl)
         with torch.inference_mode():
             runs.append(
-                m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0)
+                m.generate(
+                    input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0
+                )
             )
     assert torch.equal(runs[0], runs[1])
 
@@ -73,7 +80,13 @@ def test_models_without_grouped_heads_are_left_alone():
 
     from matsql.backends.attention import use_gqa_decode
 
-    cfg = Qwen2Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=4, num_key_value_heads=4)
+    cfg = Qwen2Config(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+    )
     cfg._attn_implementation = "sdpa"
     assert not use_gqa_decode(Qwen2ForCausalLM(cfg))

@@ -2,7 +2,8 @@
 # Run a plan detached on the lent GPU so that it outlives the 10-minute limit of one device call
 # (the machine stays while calls keep coming), and move its run folder between machines.
 #   bash scripts/device/study.sh start PLAN [experiment-run options]  # returns at once
-#   bash scripts/device/study.sh wait SECONDS      # follow until the plan ends or SECONDS pass
+#   bash scripts/device/study.sh wait SECONDS      # follow until the plan ends or SECONDS pass, then
+#                                                  # ship newly finished stages to $OUT (ship.py)
 #   bash scripts/device/study.sh pack RUN_DIR DEST # RUN_DIR as parts of <=15 MiB (no checkpoints,
 #                                                  # no SFT datasets, adapters in bf16)
 #   bash scripts/device/study.sh unpack DIR        # join DIR/run.tgz.* into the copy's runs/
@@ -37,6 +38,10 @@ case "$1" in
     grep -v '━' "$STATE/job.log" | tail -n 40 || true
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader || true
     [ -f "$STATE/job.rc" ] && echo "job exit code $(cat "$STATE/job.rc")" || echo "job still running"
+    # the machine can go back at any moment: every poll brings finished stages home
+    for r in "$REPO"/runs/*/; do
+      [ -d "$r/manifests" ] && python3 "$REPO/scripts/device/ship.py" "$r" "${OUT:-$STATE/outbox}" || true
+    done
     ;;
   pack)
     run=$2 dest=$3

@@ -39,7 +39,15 @@ def gqa_decode_sdpa(
     special = kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
     if query.shape[2] != 1 or groups == 1 or special:
         return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            is_causal=is_causal,
+            **kwargs,
         )
     b, h, _, d = query.shape
     kvh = key.shape[1]

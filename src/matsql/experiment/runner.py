@@ -119,7 +119,9 @@ def run_plan(
                             lost.add(m)
                             pending.remove(m)
                             outcome[m] = "blocked"
-                    console.print(f"[red]{n} failed ({e}); dropped what needs it: {sorted(lost - {n}) or 'none'}[/red]")
+                    console.print(
+                        f"[red]{n} failed ({e}); dropped what needs it: {sorted(lost - {n}) or 'none'}[/red]"
+                    )
     if failure is not None:
         raise failure
     if first_error is not None:

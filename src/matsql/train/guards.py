@@ -38,7 +38,9 @@ class NonFiniteGuard(TrainerCallback):
 
     keys = ("loss", "grad_norm", "eval_loss")
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
+    ) -> None:
         for k in self.keys:
             v = (logs or {}).get(k)
             if isinstance(v, int | float) and not math.isfinite(v):

@@ -1,0 +1,120 @@
+"""Ship the finished stages of a run folder back from a lent GPU, a few at a time.
+
+A lent machine goes back 30 s after its last call, or 30 minutes after it started, and takes
+everything on it along. So every poll of a running plan (``study.sh wait``) ends by calling
+this: each stage whose manifest says ``done`` and that has not been shipped yet is packed
+(outputs without checkpoints or optimizer states, LoRA adapters cast to bf16, manifest, log)
+into ``DEST/<stage>.tgz`` (split into ``.partNN`` files over 15 MiB), until the call's return
+limits (8 files, 64 MiB) are reached; the rest goes with the next poll. Shipped stages are
+listed in ``RUN_DIR/.shipped``. Unpack here with ``scripts/device/collect.sh``.
+
+    python3 scripts/device/ship.py RUN_DIR DEST [--max-files 8] [--max-mib 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import tarfile
+from pathlib import Path
+
+PART = 15 * 2**20
+SKIP_DIRS = {"checkpoints"}
+SKIP_SUFFIXES = {".pt", ".pth", ".bin"}  # optimizer/scheduler states, training_args
+
+
+def _bf16_adapters(root: Path) -> None:
+    try:
+        import torch
+        from safetensors.torch import load_file, save_file
+    except ImportError:  # nothing to cast without torch
+        return
+    for f in root.rglob("adapter_model.safetensors"):
+        if any(p in SKIP_DIRS or p.startswith("checkpoint-") for p in f.parts):
+            continue
+        t = load_file(f)
+        if any(v.dtype == torch.float32 for v in t.values()):
+            save_file({k: v.to(torch.bfloat16) for k, v in t.items()}, f, metadata={"format": "pt"})
+
+
+def _keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    parts = Path(info.name).parts
+    if any(p in SKIP_DIRS or p.startswith("checkpoint-") for p in parts):
+        return None
+    if Path(info.name).suffix in SKIP_SUFFIXES:
+        return None
+    return info
+
+
+def pack_stage(run_dir: Path, stage: str, manifest: dict) -> bytes:
+    """One stage as a tar.gz (paths relative to the run folder's parent)."""
+    out = Path(manifest["out"])
+    local = _local_out(run_dir, out)
+    if local.is_dir():
+        _bf16_adapters(local)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        base = run_dir.parent
+        for p in (local, run_dir / "manifests" / f"{stage}.json", run_dir / "logs" / f"{stage}.log"):
+            if p.exists():
+                tar.add(p, arcname=str(p.relative_to(base)), filter=_keep)
+    return buf.getvalue()
+
+
+def _local_out(run_dir: Path, out: Path) -> Path:
+    """The stage output inside ``run_dir`` (manifests hold absolute paths of the machine that ran)."""
+    parts = out.parts
+    name = run_dir.name
+    if name in parts:
+        i = len(parts) - 1 - parts[::-1].index(name)
+        return run_dir.joinpath(*parts[i + 1 :])
+    return out
+
+
+def ship(run_dir: Path, dest: Path, max_files: int = 8, max_mib: float = 60) -> list[str]:
+    ledger = run_dir / ".shipped"
+    shipped = set(ledger.read_text().split()) if ledger.exists() else set()
+    dest.mkdir(parents=True, exist_ok=True)
+    files, size, sent = 0, 0, []
+    for m_path in sorted((run_dir / "manifests").glob("*.json"), key=lambda p: p.stat().st_mtime):
+        stage = m_path.stem
+        m = json.loads(m_path.read_text())
+        if stage in shipped or m.get("status") != "done":
+            continue
+        blob = pack_stage(run_dir, stage, m)
+        chunks = [blob[i : i + PART] for i in range(0, len(blob), PART)] or [b""]
+        if len(chunks) > max_files or len(blob) > max_mib * 2**20:
+            print(
+                f"{stage}: {len(blob) / 2**20:.1f} MiB is more than one call brings back; "
+                "left for `study.sh pack`"
+            )
+            shipped.add(stage)
+            ledger.write_text("\n".join(sorted(shipped)) + "\n")
+            continue
+        if files + len(chunks) > max_files or size + len(blob) > max_mib * 2**20:
+            break  # the next poll takes it
+        for i, c in enumerate(chunks):
+            name = f"{stage}.tgz" if len(chunks) == 1 else f"{stage}.tgz.part{i:02d}"
+            (dest / name).write_bytes(c)
+        files += len(chunks)
+        size += len(blob)
+        sent.append(stage)
+        shipped.add(stage)
+        ledger.write_text("\n".join(sorted(shipped)) + "\n")
+    return sent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("dest", type=Path)
+    ap.add_argument("--max-files", type=int, default=8)
+    ap.add_argument("--max-mib", type=float, default=60)
+    a = ap.parse_args()
+    sent = ship(a.run_dir, a.dest, a.max_files, a.max_mib)
+    print(f"shipped: {', '.join(sent) or 'nothing new'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The device helpers that bring finished stages home: ship.py packs, collect.sh unpacks."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ship():
+    spec = importlib.util.spec_from_file_location("ship", ROOT / "scripts/device/ship.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _stage(run: Path, name: str, out: str, status: str = "done") -> None:
+    (run / "manifests").mkdir(parents=True, exist_ok=True)
+    (run / "logs").mkdir(exist_ok=True)
+    m = {"status": status, "out": f"/root/matsql/repo/runs/{run.name}/{out}"}
+    (run / "manifests" / f"{name}.json").write_text(json.dumps(m))
+    (run / "logs" / f"{name}.log").write_text(f"log of {name}\n")
+
+
+def test_ship_sends_each_done_stage_once_without_checkpoints_and_collect_restores_it(tmp_path):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "machine" / "runs" / "study"
+    ad = run / "sft-x"
+    (ad / "checkpoints" / "checkpoint-7").mkdir(parents=True)
+    (ad / "checkpoints" / "checkpoint-7" / "optimizer.pt").write_bytes(b"0" * 1000)
+    save_file({"w": torch.ones(4, 4, dtype=torch.float32)}, ad / "adapter_model.safetensors")
+    (ad / "adapter_config.json").write_text("{}")
+    (run / "roll.jsonl").write_text('{"q": 1}\n')
+    _stage(run, "sft-x", "sft-x")
+    _stage(run, "roll", "roll.jsonl")
+    _stage(run, "later", "later.jsonl", status="running")
+
+    ship = _ship()
+    out1, out2 = tmp_path / "out1", tmp_path / "out2"
+    assert ship.ship(run, out1, max_files=1) == ["sft-x"]  # the call's file limit: one per poll
+    assert ship.ship(run, out2) == ["roll"]
+    assert ship.ship(run, tmp_path / "out3") == []  # nothing new; 'later' is not done
+
+    home = tmp_path / "home"
+    home.mkdir()
+    subprocess.run(
+        ["bash", str(ROOT / "scripts/device/collect.sh"), str(out1), str(out2)], cwd=home, check=True
+    )
+    got = home / "runs" / "study"
+    assert (got / "roll.jsonl").read_text() == '{"q": 1}\n'
+    assert (got / "logs" / "sft-x.log").exists() and (got / "manifests" / "roll.json").exists()
+    assert not (got / "sft-x" / "checkpoints" / "checkpoint-7").exists()
+    w = load_file(got / "sft-x" / "adapter_model.safetensors")["w"]
+    assert w.dtype == torch.bfloat16 and torch.equal(w.float(), torch.ones(4, 4))
+
+
+def test_big_stages_are_split_into_parts_that_collect_joins(tmp_path):
+    import os
+
+    run = tmp_path / "runs" / "p"
+    run.mkdir(parents=True)
+    (run / "big.jsonl").write_bytes(os.urandom(int(2.5 * 2**20)))  # incompressible
+    _stage(run, "big", "big.jsonl")
+    ship = _ship()
+    ship.PART = 2**20
+    out = tmp_path / "out"
+    assert ship.ship(run, out) == ["big"]
+    assert sorted(p.name for p in out.iterdir()) == [f"big.tgz.part0{i}" for i in range(3)]
+    home = tmp_path / "home"
+    home.mkdir()
+    subprocess.run(["bash", str(ROOT / "scripts/device/collect.sh"), str(out)], cwd=home, check=True)
+    assert (home / "runs" / "p" / "big.jsonl").read_bytes() == (run / "big.jsonl").read_bytes()
