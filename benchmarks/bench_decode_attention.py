@@ -83,7 +83,7 @@ def main() -> None:
     from matsql.backends.attention import NAME, register
     from matsql.models import load_model_and_tokenizer
 
-    model, tok = load_model_and_tokenizer(a.model, dtype=a.dtype, device=a.device)
+    model, _tok = load_model_and_tokenizer(a.model, dtype=a.dtype, device=a.device)
     register()
     dev = next(model.parameters()).device
     ids, mask, real = _batch(model.config.vocab_size, a.batch, a.prompt_tokens, a.spread, 0, dev)

@@ -142,14 +142,21 @@ def test_no_training_rows_saves_the_starting_adapter_and_says_so(tiny_chat_model
     assert lora_b and all(torch.count_nonzero(p) == 0 for p in lora_b)  # identical to the base model
 
 
-def test_a_diverging_run_stops_at_the_first_non_finite_step_and_is_not_complete(tiny_chat_model_dir, tmp_path):
+def test_a_diverging_run_stops_at_the_first_non_finite_step_and_is_not_complete(
+    tiny_chat_model_dir, tmp_path
+):
     from matsql.train.guards import TrainingDiverged
 
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(8))
     # an absurd learning rate sends the LoRA weights to inf/NaN within a step or two
     recipe = write_recipe(
-        tmp_path / "r.yaml", "sft", tiny_chat_model_dir, data, tmp_path / "run",
-        learning_rate=1e30, max_grad_norm=0.0,
+        tmp_path / "r.yaml",
+        "sft",
+        tiny_chat_model_dir,
+        data,
+        tmp_path / "run",
+        learning_rate=1e30,
+        max_grad_norm=0.0,
     )
     with pytest.raises(TrainingDiverged, match=r"(loss|grad_norm) = (nan|inf)"):
         run_training(load_recipe(recipe))
