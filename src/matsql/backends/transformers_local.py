@@ -237,7 +237,7 @@ class LocalEngine:
                             [keys[(r.prompt, r.sample)] for r in batch],
                             [len(made[(r.prompt, r.sample)]) for r in batch],
                         )
-                    new = self._decode(inputs, budget, stop, sampler, temperature, top_p, counts)
+                    new = self._decode_fitting(inputs, budget, stop, sampler, temperature, top_p, counts)
                     for r, toks in zip(batch, new, strict=True):
                         kept, ended = cut_at_stop_ids(toks, self.stop_ids)
                         so_far = made[(r.prompt, r.sample)]
@@ -264,6 +264,41 @@ class LocalEngine:
             for k, v in (("rows", len(rows)), *counts.items()):
                 stats.extra[k] = stats.extra.get(k, 0.0) + v
         return result
+
+    def _decode_fitting(
+        self,
+        inputs: list[list[int]],
+        budget: int,
+        stop: Sequence[str] | None,
+        sampler: tuple[list[int], list[int]] | None,
+        temperature: float,
+        top_p: float,
+        counts: dict[str, int],
+    ) -> list[list[int]]:
+        """``_decode``, halving the batch and retrying when the device runs out of memory.
+
+        Several processes may share one GPU (``--gpu-slots``), so what fits depends on what the
+        others hold at that moment. Sampling is keyed per row, so a split changes no completion.
+        """
+        import torch
+
+        try:
+            return self._decode(inputs, budget, stop, sampler, temperature, top_p, counts)
+        except torch.OutOfMemoryError:
+            if len(inputs) < 2:
+                raise
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = len(inputs) // 2
+        counts["oom_splits"] = counts.get("oom_splits", 0) + 1
+        log.warning(
+            "out of memory on a batch of %d rows: retrying as %d + %d", len(inputs), half, len(inputs) - half
+        )
+        parts = []
+        for lo, hi in ((0, half), (half, len(inputs))):
+            sub = None if sampler is None else (sampler[0][lo:hi], sampler[1][lo:hi])
+            parts += self._decode_fitting(inputs[lo:hi], budget, stop, sub, temperature, top_p, counts)
+        return parts
 
     def _decode(
         self,
