@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 
-def _tiny_gqa(impl: str):
+def _tiny(heads: int = 8, kv_heads: int = 2):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
@@ -17,12 +17,16 @@ def _tiny_gqa(impl: str):
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=8,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=256,
     )
     cfg._attn_implementation = "sdpa"
-    model = Qwen2ForCausalLM(cfg).eval()
+    return Qwen2ForCausalLM(cfg).eval()
+
+
+def _tiny_gqa(impl: str):
+    model = _tiny()
     if impl != "sdpa":
         from matsql.backends.attention import use_gqa_decode
 
@@ -76,17 +80,6 @@ def test_greedy_generation_is_identical():
 
 
 def test_models_without_grouped_heads_are_left_alone():
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     from matsql.backends.attention import use_gqa_decode
 
-    cfg = Qwen2Config(
-        vocab_size=50,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-    )
-    cfg._attn_implementation = "sdpa"
-    assert not use_gqa_decode(Qwen2ForCausalLM(cfg))
+    assert not use_gqa_decode(_tiny(heads=4, kv_heads=4))

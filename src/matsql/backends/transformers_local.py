@@ -237,7 +237,15 @@ class LocalEngine:
                             [keys[(r.prompt, r.sample)] for r in batch],
                             [len(made[(r.prompt, r.sample)]) for r in batch],
                         )
-                    new = self._decode_fitting(inputs, budget, stop, sampler, temperature, top_p, counts)
+                    new = self._decode_fitting(
+                        inputs,
+                        sampler,
+                        budget=budget,
+                        stop=stop,
+                        temperature=temperature,
+                        top_p=top_p,
+                        counts=counts,
+                    )
                     for r, toks in zip(batch, new, strict=True):
                         kept, ended = cut_at_stop_ids(toks, self.stop_ids)
                         so_far = made[(r.prompt, r.sample)]
@@ -266,14 +274,7 @@ class LocalEngine:
         return result
 
     def _decode_fitting(
-        self,
-        inputs: list[list[int]],
-        budget: int,
-        stop: Sequence[str] | None,
-        sampler: tuple[list[int], list[int]] | None,
-        temperature: float,
-        top_p: float,
-        counts: dict[str, int],
+        self, inputs: list[list[int]], sampler: tuple[list[int], list[int]] | None, **kw: Any
     ) -> list[list[int]]:
         """``_decode``, halving the batch and retrying when the device runs out of memory.
 
@@ -283,21 +284,21 @@ class LocalEngine:
         import torch
 
         try:
-            return self._decode(inputs, budget, stop, sampler, temperature, top_p, counts)
+            return self._decode(inputs, sampler=sampler, **kw)
         except torch.OutOfMemoryError:
             if len(inputs) < 2:
                 raise
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         half = len(inputs) // 2
-        counts["oom_splits"] = counts.get("oom_splits", 0) + 1
+        kw["counts"]["oom_splits"] = kw["counts"].get("oom_splits", 0) + 1
         log.warning(
             "out of memory on a batch of %d rows: retrying as %d + %d", len(inputs), half, len(inputs) - half
         )
         parts = []
         for lo, hi in ((0, half), (half, len(inputs))):
             sub = None if sampler is None else (sampler[0][lo:hi], sampler[1][lo:hi])
-            parts += self._decode_fitting(inputs[lo:hi], budget, stop, sub, temperature, top_p, counts)
+            parts += self._decode_fitting(inputs[lo:hi], sub, **kw)
         return parts
 
     def _decode(
