@@ -64,3 +64,19 @@ def test_counterfactuals():
     assert {k: v.verdict for k, v in flipped.items()} == {"val-sel": "correct", "val-cond": "incorrect"}
     swapped = counterfactual_critiques(rec, 0, "swap")
     assert swapped == rec.candidates[1].main.critiques  # next candidate with a different SQL
+
+
+def test_validator_verdicts_against_planner_and_fixer_outcomes():
+    from matsql.evaluate.diagnostics import validator_diagnostics
+
+    d = validator_diagnostics(_records())
+    vs, vc = d["val-sel"], d["val-cond"]
+    # val-sel: caught cand 0 (fixed right), passed 1 and 2, unknown on 3
+    assert (vs.critiques, vs.caught, vs.missed, vs.passed, vs.false_alarm, vs.unknown) == (4, 1, 0, 2, 0, 1)
+    assert (vs.caught_fixed_runs, vs.caught_fixed_right) == (1, 1)
+    # val-cond: passed the wrong cand 0 (a miss), passed 1, false alarm on 2, unknown on 3
+    assert (vc.caught, vc.missed, vc.passed, vc.false_alarm, vc.unknown) == (0, 1, 1, 1, 1)
+    r = vc.rates()
+    assert r["accuracy"] == 1 / 3 and r["catch_rate"] == 0.0 and r["false_alarm_rate"] == 0.5
+    assert r["balanced_accuracy"] == 0.25 and r["fixed_after_catch"] is None
+    assert vs.rates()["balanced_accuracy"] == 1.0 and vs.rates()["unknown_rate"] == 0.25

@@ -124,3 +124,54 @@ def fixer_cmd(
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2))
+
+
+@diagnose_app.command("validators")
+def validators_cmd(
+    rollouts: list[Path] = typer.Argument(..., help="rollout JSONL file(s)"),
+    out: Path | None = typer.Option(None, "--out", help="write the diagnostics JSON here"),
+) -> None:
+    """How often each validator's verdict matches the planner SQL, and whether its catches get fixed."""
+    from matsql.evaluate.diagnostics import validator_diagnostics
+    from matsql.rollout.io import read_records
+
+    result: dict = {}
+    for path in rollouts:
+        diags = validator_diagnostics(read_records(path))
+        result[str(path)] = {a: d.as_dict() for a, d in diags.items()}
+        if not diags:
+            console.print(f"{path}: no critiques (a rollout without validators)")
+            continue
+        t = Table(title=f"validator diagnostics (E4): {path.name}")
+        t.add_column("measure")
+        for a in diags:
+            t.add_column(a, justify="right")
+        rows = [
+            ("critiques", lambda d: str(d.critiques)),
+            ("planner SQL wrong", lambda d: _fmt(d.rates()["planner_wrong_share"])),
+            ("accuracy (verdict = planner correctness)", lambda d: _fmt(d.rates()["accuracy"])),
+            ("balanced accuracy", lambda d: _fmt(d.rates()["balanced_accuracy"])),
+            (
+                "catch rate | planner wrong",
+                lambda d: f"{_fmt(d.rates()['catch_rate'])} ({d.caught}/{d.caught + d.missed})",
+            ),
+            (
+                "false alarms | planner right",
+                lambda d: (
+                    f"{_fmt(d.rates()['false_alarm_rate'])} ({d.false_alarm}/{d.false_alarm + d.passed})"
+                ),
+            ),
+            ("unknown verdict", lambda d: f"{_fmt(d.rates()['unknown_rate'])} ({d.unknown})"),
+            (
+                "fixed after a catch",
+                lambda d: (
+                    f"{_fmt(d.rates()['fixed_after_catch'])} ({d.caught_fixed_right}/{d.caught_fixed_runs})"
+                ),
+            ),
+        ]
+        for name, cell in rows:
+            t.add_row(name, *[cell(d) for d in diags.values()])
+        console.print(t)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))

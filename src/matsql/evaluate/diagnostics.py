@@ -7,6 +7,12 @@ counterfactual probe that re-runs the fixer with altered critiques through a bac
   critique said ``incorrect`` or all said ``correct``. A fixer that ignores critiques changes
   SQL at the same rate in both groups.
 - flips: among branches the fixer ran on, wrong->right and right->wrong rates.
+
+Validators (``validator_diagnostics``): each critique's verdict against the planner SQL's
+correctness (what INDEP labels reward: catches, misses, false alarms, unknown verdicts) and,
+where the fixer ran on the critique's branch, how often a caught wrong SQL ended correct (what
+COLLAB labels reward). A validator can be accurate yet useless to a fixer that ignores it, or
+the reverse; the two views side by side show which.
 """
 
 from __future__ import annotations
@@ -84,6 +90,62 @@ def fixer_diagnostics(
                     d.planner_wrong += 1
                     d.wrong_to_right += int(f.correct)
     return d
+
+
+@dataclass
+class ValidatorDiagnostics:
+    agent: str
+    critiques: int = 0
+    unknown: int = 0
+    caught: int = 0  # said incorrect, planner SQL wrong
+    false_alarm: int = 0  # said incorrect, planner SQL right
+    passed: int = 0  # said correct, planner SQL right
+    missed: int = 0  # said correct, planner SQL wrong
+    caught_fixed_runs: int = 0  # caught, and the fixer ran on this branch
+    caught_fixed_right: int = 0  # ... and its SQL ended correct
+
+    def rates(self) -> dict[str, float | None]:
+        judged = self.caught + self.false_alarm + self.passed + self.missed
+        catch = _rate(self.caught, self.caught + self.missed)
+        keep = _rate(self.passed, self.passed + self.false_alarm)
+        return {
+            "accuracy": _rate(self.caught + self.passed, judged),
+            "balanced_accuracy": None if catch is None or keep is None else (catch + keep) / 2,
+            "catch_rate": catch,
+            "false_alarm_rate": _rate(self.false_alarm, self.false_alarm + self.passed),
+            "unknown_rate": _rate(self.unknown, self.critiques),
+            "planner_wrong_share": _rate(self.caught + self.missed, judged),
+            "fixed_after_catch": _rate(self.caught_fixed_right, self.caught_fixed_runs),
+        }
+
+    def as_dict(self) -> dict:
+        return asdict(self) | {"rates": self.rates()}
+
+
+def validator_diagnostics(records: list[RolloutRecord]) -> dict[str, ValidatorDiagnostics]:
+    """Per validator, over every branch's critique (label-time branches included)."""
+    out: dict[str, ValidatorDiagnostics] = {}
+    for rec in records:
+        for c in rec.candidates:
+            for b in c.branches:
+                for agent, crit in b.critiques.items():
+                    d = out.setdefault(agent, ValidatorDiagnostics(agent))
+                    d.critiques += 1
+                    if crit.verdict not in ("correct", "incorrect"):
+                        d.unknown += 1
+                    elif crit.verdict == "incorrect":
+                        if c.correct:
+                            d.false_alarm += 1
+                        else:
+                            d.caught += 1
+                            if b.fix is not None:
+                                d.caught_fixed_runs += 1
+                                d.caught_fixed_right += int(b.fix.correct)
+                    elif c.correct:
+                        d.passed += 1
+                    else:
+                        d.missed += 1
+    return dict(sorted(out.items()))
 
 
 _CONCLUDE = re.compile(r"(conclude\s*:\s*\**\s*)(correct|incorrect)", re.IGNORECASE)
