@@ -133,3 +133,11 @@ def test_rows_are_trl_conversational_formats() -> None:
         "prompt": "<user>fix it</s><assistant>",
         "completion": "FIXED SQL:\n```sql\nSELECT 1\n```</s>",
     }
+
+
+def test_an_empty_leftover_folder_is_replaced(tmp_path: Path) -> None:
+    from datasets import load_from_disk
+
+    (tmp_path / "pairs").mkdir()  # e.g. a run folder copied without its dataset files
+    write_split(tmp_path, "pairs", [_pair("q", 0)], set())
+    assert load_from_disk(str(tmp_path / "pairs"))["train"].num_rows == 1

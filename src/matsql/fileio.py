@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,3 +36,15 @@ def iter_jsonl(path: str | Path, error: type[Exception] = ValueError) -> Iterato
             if not isinstance(obj, dict):
                 raise error(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             yield lineno, obj
+
+
+def replace_dataset_dir(tmp: str | Path, dest: str | Path) -> None:
+    """Move a finished datasets folder ``tmp`` into ``dest``. What stood there is removed only if
+    it was a datasets folder or an empty folder (e.g. left by a copy that skipped the data);
+    anything else is somebody's files and stops the write."""
+    tmp, dest = Path(tmp), Path(dest)
+    if dest.exists():
+        if not (dest / "dataset_dict.json").exists() and any(dest.iterdir()):
+            raise FileExistsError(f"{dest} exists and is not a datasets folder; refusing to overwrite it")
+        shutil.rmtree(dest)
+    tmp.rename(dest)

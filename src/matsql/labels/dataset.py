@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from matsql.fileio import replace_dataset_dir
 from matsql.labels.common import SFTExample, rng_for
 from matsql.records import PreferencePair
 
@@ -88,15 +89,6 @@ def _dataset(rows: Sequence[dict[str, Any]], kind: str):
     return Dataset.from_dict({c: [r[c] for r in rows] for c in features}, features=features)
 
 
-def _replace_dir(tmp: Path, dest: Path) -> None:
-    """Move a finished folder into place; an old one is removed only if it is a dataset folder."""
-    if dest.exists():
-        if not (dest / "dataset_dict.json").exists():
-            raise FileExistsError(f"{dest} exists and is not a dataset folder; refusing to overwrite it")
-        shutil.rmtree(dest)
-    tmp.rename(dest)
-
-
 def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
@@ -128,7 +120,7 @@ def write_split(
     dd.save_to_disk(
         str(tmp), num_shards={s: 1 for s in dd}
     )  # an empty split needs one (empty) shard to reload
-    _replace_dir(tmp, out_dir / name)
+    replace_dataset_dir(tmp, out_dir / name)
     _write_jsonl(
         out_dir / f"{name}.jsonl",
         (

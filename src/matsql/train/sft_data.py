@@ -35,6 +35,7 @@ import yaml
 
 from matsql.agents import fixer, planner, selector, validator
 from matsql.backends.base import ChatPrompt
+from matsql.fileio import replace_dataset_dir
 from matsql.records import Candidate, Critique, ExecInfo, Question, RolloutRecord
 from matsql.train import teacher
 from matsql.train.sqlparts import parse_parts, tables_and_columns
@@ -354,12 +355,7 @@ def write_sft(
     if tmp.exists():
         shutil.rmtree(tmp)
     dd.save_to_disk(str(tmp), num_shards={s: 1 for s in dd})  # an empty split needs one shard to reload
-    dest = out / name
-    if dest.exists():
-        if not (dest / "dataset_dict.json").exists():
-            raise FileExistsError(f"{dest} exists and is not a datasets folder; refusing to overwrite it")
-        shutil.rmtree(dest)
-    tmp.rename(dest)
+    replace_dataset_dir(tmp, out / name)
     jsonl = out / f"{name}.jsonl"
     with (out / f"{name}.jsonl.tmp").open("w", encoding="utf-8") as fh:
         for s, rs in splits.items():
