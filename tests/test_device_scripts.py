@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,18 @@ def test_big_stages_are_split_into_parts_that_collect_joins(tmp_path):
     home.mkdir()
     subprocess.run(["bash", str(ROOT / "scripts/device/collect.sh"), str(out)], cwd=home, check=True)
     assert (home / "runs" / "p" / "big.jsonl").read_bytes() == (run / "big.jsonl").read_bytes()
+
+
+def test_cast_only_turns_adapters_to_bf16_in_place(tmp_path):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file, save_file
+
+    (tmp_path / "run" / "a").mkdir(parents=True)
+    f = tmp_path / "run" / "a" / "adapter_model.safetensors"
+    save_file({"w": torch.full((2, 2), 0.5, dtype=torch.float32)}, f)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts/device/ship.py"), str(tmp_path / "run"), "--cast-only"],
+        check=True,
+    )
+    w = load_file(f)["w"]
+    assert w.dtype == torch.bfloat16 and torch.equal(w.float(), torch.full((2, 2), 0.5))

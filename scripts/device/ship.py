@@ -9,6 +9,7 @@ limits (8 files, 64 MiB) are reached; the rest goes with the next poll. Shipped 
 listed in ``RUN_DIR/.shipped``. Unpack here with ``scripts/device/collect.sh``.
 
     python3 scripts/device/ship.py RUN_DIR DEST [--max-files 8] [--max-mib 60]
+    python3 scripts/device/ship.py RUN_DIR --cast-only     # adapters to bf16 only (study.sh pack)
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from pathlib import Path
 
 PART = 15 * 2**20
 SKIP_DIRS = {"checkpoints"}
-SKIP_SUFFIXES = {".pt", ".pth", ".bin"}  # optimizer/scheduler states, training_args
+SKIP_SUFFIXES = {".pt", ".pth"}  # optimizer, scheduler and RNG states
+SKIP_NAMES = {"training_args.bin"}
 
 
-def _bf16_adapters(root: Path) -> None:
+def bf16_adapters(root: Path) -> None:
+    """Cast every saved LoRA adapter below ``root`` (checkpoints aside) to bf16, in place."""
     try:
         import torch
         from safetensors.torch import load_file, save_file
@@ -42,7 +45,7 @@ def _keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
     parts = Path(info.name).parts
     if any(p in SKIP_DIRS or p.startswith("checkpoint-") for p in parts):
         return None
-    if Path(info.name).suffix in SKIP_SUFFIXES:
+    if Path(info.name).suffix in SKIP_SUFFIXES or Path(info.name).name in SKIP_NAMES:
         return None
     return info
 
@@ -52,7 +55,7 @@ def pack_stage(run_dir: Path, stage: str, manifest: dict) -> bytes:
     out = Path(manifest["out"])
     local = _local_out(run_dir, out)
     if local.is_dir():
-        _bf16_adapters(local)
+        bf16_adapters(local)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         base = run_dir.parent
@@ -108,10 +111,16 @@ def ship(run_dir: Path, dest: Path, max_files: int = 8, max_mib: float = 60) -> 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path)
-    ap.add_argument("dest", type=Path)
+    ap.add_argument("dest", type=Path, nargs="?")
+    ap.add_argument("--cast-only", action="store_true", help="only cast RUN_DIR's adapters to bf16")
     ap.add_argument("--max-files", type=int, default=8)
     ap.add_argument("--max-mib", type=float, default=60)
     a = ap.parse_args()
+    if a.cast_only:
+        bf16_adapters(a.run_dir)
+        return
+    if a.dest is None:
+        ap.error("DEST is required unless --cast-only")
     sent = ship(a.run_dir, a.dest, a.max_files, a.max_mib)
     print(f"shipped: {', '.join(sent) or 'nothing new'}")
 

@@ -46,18 +46,7 @@ case "$1" in
   pack)
     run=$2 dest=$3
     mkdir -p "$dest"
-    python3 - "$run" <<'PY'
-import sys
-from pathlib import Path
-import torch
-from safetensors.torch import load_file, save_file
-for f in Path(sys.argv[1]).rglob("adapter_model.safetensors"):
-    if "checkpoint-" in str(f):
-        continue
-    t = load_file(f)
-    if any(v.dtype == torch.float32 for v in t.values()):
-        save_file({k: v.to(torch.bfloat16) for k, v in t.items()}, f, metadata={"format": "pt"})
-PY
+    python3 "$(dirname "$0")/ship.py" "$run" --cast-only
     tar -C "$(dirname "$run")" --exclude='checkpoint-*' --exclude='sft-data/*/*' --exclude='*.pt' \
       -czf - "$(basename "$run")" | split -b 15m -d - "$dest/run.tgz."
     ls -la "$dest"

@@ -48,3 +48,19 @@ def replace_dataset_dir(tmp: str | Path, dest: str | Path) -> None:
             raise FileExistsError(f"{dest} exists and is not a datasets folder; refusing to overwrite it")
         shutil.rmtree(dest)
     tmp.rename(dest)
+
+
+def read_yaml(
+    path: str | Path, what: str, error: type[Exception] = ValueError, missing: type[Exception] | None = None
+) -> Any:
+    """A user's YAML file, with errors that name it: ``missing`` (default ``error``) when it does
+    not exist, ``error`` when it does not parse."""
+    import yaml
+
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise (missing or error)(f"{what} not found: {path}") from e
+    except yaml.YAMLError as e:
+        raise error(f"{path}: invalid YAML: {e}") from e

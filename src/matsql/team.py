@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from matsql.records import AGENTS
 
 DECODING_KEYS = ("temperature", "max_tokens", "stop", "n")
@@ -87,13 +85,10 @@ def parse_team(data: dict[str, Any], source: str = "", base_dir: Path | None = N
 
 
 def load_team(path: str | Path) -> Team:
+    from matsql.fileio import read_yaml
+
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"agents file not found: {path}") from e
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: invalid YAML: {e}") from e
+    data = read_yaml(path, "agents file", ValueError, missing=FileNotFoundError)
     return parse_team(data, source=str(path), base_dir=path.parent)
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from matsql.fileio import read_yaml
 
 _REF = re.compile(r"\$\{([^${}]+)\}")
 
@@ -114,12 +114,7 @@ def read_plan_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = path.resolve()
     if path in _seen:
         raise PlanError(f"{path}: extends itself ({' -> '.join(map(str, _seen))})")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise PlanError(f"plan not found: {path}") from e
-    except yaml.YAMLError as e:
-        raise PlanError(f"{path}: invalid YAML: {e}") from e
+    raw = read_yaml(path, "plan", PlanError)
     if not isinstance(raw, dict):
         raise PlanError(f"{path}: a plan is a mapping")
     parent = raw.pop("extends", None)

@@ -212,13 +212,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[tuple[list[str], Any]])
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read a recipe file, apply ``key=value`` overrides, validate. Errors name the file and key."""
+    from matsql.fileio import read_yaml
+
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise RecipeError(f"recipe not found: {path}") from e
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML: {e}") from e
+    raw = read_yaml(path, "recipe", RecipeError)
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping, got {type(raw).__name__}")
     raw = apply_overrides(raw, parse_overrides(overrides or []))

@@ -39,13 +39,20 @@ class Parts:
     set_op: str | None = None  # "union" / "intersect" / "except" when the query combines selects
 
 
-def parse_parts(sql: str | None) -> Parts | None:
-    """Parts of the (first) SELECT of ``sql``; None when sqlglot cannot parse it."""
+def _parse(sql: str | None) -> exp.Expression | None:
+    """sqlglot's tree of ``sql`` (SQLite dialect); None when empty or unparsable."""
     if not sql or not sql.strip():
         return None
     try:
-        tree = sqlglot.parse_one(sql, read="sqlite")
+        return sqlglot.parse_one(sql, read="sqlite")
     except (sqlglot.errors.ParseError, sqlglot.errors.TokenError, ValueError):
+        return None
+
+
+def parse_parts(sql: str | None) -> Parts | None:
+    """Parts of the (first) SELECT of ``sql``; None when sqlglot cannot parse it."""
+    tree = _parse(sql)
+    if tree is None:
         return None
     set_op = None
     while isinstance(tree, exp.SetOperation):
@@ -178,11 +185,8 @@ def tables_and_columns(sql: str | None) -> dict[str, list[str]] | None:
     """Every table the query reads (subqueries included) -> the columns it uses from it, in
     first-appearance order. Unqualified columns go to the only table when there is one, else
     to ``""`` (their table is ambiguous without the schema). None when unparsable."""
-    if not sql or not sql.strip():
-        return None
-    try:
-        tree = sqlglot.parse_one(sql, read="sqlite")
-    except (sqlglot.errors.ParseError, sqlglot.errors.TokenError, ValueError):
+    tree = _parse(sql)
+    if tree is None:
         return None
     aliases: dict[str, str] = {}
     out: dict[str, list[str]] = {}
