@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,13 +19,18 @@ TOY = Path(__file__).parent / "fixtures/experiment/toy.yaml"
 class TouchExecutor:
     """Creates each stage's output instead of running matsql; records the order."""
 
-    def __init__(self, fail: str | None = None):
+    def __init__(self, fail: str | None = None, after_fail: tuple[str, ...] = ()):
         self.ran: list[str] = []
         self.fail = fail
+        self.after_fail = after_fail  # stages that end only once the failing one has failed
+        self.failed = threading.Event()
 
     def run(self, stage, log):
         if stage.name == self.fail:
+            self.failed.set()
             raise StageFailed(f"{stage.name} failed")
+        if stage.name in self.after_fail:
+            assert self.failed.wait(10), f"{self.fail} never ran"
         self.ran.append(stage.name)
         Path(stage.out).parent.mkdir(parents=True, exist_ok=True)
         Path(stage.out).write_text(" ".join(stage.argv))
@@ -257,7 +263,7 @@ def test_keep_going_drops_only_what_needs_the_failed_stage(tmp_path):
         run_plan(_plan(tmp_path), ex, jobs=2, keep_going=True)
     # the INDEP branch ran to its end; COLLAB's eval/select and the compare (needs both) did not
     assert set(ex.ran) == {"shared", "labels-indep", "eval-indep", "select-indep"}
-    ex2 = TouchExecutor(fail="labels-collab")
+    ex2 = TouchExecutor(fail="labels-collab", after_fail=("labels-indep",))  # no race to eval-indep
     with pytest.raises(StageFailed):
         run_plan(_plan(tmp_path / "b"), ex2, jobs=2)
     assert set(ex2.ran) == {"shared", "labels-indep"}  # without -k nothing new starts after the failure
