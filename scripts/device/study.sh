@@ -8,7 +8,8 @@
 #                                                  # no SFT datasets, adapters in bf16)
 #   bash scripts/device/study.sh unpack DIR        # join DIR/run.tgz.* into the copy's runs/
 # The tree is copied to $MATSQL_STATE/repo first: later calls replace the working tree, the
-# running job keeps its own copy. Set BENCH=1 to run benchmarks/bench_generate.py before it.
+# running job keeps its own copy. Set BENCH=1 to run benchmarks/bench_decode_attention.py and
+# bench_generate.py beside it on the last GPU (their files come back as bench.tgz with each poll).
 set -euo pipefail
 STATE=${MATSQL_STATE:-/root/matsql}
 REPO=$STATE/repo
@@ -22,11 +23,16 @@ case "$1" in
     printf '%q ' "$@" > "$STATE/job.args"
     setsid nohup bash -c '
       cd "'"$REPO"'" && source scripts/device/env.sh
-      if [ "${BENCH:-0}" = 1 ]; then
-        python3 benchmarks/bench_generate.py --model qwen2.5-coder-0.5b-instruct --questions 256 \
-          --batch-size 256 --prompt-tokens 794 --new-tokens 320 --repeats 1 \
-          --system "First explain which tables, columns and conditions answer the question, then write one SQLite query." \
-          --json "'"$STATE"'/bench_generate.json" || true
+      if [ "${BENCH:-0}" = 1 ]; then   # benchmarks beside the plan, on the last GPU
+        mkdir -p "'"$STATE"'/bench"
+        ( export CUDA_VISIBLE_DEVICES=$(( $(nvidia-smi -L | wc -l) - 1 ))
+          python3 benchmarks/bench_decode_attention.py --model qwen2.5-coder-0.5b-instruct \
+            --batch 256 --prompt-tokens 1000 --steps 32 --repeats 3 \
+            --json "'"$STATE"'/bench/bench_decode_attention.json" > "'"$STATE"'/bench/bench_decode_attention.txt" 2>&1
+          python3 benchmarks/bench_generate.py --model qwen2.5-coder-0.5b-instruct --questions 256 \
+            --batch-size 256 --prompt-tokens 794 --new-tokens 320 --repeats 1 \
+            --system "First explain which tables, columns and conditions answer the question, then write one SQLite query." \
+            --json "'"$STATE"'/bench/bench_generate.json" > "'"$STATE"'/bench/bench_generate.txt" 2>&1 ) &
       fi
       eval "python3 -m matsql.cli experiment run $(cat "'"$STATE"'/job.args")"
       echo $? > "'"$STATE"'/job.rc"' > "$STATE/job.log" 2>&1 < /dev/null &
@@ -39,8 +45,10 @@ case "$1" in
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader || true
     [ -f "$STATE/job.rc" ] && echo "job exit code $(cat "$STATE/job.rc")" || echo "job still running"
     # the machine can go back at any moment: every poll brings finished stages home
+    files=8; mkdir -p "${OUT:-$STATE/outbox}"
+    if [ -d "$STATE/bench" ]; then tar -C "$STATE" -czf "${OUT:-$STATE/outbox}/bench.tgz" bench && files=7; fi
     for r in "$REPO"/runs/*/; do
-      [ -d "$r/manifests" ] && python3 "$REPO/scripts/device/ship.py" "$r" "${OUT:-$STATE/outbox}" || true
+      [ -d "$r/manifests" ] && python3 "$REPO/scripts/device/ship.py" "$r" "${OUT:-$STATE/outbox}" --max-files $files || true
     done
     ;;
   pack)
