@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -65,6 +66,18 @@ def test_row_with_picks(tmp_path: Path) -> None:
     assert row.selector_by_difficulty["challenging"] == pytest.approx(0.0)  # q-d missing, q-f wrong
     skip = build_row(run, missing="skip")
     assert skip.selector_ex == pytest.approx(sum(PICKS.values()) / 6)
+
+
+def test_gzipped_run_folder_reads_like_plain(tmp_path: Path) -> None:
+    """Committed results keep rollout.jsonl.gz and picks.jsonl.gz; the row must not change."""
+    plain = _run_folder(tmp_path / "plain", _records(), PICKS)
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    for name in ("rollout.jsonl", "picks.jsonl"):
+        (packed / f"{name}.gz").write_bytes(gzip.compress((plain / name).read_bytes()))
+    a, b = build_row(plain), build_row(packed)
+    assert b.picks is not None and b.picks.name == "picks.jsonl.gz"
+    assert (b.summary.values, b.selector_ex) == (a.summary.values, a.selector_ex)
 
 
 def test_row_without_picks_shows_dashes(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -53,8 +54,18 @@ def test_records_follow_pipeline_semantics(db, tmp_path):
 
 
 def test_label_time_rollouts_fix_every_branch(db, tmp_path):
-    cfg = RolloutConfig(benchmark="fake", k=3, branches=4, fix_all=True, fixer_samples=2, gate="critique")
-    _run(db, tmp_path / "r.jsonl", cfg)
+    cfg = RolloutConfig(
+        benchmark="fake",
+        k=3,
+        branches=4,
+        fix_all=True,
+        fixer_samples=2,
+        fixer_temperature=1.0,
+        gate="critique",
+    )
+    _, svc = _run(db, tmp_path / "r.jsonl", cfg)
+    assert {t for kind, n, t in svc.backends["fixer"].calls if kind == "fixer"} == {1.0}
+    distinct = 0
     for r in read_records(tmp_path / "r.jsonl")[:-1]:
         for c in r.candidates:
             if c.planner.sql:
@@ -62,6 +73,27 @@ def test_label_time_rollouts_fix_every_branch(db, tmp_path):
             for b in c.branches:
                 assert len(b.fixes) == 2  # run whether gated or not
                 assert len({f.prompt_digest for f in b.fixes}) == 1
+                distinct += b.fixes[0].text != b.fixes[1].text
+    assert distinct > 0  # sampled fixes: E1 needs contrast within one prompt
+
+
+def test_several_samples_at_temperature_zero_are_refused(db, tmp_path):
+    """The fixer decodes greedily at inference; asking it for 2 samples per branch without a
+    temperature once wrote 976 identical pairs of fixes (GPU study, 2026-11-27): now an error."""
+    cfg = RolloutConfig(benchmark="fake", k=2, branches=2, fix_all=True, fixer_samples=2, gate="critique")
+    with pytest.raises(ValueError, match=r"--fixer-temperature 1\.0"):
+        _run(db, tmp_path / "r.jsonl", cfg)
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_unset_fixer_temperature_keeps_earlier_config_hashes():
+    """Rollout files written before the option existed must still resume: an unset
+    fixer_temperature hashes as if the field did not exist; a set one changes the hash."""
+    cfg = RolloutConfig(benchmark="fake")
+    before = cfg.model_dump(exclude={"limit", "offset", "shard", "sample", "fixer_temperature"})
+    want = hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert cfg.digest() == want
+    assert cfg.digest() != RolloutConfig(benchmark="fake", fixer_temperature=1.0).digest()
 
 
 def test_kill_and_resume_equals_uninterrupted(db, tmp_path, monkeypatch):

@@ -3,7 +3,8 @@
 | config | planner@1 | pipeline@1 | pass@8 | majority | selector EX | pick rate |
 
 A run is a folder holding ``rollout.jsonl`` and optionally ``picks.jsonl`` (the trained
-selector's picks: question_id, correct, ...), or a rollout file on its own. Selector EX and pick
+selector's picks: question_id, correct, ...), either of them gzipped as committed results are,
+or a rollout file on its own. Selector EX and pick
 rate (selector EX / pass@K) are "-" without picks. Numbers are percentages over every scored
 question; missing-database questions are counted in a note under the table.
 """
@@ -42,14 +43,21 @@ def locate_run(path: Path) -> tuple[Path, Path | None]:
     """(rollout file, picks file or None) of a run folder, or of a rollout file given directly."""
     path = Path(path)
     if path.is_dir():
-        rollout = path / ROLLOUT_NAME
-        if not rollout.is_file():
-            raise OutcomeError(f"{path}: run folder without {ROLLOUT_NAME}")
-        picks = path / PICKS_NAME
-        return rollout, picks if picks.is_file() else None
+        rollout = _first_file(path, ROLLOUT_NAME)
+        if rollout is None:
+            raise OutcomeError(f"{path}: run folder without {ROLLOUT_NAME} (or {ROLLOUT_NAME}.gz)")
+        return rollout, _first_file(path, PICKS_NAME)
     if path.is_file():
         return path, None
     raise OutcomeError(f"{path}: no such run folder or rollout file")
+
+
+def _first_file(folder: Path, name: str) -> Path | None:
+    """``folder/name``, else ``folder/name.gz``, else None."""
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def selector_hits(

@@ -1,4 +1,4 @@
-"""`matsql experiment run|status|check`, `matsql demo`, `matsql publish`."""
+"""`matsql experiment run|status|check|collect`, `matsql demo`, `matsql publish`."""
 
 from __future__ import annotations
 
@@ -32,6 +32,33 @@ def _load(plan: Path, sets: list[str]):
     except PlanError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from e
+
+
+@experiment_app.command("collect")
+def collect(
+    plan: Path = typer.Argument(..., help="plan YAML whose run folder is gathered"),
+    out: Path = typer.Option(..., "--out", help="results folder to write (e.g. results/study-spider)"),
+    adapters: str = typer.Option("", "--adapters", help="training stages whose LoRA adapters to copy (comma-separated)"),
+    adapters_out: Path | None = typer.Option(None, "--adapters-out", help="where adapters go (default OUT/adapters)"),
+    skip: str = typer.Option("", "--skip", help="stages whose files stay behind (comma-separated)"),
+    sets: list[str] = typer.Option([], "--set", help="the same overrides the run used"),
+) -> None:
+    """Gather a run's rollouts and picks (gzipped), reports, label yields, training metrics and
+    stage times into a folder small enough to commit."""
+    from matsql.experiment.collect import collect_run
+
+    p = _load(plan, sets)
+    names = [a for a in adapters.split(",") if a]
+    try:
+        got = collect_run(p, out, adapters=names, adapters_dest=adapters_out, skip=[s for s in skip.split(",") if s])
+    except (KeyError, FileNotFoundError) as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from e
+    console.print(
+        f"{len(got.stage_rows)} done stage(s), {len(got.files)} file(s) -> {out}"
+        + (f"; adapters of {', '.join(names)}" if names else "")
+        + (f"; not done: {', '.join(got.missing)}" if got.missing else "")
+    )
 
 
 @experiment_app.command("run")

@@ -40,6 +40,9 @@ def rollout(
     branches: int = typer.Option(1, "--branches", help="critique samples per candidate (label-time: K)"),
     fix_all: bool = typer.Option(False, "--fix-all", help="label-time: run the fixer on every branch"),
     fixer_samples: int = typer.Option(1, "--fixer-samples", help="fixer samples per branch"),
+    fixer_temperature: float | None = typer.Option(
+        None, "--fixer-temperature", help="fixer sampling temperature (default: AGENTS.yaml's); E1 data: 1.0"
+    ),
     validators: str = typer.Option("val-sel,val-cond", "--validators"),
     planner_from: Path | None = typer.Option(
         None, "--planner-from", help="reuse planner candidates of this rollout"
@@ -79,6 +82,7 @@ def rollout(
         branches=branches,
         fix_all=fix_all,
         fixer_samples=fixer_samples,
+        fixer_temperature=fixer_temperature,
         seed=seed,
         batch_questions=batch_questions,
         limit=limit,

@@ -23,6 +23,7 @@ class RolloutConfig(BaseModel):
     branches: int = Field(1, ge=1)  # critique samples per candidate (label-time rollouts use K)
     fix_all: bool = False  # label-time: run the fixer on every branch, gated or not
     fixer_samples: int = Field(1, ge=1)  # fixer samples per branch (E1 data uses several)
+    fixer_temperature: float | None = None  # fixer sampling temperature; None: the agent's own
     seed: int = 0
     batch_questions: int = Field(16, ge=1)  # fixed question batches: resume reproduces them
     limit: int | None = None  # first N questions only
@@ -36,4 +37,6 @@ class RolloutConfig(BaseModel):
 
     def digest(self) -> str:
         d = self.model_dump(exclude={"limit", "offset", "shard", "sample"})
+        if d["fixer_temperature"] is None:  # unset: hashes of earlier runs stay valid
+            del d["fixer_temperature"]
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

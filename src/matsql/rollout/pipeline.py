@@ -61,6 +61,27 @@ class Services:
     to_exec_info: Callable[[Any], ExecInfo]
 
 
+def sampling_problems(cfg: RolloutConfig, team: Team) -> list[str]:
+    """Settings that would silently write identical samples: several critiques or fixes per
+    prompt decoded greedily (label-time data then has no contrast to learn from)."""
+    out = []
+    if cfg.branches > 1:
+        for v in cfg.validators:
+            if v in team.agents and team[v].temperature <= 0:
+                out.append(
+                    f"--branches {cfg.branches} with {v} at temperature {team[v].temperature}: "
+                    f"every branch would get the same critique; give {v} a temperature > 0"
+                )
+    if cfg.fixer_samples > 1 and "fixer" in team.agents:
+        t = team["fixer"].temperature if cfg.fixer_temperature is None else cfg.fixer_temperature
+        if t <= 0:
+            out.append(
+                f"--fixer-samples {cfg.fixer_samples} at fixer temperature {t}: the samples would be "
+                "identical; pass --fixer-temperature 1.0 (E1 samples fixes at T=1.0)"
+            )
+    return out
+
+
 def _generate(
     svc: Services, agent: str, prompts: list[ChatPrompt], n: int, temperature: float, seed: int
 ) -> list[list[str]]:
@@ -189,7 +210,8 @@ def run_batch(
             for qid, c, b in fix_slots
         ]
         s = stage_seed(cfg.seed, "fixer")
-        outs_f = _generate(svc, "fixer", prompts, cfg.fixer_samples, spec.temperature, s)
+        t_fix = spec.temperature if cfg.fixer_temperature is None else cfg.fixer_temperature
+        outs_f = _generate(svc, "fixer", prompts, cfg.fixer_samples, t_fix, s)
         jobs = [
             (qmap[qid], fixer.parse(t))
             for (qid, _, _), texts in zip(fix_slots, outs_f, strict=True)

@@ -20,7 +20,7 @@ from matsql.backends.base import Backend
 from matsql.records import Candidate, Question, RolloutRecord
 from matsql.rollout.config import RolloutConfig
 from matsql.rollout.io import RolloutWriter, read_records
-from matsql.rollout.pipeline import Services, run_batch
+from matsql.rollout.pipeline import Services, run_batch, sampling_problems
 
 
 class _RateColumn(ProgressColumn):
@@ -75,6 +75,9 @@ def run_rollout(
     show_progress: bool = True,
 ) -> dict[str, float]:
     """Write one record per question to ``out``; return throughput numbers."""
+    problems = sampling_problems(cfg, svc.team)
+    if problems:
+        raise ValueError("rollout settings: " + "; ".join(problems))
     qs = select_questions(questions, cfg)
     reuse: dict[str, list[Candidate]] | None = None
     if cfg.planner_from:
