@@ -21,7 +21,9 @@ def label_time_rollout(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
     tmp = tmp_path_factory.mktemp("roll")
     db = fakes.make_db(tmp / "music.sqlite")
     svc = fakes.sqlite_services(db, fakes.CannedBackend())
-    cfg = RolloutConfig(benchmark="fake", k=3, branches=4, fix_all=True, fixer_samples=2, gate="critique")
+    cfg = RolloutConfig(
+        benchmark="fake", k=3, branches=4, fix_all=True, fixer_samples=2, fixer_temperature=1.0, gate="critique"
+    )
     out = tmp / "r.jsonl"
     run_rollout(fakes.questions(), cfg, svc, out, cfg.model_dump(mode="json"), show_progress=False)
     return out, svc
@@ -48,6 +50,8 @@ def test_every_mode_labels_pipeline_records(label_time_rollout) -> None:
                 assert p.chosen.strip() != p.rejected.strip() and p.agent == agent and p.mode == mode
             if agent.startswith("val-") and mode in ("collab", "collab_v2"):
                 assert y.unusable == 0  # label-time rollouts fix every branch
+            if agent == "fixer" and mode == "e1":
+                assert y.pairs > 0  # sampled fixes of one (candidate, critique) prompt disagree
 
 
 def test_collab_pairs_agree_with_the_fixer_outcome_of_each_branch(label_time_rollout) -> None:
