@@ -1,0 +1,108 @@
+"""`matsql experiment collect`: what a finished run folder leaves for the results folder."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from matsql.experiment.collect import collect_run, training_summary
+from matsql.experiment.manifest import manifest_path
+from matsql.experiment.plan import load_plan
+
+PLAN = Path(__file__).parent / "fixtures/experiment/collect.yaml"
+METRICS = {
+    "train": {"train_runtime": 12.5, "epoch": 2.0},
+    "eval_before": {"eval_loss": 1.5, "eval_rewards/accuracies": 0.25},
+    "eval": {"eval_loss": 0.5, "eval_rewards/accuracies": 0.75},
+    "log_history": [{"loss": 1.0, "step": 10}, {"loss": 0.6, "step": 20}],
+}
+
+
+def _done(plan, name: str, seconds: float) -> None:
+    p = manifest_path(plan.run_dir, name)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps({"status": "done", "seconds": seconds, "started": "t0", "finished": "t1"}))
+
+
+@pytest.fixture
+def run(tmp_path):
+    plan = load_plan(PLAN, overrides={"vars.root": str(tmp_path)})
+    out = {n: Path(s.out) for n, s in plan.stages.items()}
+    out["rollout"].parent.mkdir(parents=True, exist_ok=True)
+    out["rollout"].write_text('{"kind": "header"}\n{"q": 1}\n')
+    out["sft"].mkdir(parents=True)
+    (out["sft"] / "metrics.json").write_text(json.dumps(METRICS))
+    (out["sft"] / "adapter_config.json").write_text("{}")
+    (out["sft"] / "adapter_model.safetensors").write_bytes(b"weights")
+    (out["sft"] / "tokenizer.json").write_text("{}" * 1000)  # not committed
+    out["labels"].mkdir(parents=True)
+    (out["labels"] / "yield.json").write_text(json.dumps({"pairs": 3}))
+    (out["labels"] / "pairs.jsonl").write_text('{"chosen": "a", "rejected": "b"}\n')
+    (out["labels"] / "pairs").mkdir()  # a datasets folder: stays behind
+    (out["labels"] / "pairs" / "data.arrow").write_bytes(b"x")
+    out["eval"].parent.mkdir(parents=True)
+    out["eval"].write_text('{"kind": "header"}\n')
+    (out["eval"].parent / "picks.jsonl").write_text('{"question_id": "q", "correct": 1}\n')
+    out["compare"].mkdir(parents=True)
+    (out["compare"] / "compare.json").write_text('{"diff": 0.01}')
+    (out["compare"] / "bootstrap.png").write_bytes(b"\x89PNG")
+    for i, name in enumerate(["rollout", "sft", "labels", "eval", "select", "compare"]):
+        _done(plan, name, float(i))
+    return plan
+
+
+def test_collect_keeps_outcomes_yields_metrics_and_leaves_weights(run, tmp_path):
+    dest = tmp_path / "results"
+    got = collect_run(run, dest)
+    assert got.missing == ["never-ran"]
+    assert (
+        gzip.decompress((dest / "rollout.jsonl.gz").read_bytes())
+        == Path(run.stages["rollout"].out).read_bytes()
+    )
+    assert (dest / "eval" / "rollout.jsonl.gz").is_file() and (dest / "eval" / "picks.jsonl.gz").is_file()
+    assert (dest / "labels" / "yield.json").is_file() and (dest / "labels" / "pairs.jsonl.gz").is_file()
+    assert not (dest / "labels" / "pairs").exists()
+    assert (dest / "compare" / "bootstrap.png").is_file()
+    assert not (dest / "sft").exists() and not (dest / "adapters").exists()  # no weights unless asked
+    summary = json.loads((dest / "collect.json").read_text())
+    assert [r["stage"] for r in summary["stages"]] == [
+        "rollout",
+        "sft",
+        "labels",
+        "eval",
+        "select",
+        "compare",
+    ]
+    assert summary["label_yield"] == {"labels": {"pairs": 3}}
+    assert summary["training"]["sft"]["eval_loss"] == {"before": 1.5, "after": 0.5}
+    assert "| sft | 20 | 12.500 | 1.500 -> 0.500 | 0.250 -> 0.750 |" in (dest / "stages.md").read_text()
+
+
+def test_collect_adapters_and_skip(run, tmp_path):
+    dest, ad = tmp_path / "results", tmp_path / "branch"
+    collect_run(run, dest, adapters=["sft"], adapters_dest=ad, skip=["labels"])
+    assert sorted(p.name for p in (ad / "sft").iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "metrics.json",
+    ]
+    assert not (dest / "labels").exists()
+    with pytest.raises(FileNotFoundError, match="stage labels"):
+        collect_run(run, dest, adapters=["labels"])
+    with pytest.raises(KeyError, match="no stage 'nope'"):
+        collect_run(run, dest, adapters=["nope"])
+
+
+def test_gzip_is_byte_stable(run, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    collect_run(run, a)
+    collect_run(run, b)
+    assert (a / "rollout.jsonl.gz").read_bytes() == (b / "rollout.jsonl.gz").read_bytes()
+
+
+def test_training_summary_without_eval():
+    row = training_summary({"train": {"train_runtime": 3.0}, "log_history": []})
+    assert row == {"train_runtime_s": 3.0, "epochs": None}
