@@ -165,9 +165,30 @@ def test_packaged_plans_satisfy_the_study_constraints():
             Path(str(resources.files("matsql.experiment").joinpath("plans", name))), base_dir=root
         )
         checks = check_study(plan)
-        assert any("K=8" in c for c in checks) and len(checks) == 3
+        roles = [c.split(" stages ")[0] for c in checks if " stages differ" in c]
+        assert roles == ["eval-iter1", "select-iter1", "eval", "select"]
+        assert sum("K=8" in c for c in checks) == 2  # iter1 and iter2 evaluations
+        assert {s.arm for s in plan.stages.values() if s.check.get("role") == "eval"} == {
+            "collab",
+            "indep",
+            "joint",
+        }
     study = load_plan(root / "experiments/study-spider.yaml", base_dir=root)
-    assert study.vars["eval"] == "spider-dev" and len(check_study(study)) == 3
+    assert study.vars["eval"] == "spider-dev" and len(check_study(study)) == 6
+
+
+def test_iter1_evaluations_are_held_to_the_same_constraints():
+    from importlib import resources
+
+    root = Path(__file__).resolve().parents[1]
+    path = Path(str(resources.files("matsql.experiment").joinpath("plans", "iter2.yaml")))
+    raw = yaml.safe_load(path.read_text())
+    raw["stages"]["eval-iter1-${arm}"]["cmd"] = raw["stages"]["eval-iter1-${arm}"]["cmd"].replace(
+        "${stages.sft-fixer.out}", "${stages.orpo-iter1-val-sel-${arm}.out}"
+    )  # a per-arm fixer: the arms would differ in more than validators
+    plan = parse_plan(raw, source="iter2.yaml", base_dir=root)
+    with pytest.raises(PlanError, match="eval-iter1 stages eval-iter1-collab and eval-iter1-indep differ"):
+        check_study(plan)
 
 
 def test_slurm_executor_runs_a_stage_through_submitit(tmp_path):

@@ -1,7 +1,9 @@
 """Study constraints that must hold by construction (DESIGN.md "Study protocol").
 
 Stages marked ``check: {role: eval}`` are the arms' evaluation rollouts, ``role: select`` their
-selection. Across arms, their command lines must be identical except for the output path and
+selection; further roles (``eval-iter1``, ``select-iter1``: the arms after ORPO iteration 1) are
+checked the same way, each role on its own, and every role starting with ``eval`` also gets the
+K/T/shared-candidates check. Within a role, across arms, command lines must be identical except for the output path and
 ``--adapter val-sel=...`` / ``--adapter val-cond=...``: same planner candidates
 (``--planner-from``), same fixer, same selector, same seeds; and eval runs at K=8, T=1.0.
 """
@@ -46,7 +48,8 @@ def _opt(argv: list[str], name: str) -> str | None:
 def check_study(plan: Plan, eval_k: int = 8, eval_temperature: float = 1.0) -> list[str]:
     """Return the constraints checked; raise :class:`PlanError` on the first violation."""
     checked: list[str] = []
-    for role in ("eval", "select"):
+    roles = list(dict.fromkeys(s.check["role"] for s in plan.stages.values() if s.check.get("role")))
+    for role in roles:
         group = [s for s in plan.stages.values() if s.check.get("role") == role]
         if not group:
             continue
@@ -54,10 +57,11 @@ def check_study(plan: Plan, eval_k: int = 8, eval_temperature: float = 1.0) -> l
             raise PlanError(f"{plan.source}: {role} stages must be one per arm")
         normal = {}
         for s in group:
-            arm_outs = {
+            arm_outs = {  # the arm's own checked stages (select reads its eval rollout); any other
+                # per-arm input (an ORPO adapter given to the fixer, say) keeps its path and differs
                 t.out: f"<{t.name.replace(s.arm or '', 'ARM')}>"
                 for t in plan.stages.values()
-                if t.arm == s.arm and t.name != s.name
+                if t.arm == s.arm and t.name != s.name and t.check.get("role")
             }
             normal[s.name] = _normalise(s.argv, s.arm or "", s.out, arm_outs)
         ref_name, ref = next(iter(normal.items()))
@@ -68,7 +72,7 @@ def check_study(plan: Plan, eval_k: int = 8, eval_temperature: float = 1.0) -> l
                     f"  {' '.join(ref)}\n  {' '.join(argv)}"
                 )
         checked.append(f"{role} stages differ only in validator adapters ({', '.join(normal)})")
-        if role == "eval":
+        if role.startswith("eval"):
             for s in group:
                 k, t = _opt(s.argv, "--k"), _opt(s.argv, "--temperature")
                 if k is None or int(k) != eval_k or t is None or float(t) != eval_temperature:
