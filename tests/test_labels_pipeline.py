@@ -22,7 +22,13 @@ def label_time_rollout(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
     db = fakes.make_db(tmp / "music.sqlite")
     svc = fakes.sqlite_services(db, fakes.CannedBackend())
     cfg = RolloutConfig(
-        benchmark="fake", k=3, branches=4, fix_all=True, fixer_samples=2, fixer_temperature=1.0, gate="critique"
+        benchmark="fake",
+        k=3,
+        branches=4,
+        fix_all=True,
+        fixer_samples=2,
+        fixer_temperature=1.0,
+        gate="critique",
     )
     out = tmp / "r.jsonl"
     run_rollout(fakes.questions(), cfg, svc, out, cfg.model_dump(mode="json"), show_progress=False)

@@ -38,8 +38,12 @@ def _load(plan: Path, sets: list[str]):
 def collect(
     plan: Path = typer.Argument(..., help="plan YAML whose run folder is gathered"),
     out: Path = typer.Option(..., "--out", help="results folder to write (e.g. results/study-spider)"),
-    adapters: str = typer.Option("", "--adapters", help="training stages whose LoRA adapters to copy (comma-separated)"),
-    adapters_out: Path | None = typer.Option(None, "--adapters-out", help="where adapters go (default OUT/adapters)"),
+    adapters: str = typer.Option(
+        "", "--adapters", help="training stages whose LoRA adapters to copy (comma-separated)"
+    ),
+    adapters_out: Path | None = typer.Option(
+        None, "--adapters-out", help="where adapters go (default OUT/adapters)"
+    ),
     skip: str = typer.Option("", "--skip", help="stages whose files stay behind (comma-separated)"),
     sets: list[str] = typer.Option([], "--set", help="the same overrides the run used"),
 ) -> None:
@@ -50,7 +54,9 @@ def collect(
     p = _load(plan, sets)
     names = [a for a in adapters.split(",") if a]
     try:
-        got = collect_run(p, out, adapters=names, adapters_dest=adapters_out, skip=[s for s in skip.split(",") if s])
+        got = collect_run(
+            p, out, adapters=names, adapters_dest=adapters_out, skip=[s for s in skip.split(",") if s]
+        )
     except (KeyError, FileNotFoundError) as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from e
