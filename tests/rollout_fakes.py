@@ -9,6 +9,7 @@ from pathlib import Path
 
 from matsql.backends.base import ChatPrompt, GenerationStats
 from matsql.records import ExecInfo, Question, digest
+from matsql.rollout.config import RolloutConfig
 from matsql.rollout.pipeline import Services
 from matsql.team import parse_team
 
@@ -112,4 +113,17 @@ def sqlite_services(db: Path, backend: CannedBackend) -> Services:
         execute=execute,
         ex_match=lambda p, g: set(p) == set(g),
         to_exec_info=to_info,
+    )
+
+
+def label_time_config() -> RolloutConfig:
+    """A label-time rollout: every branch fixed, two fixes sampled per branch at T=1.0."""
+    return RolloutConfig(
+        benchmark="fake",
+        k=3,
+        branches=4,
+        fix_all=True,
+        fixer_samples=2,
+        fixer_temperature=1.0,
+        gate="critique",
     )

@@ -48,6 +48,16 @@ def test_change_and_flip_rates():
     assert (d.reach_checked, d.reach_ok) == (3, 2)
     r = d.rates()
     assert r["change_when_incorrect"] == 1.0 and r["change_when_correct"] == 0.0
+    assert d.sampled_branches == 0 and r["samples_differ"] is None  # one fix per branch
+
+
+def test_sampled_fixes_that_all_agree_are_counted():
+    recs = _records()
+    b0, b1 = recs[0].candidates[0].branches[0], recs[0].candidates[1].branches[0]
+    b0.fixes.append(b0.fixes[0].model_copy())  # a greedy fixer asked for 2 samples
+    b1.fixes.append(b1.fixes[0].model_copy(update={"text": "SELECT c", "sql": "SELECT c"}))
+    d = fixer_diagnostics(recs)
+    assert (d.sampled_branches, d.sampled_distinct) == (2, 1) and d.rates()["samples_differ"] == 0.5
 
 
 def test_flip_verdict_rewrites_the_last_conclusion():

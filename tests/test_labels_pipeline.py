@@ -12,7 +12,6 @@ from matsql.labels.io import read_rollouts
 from matsql.labels.yield_stats import compute_yield
 
 fakes = pytest.importorskip("tests.rollout_fakes", reason="rollout package not importable")
-RolloutConfig = pytest.importorskip("matsql.rollout.config").RolloutConfig
 run_rollout = pytest.importorskip("matsql.rollout.runner").run_rollout
 
 
@@ -21,15 +20,7 @@ def label_time_rollout(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
     tmp = tmp_path_factory.mktemp("roll")
     db = fakes.make_db(tmp / "music.sqlite")
     svc = fakes.sqlite_services(db, fakes.CannedBackend())
-    cfg = RolloutConfig(
-        benchmark="fake",
-        k=3,
-        branches=4,
-        fix_all=True,
-        fixer_samples=2,
-        fixer_temperature=1.0,
-        gate="critique",
-    )
+    cfg = fakes.label_time_config()
     out = tmp / "r.jsonl"
     run_rollout(fakes.questions(), cfg, svc, out, cfg.model_dump(mode="json"), show_progress=False)
     return out, svc

@@ -10,7 +10,7 @@ import pytest
 from matsql.rollout.config import RolloutConfig
 from matsql.rollout.io import RolloutFileError, RolloutWriter, read_records
 from matsql.rollout.runner import run_rollout
-from tests.rollout_fakes import CannedBackend, make_db, questions, sqlite_services
+from tests.rollout_fakes import CannedBackend, label_time_config, make_db, questions, sqlite_services
 
 
 @pytest.fixture
@@ -54,15 +54,7 @@ def test_records_follow_pipeline_semantics(db, tmp_path):
 
 
 def test_label_time_rollouts_fix_every_branch(db, tmp_path):
-    cfg = RolloutConfig(
-        benchmark="fake",
-        k=3,
-        branches=4,
-        fix_all=True,
-        fixer_samples=2,
-        fixer_temperature=1.0,
-        gate="critique",
-    )
+    cfg = label_time_config()
     _, svc = _run(db, tmp_path / "r.jsonl", cfg)
     assert {t for kind, n, t in svc.backends["fixer"].calls if kind == "fixer"} == {1.0}
     distinct = 0

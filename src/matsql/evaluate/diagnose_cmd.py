@@ -116,6 +116,12 @@ def fixer_cmd(
     )
     t.add_row("wrong -> right", _fmt(r["wrong_to_right"]), f"{d.wrong_to_right}/{d.planner_wrong}")
     t.add_row("right -> wrong", _fmt(r["right_to_wrong"]), f"{d.right_to_wrong}/{d.planner_right}")
+    if d.sampled_branches:
+        t.add_row(
+            "fixer samples differ | branch sampled",
+            _fmt(r["samples_differ"]),
+            f"{d.sampled_distinct}/{d.sampled_branches}",
+        )
     for kind, v in result["counterfactual"].items():
         t.add_row(
             f"output changed | {kind} critique", _fmt(v["rate"]), f"{v['output_changed']}/{v['probes']}"

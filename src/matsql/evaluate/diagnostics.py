@@ -45,6 +45,8 @@ class FixerDiagnostics:
     wrong_to_right: int
     planner_right: int
     right_to_wrong: int
+    sampled_branches: int = 0  # branches with several fixer samples (label-time E1 data)
+    sampled_distinct: int = 0  # ... whose samples are not all the same text
 
     def rates(self) -> dict[str, float | None]:
         return {
@@ -53,6 +55,7 @@ class FixerDiagnostics:
             "change_when_correct": _rate(self.cleared_changed, self.cleared),
             "wrong_to_right": _rate(self.wrong_to_right, self.planner_wrong),
             "right_to_wrong": _rate(self.right_to_wrong, self.planner_right),
+            "samples_differ": _rate(self.sampled_distinct, self.sampled_branches),
         }
 
     def as_dict(self) -> dict:
@@ -72,6 +75,9 @@ def fixer_diagnostics(
                 if f is None:
                     continue
                 d.branches_fixed += 1
+                if len(b.fixes) > 1:  # identical samples give E1 no contrast (greedy fixer)
+                    d.sampled_branches += 1
+                    d.sampled_distinct += int(len({x.text for x in b.fixes}) > 1)
                 if prompt_digest_of is not None and f.prompt_digest:
                     d.reach_checked += 1
                     d.reach_ok += int(prompt_digest_of(rec, c.index, j) == f.prompt_digest)

@@ -99,11 +99,12 @@ def collect_run(
             got.training[name] = training_summary(json.loads((out / "metrics.json").read_text()))
         if (out / "yield.json").is_file():
             got.yields[name] = json.loads((out / "yield.json").read_text())
+        trained = (out / "adapter_config.json").exists()  # its metrics are summarised above
         for f in sorted(out.iterdir()):
             if f.is_file() and f.suffix == ".jsonl":
                 _gzip_copy(f, dest / rel / f"{f.name}.gz")
                 got.files.append(f"{rel / f.name}.gz")
-            elif f.is_file() and f.suffix in COPIED_SUFFIXES and not (out / "adapter_config.json").exists():
+            elif f.is_file() and f.suffix in COPIED_SUFFIXES and not trained:
                 (dest / rel).mkdir(parents=True, exist_ok=True)
                 shutil.copy2(f, dest / rel / f.name)
                 got.files.append(str(rel / f.name))

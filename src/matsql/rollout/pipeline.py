@@ -61,6 +61,11 @@ class Services:
     to_exec_info: Callable[[Any], ExecInfo]
 
 
+def fixer_temperature(cfg: RolloutConfig, team: Team) -> float:
+    """``--fixer-temperature`` when given, else the fixer agent's own (greedy at inference)."""
+    return team["fixer"].temperature if cfg.fixer_temperature is None else cfg.fixer_temperature
+
+
 def sampling_problems(cfg: RolloutConfig, team: Team) -> list[str]:
     """Settings that would silently write identical samples: several critiques or fixes per
     prompt decoded greedily (label-time data then has no contrast to learn from)."""
@@ -73,7 +78,7 @@ def sampling_problems(cfg: RolloutConfig, team: Team) -> list[str]:
                     f"every branch would get the same critique; give {v} a temperature > 0"
                 )
     if cfg.fixer_samples > 1 and "fixer" in team.agents:
-        t = team["fixer"].temperature if cfg.fixer_temperature is None else cfg.fixer_temperature
+        t = fixer_temperature(cfg, team)
         if t <= 0:
             out.append(
                 f"--fixer-samples {cfg.fixer_samples} at fixer temperature {t}: the samples would be "
@@ -204,14 +209,12 @@ def run_batch(
     # 4. Fixer on gated branches (or on all of them for label-time rollouts).
     fix_slots = [(qid, c, b) for qid, c, b in branch_slots if b.gate or cfg.fix_all]
     if fix_slots and "fixer" in svc.team.agents:
-        spec = svc.team["fixer"]
         prompts = [
             fixer.build(qmap[qid], svc.schema_of(qmap[qid].db_id), c.planner.sql, c.exec, b.critiques)
             for qid, c, b in fix_slots
         ]
         s = stage_seed(cfg.seed, "fixer")
-        t_fix = spec.temperature if cfg.fixer_temperature is None else cfg.fixer_temperature
-        outs_f = _generate(svc, "fixer", prompts, cfg.fixer_samples, t_fix, s)
+        outs_f = _generate(svc, "fixer", prompts, cfg.fixer_samples, fixer_temperature(cfg, svc.team), s)
         jobs = [
             (qmap[qid], fixer.parse(t))
             for (qid, _, _), texts in zip(fix_slots, outs_f, strict=True)
