@@ -30,6 +30,8 @@ Reference (DEVICE.md, H100, Qwen2.5-Coder-0.5B bf16, plain generate, T=1, 128 ne
         --batch-size 256 --prompt-tokens 794 --new-tokens 320 --system "First explain which \
         tables, columns and conditions answer the question, then write one SQLite query."  # planner-like
     python benchmarks/bench_generate.py --model qwen2.5-coder-0.5b-instruct --sampler-only  # sampler alone
+    python benchmarks/bench_generate.py --model qwen2.5-coder-0.5b-instruct --questions 256 \
+        --new-tokens 160 --adapter runs/study-spider/sft-val-sel   # LoRA: unmerged vs merged copy
     python benchmarks/bench_generate.py --model smollm2-135m-instruct --device cpu --baseline yes \
         --questions 16 --batch-size 8 --prompt-tokens 96 --new-tokens 16  # CPU smoke check
 """
@@ -48,7 +50,7 @@ REFERENCE = {"new_tokens_per_s": 7105, "batch": 512, "prompt_tokens": 794, "devi
 
 TYPES = ("INTEGER", "TEXT", "REAL", "DATE")
 SYSTEM = "Write one SQLite query."
-PATHS = ("local_backend", "local_one_round", "plain_generate")
+PATHS = ("local_backend", "local_one_round", "plain_generate", "lora_unmerged", "lora_merged")
 
 
 def synthetic_prompts(
@@ -295,6 +297,12 @@ def main() -> None:
     ap.add_argument("--one-round", choices=("auto", "yes", "no"), default="auto", help="auto: only on CUDA")
     ap.add_argument("--sampler-only", action="store_true", help="time the sampler alone, no generation")
     ap.add_argument("--sampler-repeats", type=int, default=None, help="default: 20 on CUDA, 3 on CPU")
+    ap.add_argument(
+        "--adapter",
+        default=None,
+        help="a LoRA adapter folder: also time LocalBackend with it unmerged (PEFT) and merged into a "
+        "weight copy (what GPU engines do), side by side",
+    )
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
 
@@ -335,6 +343,21 @@ def main() -> None:
         runners["local_one_round"] = lambda ps, m: run_backend(one_round, ps, args, m)
     if args.baseline == "yes" or (args.baseline == "auto" and cuda):
         runners["plain_generate"] = lambda ps, m: run_plain(engine, ps, args, m)
+    if args.adapter:
+        import copy
+
+        # separate engines: an unmerged adapter wraps its engine's model, which the baseline uses
+        unmerged = LocalEngine(copy.deepcopy(engine.model), engine.tokenizer, merge_adapters=False)
+        merged = LocalEngine(engine.model, engine.tokenizer, merge_adapters=True)
+        for name, eng in (("lora_unmerged", unmerged), ("lora_merged", merged)):
+            b = LocalBackend(
+                eng,
+                adapter=args.adapter,
+                batch_size=args.batch_size,
+                max_batch_tokens=args.max_batch_tokens,
+                round_tokens=rounds,
+            )
+            runners[name] = lambda ps, m, b=b: run_backend(b, ps, args, m)
     for run in runners.values():  # warm-up: one full-size batch per path, 2 new tokens
         run(prompts[: args.batch_size], 2)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in runners}
@@ -348,6 +371,10 @@ def main() -> None:
             res[f"ratio_{name}_new_tokens_per_s"] = (
                 res[name]["new_tokens_per_s"] / res["plain_generate"]["new_tokens_per_s"]
             )
+    if "lora_unmerged" in res:
+        res["ratio_lora_merged_over_unmerged_new_tokens_per_s"] = (
+            res["lora_merged"]["new_tokens_per_s"] / res["lora_unmerged"]["new_tokens_per_s"]
+        )
     res["reference"] = REFERENCE
     print(
         f"model {engine.identifier} on {res.get('gpu', dev)} (loaded in {load_s:.1f}s); {args.questions} questions x n={args.n}, "
@@ -368,6 +395,11 @@ def main() -> None:
             print(
                 f"  ratio {name} / plain generate: {res[f'ratio_{name}_new_tokens_per_s']:.2f}x new tokens/s"
             )
+    if "ratio_lora_merged_over_unmerged_new_tokens_per_s" in res:
+        print(
+            "  ratio lora_merged / lora_unmerged: "
+            f"{res['ratio_lora_merged_over_unmerged_new_tokens_per_s']:.2f}x new tokens/s (adapter {args.adapter})"
+        )
     print(
         f"  reference: {REFERENCE['new_tokens_per_s']:,} new tokens/s ({REFERENCE['device']}, batch {REFERENCE['batch']}, "
         f"{REFERENCE['prompt_tokens']}-token prompts)"

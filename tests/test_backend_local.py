@@ -308,6 +308,63 @@ def test_lora_adapters_switch_per_call(tiny_chat_model_dir: Path, adapters: list
         b.generate(PROMPTS[:1], adapter_name="nope")
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_merged_adapters_give_the_unmerged_completions(
+    tiny_chat_model_dir: Path, adapters: list[Path], temperature: float
+) -> None:
+    """GPU engines merge each adapter into its own weight copy; in fp32 that changes no token,
+    and switching between merged copies and the base leaves no residue."""
+    from matsql.models import load_model_and_tokenizer, resolve_model
+
+    def engine(merge: bool) -> LocalEngine:
+        model, tok = load_model_and_tokenizer(resolve_model(str(tiny_chat_model_dir)), device="cpu")
+        e = LocalEngine(model, tok, merge_adapters=merge)
+        e.add_adapter(adapters[0], name="a0")
+        e.add_adapter(adapters[1], name="a1")
+        return e
+
+    merged, unmerged = engine(True), engine(False)
+    assert merged.merge_adapters and set(merged.merged) == {"a0", "a1"}
+    assert not unmerged.merge_adapters and not unmerged.merged
+    kw = {"n": 2, "temperature": temperature, "max_tokens": MAX, "seed": 3}
+    outs = {}
+    for name in ("a0", "a1", BASE, "a0"):
+        m = LocalBackend(merged, adapter=None).generate(PROMPTS, adapter_name=name, **kw)
+        u = LocalBackend(unmerged, adapter=None).generate(PROMPTS, adapter_name=name, **kw)
+        assert m == u, name
+        outs[name] = m
+    assert len({str(v) for v in outs.values()}) == 3  # the adapters do change the outputs
+    # the base weights themselves are untouched by merging
+    assert LocalBackend(merged).generate(PROMPTS, **kw) == outs[BASE]
+
+
+@pytest.mark.parametrize(
+    ("env", "setting", "device", "expected"),
+    [
+        ("", "auto", "cpu", False),
+        ("", "auto", "cuda", True),
+        ("", True, "cpu", True),
+        ("0", "auto", "cuda", False),
+        ("1", False, "cpu", True),
+    ],
+)
+def test_resolve_merge(
+    monkeypatch: pytest.MonkeyPatch, env: str, setting, device: str, expected: bool
+) -> None:
+    from matsql.backends.transformers_local import resolve_merge
+
+    monkeypatch.setenv("MATSQL_MERGE_ADAPTERS", env)
+    assert resolve_merge(setting, torch.device(device)) is expected
+
+
+def test_resolve_merge_rejects_a_bad_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from matsql.backends.transformers_local import resolve_merge
+
+    monkeypatch.setenv("MATSQL_MERGE_ADAPTERS", "sometimes")
+    with pytest.raises(ValueError, match="MATSQL_MERGE_ADAPTERS"):
+        resolve_merge("auto", torch.device("cpu"))
+
+
 def test_registry_shares_one_engine_across_agents(tiny_chat_model_dir: Path, adapters: list[Path]) -> None:
     clear_engines()
     try:
