@@ -93,3 +93,50 @@ def test_cast_only_turns_adapters_to_bf16_in_place(tmp_path):
     )
     w = load_file(f)["w"]
     assert w.dtype == torch.bfloat16 and torch.equal(w.float(), torch.full((2, 2), 0.5))
+
+
+def test_pack_of_chosen_stages_carries_them_once_and_unpack_restores_them(tmp_path):
+    """`study.sh pack RUN DEST STAGE...` sends finished stages to a fresh machine: only those
+    stages (outputs, manifests, logs), no SFT datasets, identical tokenizers stored once."""
+    run = tmp_path / "runs" / "study"
+    big = bytes(range(256)) * 8192  # 2 MiB, incompressible enough to see a second copy
+    for name in ("sft-a", "sft-b"):
+        _stage(run, name, name)
+        (run / name).mkdir()
+        (run / name / "tokenizer.json").write_bytes(big)
+        (run / name / "adapter_config.json").write_text("{}")
+    _stage(run, "sft-data", "sft-data")
+    (run / "sft-data" / "planner").mkdir(parents=True)
+    (run / "sft-data" / "planner.jsonl").write_bytes(big)
+    (run / "sft-data" / "planner" / "data.arrow").write_bytes(big)
+    (run / "sft-data" / "sft_data.json").write_text("{}")
+    _stage(run, "eval", "eval/rollout.jsonl")
+    (run / "eval").mkdir()
+    (run / "eval" / "rollout.jsonl").write_text("{}\n")
+    _stage(run, "later", "later.jsonl")
+    (run / "later.jsonl").write_text("not carried\n")
+    dest = tmp_path / "carry"
+    script = ROOT / "scripts/device/study.sh"
+    subprocess.run(
+        ["bash", str(script), "pack", str(run), str(dest), "sft-a", "sft-b", "sft-data", "eval"],
+        check=True,
+        capture_output=True,
+    )
+    parts = sorted(dest.glob("run.tgz.*"))
+    assert parts and sum(p.stat().st_size for p in parts) < 1.5 * len(big)  # one tokenizer, no datasets
+    state = tmp_path / "state"
+    subprocess.run(
+        ["bash", str(script), "unpack", str(dest)],
+        check=True,
+        capture_output=True,
+        env={"MATSQL_STATE": str(state), "PATH": "/usr/bin:/bin"},
+    )
+    got = state / "repo" / "runs" / "study"
+    for name in ("sft-a", "sft-b"):
+        assert (got / name / "tokenizer.json").read_bytes() == big
+        assert (got / "manifests" / f"{name}.json").exists() and (got / "logs" / f"{name}.log").exists()
+    assert (got / "sft-data" / "sft_data.json").exists() and (got / "sft-data" / "planner").is_dir()
+    assert not (got / "sft-data" / "planner.jsonl").exists()
+    assert not (got / "sft-data" / "planner" / "data.arrow").exists()
+    assert (got / "eval" / "rollout.jsonl").exists()
+    assert not (got / "later.jsonl").exists() and not (got / "manifests" / "later.json").exists()

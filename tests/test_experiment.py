@@ -273,6 +273,67 @@ def test_local_executor_gpu_slots_let_processes_share_a_card(tmp_path):
         LocalExecutor(gpus=["0"], gpu_slots=0)
 
 
+def _chain_plan(tmp_path):
+    """side (ready at once, nothing after it) beside a 3-stage chain whose middle is sharded."""
+    stage = lambda needs=(), **kw: {"cmd": "touch ${out}", "needs": list(needs), **kw}  # noqa: E731
+    return parse_plan(
+        {
+            "name": "chain",
+            "run_dir": str(tmp_path / "chain"),
+            "stages": {
+                "side": stage(out="${run_dir}/side"),
+                "other": stage(out="${run_dir}/other"),
+                "a1": stage(out="${run_dir}/a1"),
+                "a2": stage(["a1"], out="${run_dir}/a2", resources={"shards": 4}),
+                "a3": stage(["a2"], out="${run_dir}/a3"),
+                "after-side": stage(["side"], out="${run_dir}/after-side"),
+            },
+        }
+    )
+
+
+def test_priority_order_puts_the_critical_path_and_preferred_targets_first(tmp_path):
+    p = _chain_plan(tmp_path)
+    # heights: a1 = 1 + 4 + 1, a2 = 5, side = 2, a3 = other = after-side = 1 (then plan order)
+    assert p.priority_order() == ["a1", "a2", "side", "other", "a3", "after-side"]
+    # what `prefer` needs goes first, whatever its height
+    assert p.priority_order(["after-side"]) == ["side", "after-side", "a1", "a2", "other", "a3"]
+    with pytest.raises(PlanError, match="no stage 'nope'"):
+        p.priority_order(["nope"])
+
+
+def test_ready_stages_start_in_priority_order(tmp_path):
+    ex = ConcurrentTouchExecutor()
+    run_plan(_chain_plan(tmp_path), ex, jobs=1, keep_going=True, prefer=["other"])
+    starts = [name for kind, name in ex.events if kind == "start"]
+    assert starts == ["other", "a1", "a2", "side", "a3", "after-side"]
+
+
+def test_local_executor_serves_waiting_stages_by_rank():
+    import threading
+    import time
+
+    from matsql.experiment.executors import LocalExecutor
+
+    ex = LocalExecutor(gpus=["0", "1"], gpu_slots=2)
+    held = ex._acquire(4, rank=0)
+    got: list[tuple[str, list[str]]] = []
+    low = threading.Thread(target=lambda: got.append(("low", ex._acquire(1, rank=9))))
+    low.start()
+    time.sleep(0.05)
+    high = threading.Thread(target=lambda: got.append(("high", ex._acquire(2, rank=1))))
+    high.start()
+    time.sleep(0.05)
+    ex._release(held[:2])  # two free slots: the later, better-ranked stage takes them
+    high.join(timeout=5)
+    time.sleep(0.05)
+    assert [g[0] for g in got] == ["high"]
+    assert sorted(got[0][1]) == ["0", "1"]  # one process per card, not two on one
+    ex._release(held[2:])
+    low.join(timeout=5)
+    assert [g[0] for g in got] == ["high", "low"]
+
+
 def test_until_takes_several_targets(tmp_path):
     out = run_plan(_plan(tmp_path), TouchExecutor(), until="labels-collab,eval-indep")
     assert list(out) == ["shared", "labels-collab", "labels-indep", "eval-indep"]

@@ -10,6 +10,7 @@ listed in ``RUN_DIR/.shipped``. Unpack here with ``scripts/device/collect.sh``.
 
     python3 scripts/device/ship.py RUN_DIR DEST [--max-files 8] [--max-mib 60]
     python3 scripts/device/ship.py RUN_DIR --cast-only     # adapters to bf16 only (study.sh pack)
+    python3 scripts/device/ship.py RUN_DIR --dedupe        # identical big files -> hard links
 """
 
 from __future__ import annotations
@@ -39,6 +40,28 @@ def bf16_adapters(root: Path) -> None:
         t = load_file(f)
         if any(v.dtype == torch.float32 for v in t.values()):
             save_file({k: v.to(torch.bfloat16) for k, v in t.items()}, f, metadata={"format": "pt"})
+
+
+def dedupe(root: Path, min_bytes: int = 2**20) -> int:
+    """Hard-link identical files of at least ``min_bytes`` below ``root`` to one copy (every
+    adapter folder holds the same 11 MB tokenizer.json; tar then stores it once)."""
+    import hashlib
+    import os
+
+    first: dict[tuple[int, str], Path] = {}
+    linked = 0
+    for f in sorted(root.rglob("*")):
+        if not f.is_file() or f.is_symlink() or f.stat().st_size < min_bytes:
+            continue
+        key = (f.stat().st_size, hashlib.sha256(f.read_bytes()).hexdigest())
+        if key not in first:
+            first[key] = f
+        elif not f.samefile(first[key]):
+            tmp = f.with_name(f.name + ".link")
+            os.link(first[key], tmp)
+            os.replace(tmp, f)
+            linked += 1
+    return linked
 
 
 def _keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
@@ -96,7 +119,7 @@ def ship(run_dir: Path, dest: Path, max_files: int = 8, max_mib: float = 60) -> 
             ledger.write_text("\n".join(sorted(shipped)) + "\n")
             continue
         if files + len(chunks) > max_files or size + len(blob) > max_mib * 2**20:
-            break  # the next poll takes it
+            continue  # the next poll takes it; smaller later stages may still fit now
         for i, c in enumerate(chunks):
             name = f"{stage}.tgz" if len(chunks) == 1 else f"{stage}.tgz.part{i:02d}"
             (dest / name).write_bytes(c)
@@ -113,11 +136,15 @@ def main() -> None:
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("dest", type=Path, nargs="?")
     ap.add_argument("--cast-only", action="store_true", help="only cast RUN_DIR's adapters to bf16")
+    ap.add_argument("--dedupe", action="store_true", help="only hard-link RUN_DIR's identical big files")
     ap.add_argument("--max-files", type=int, default=8)
     ap.add_argument("--max-mib", type=float, default=60)
     a = ap.parse_args()
     if a.cast_only:
         bf16_adapters(a.run_dir)
+        return
+    if a.dedupe:
+        print(f"hard-linked {dedupe(a.run_dir)} identical file(s)")
         return
     if a.dest is None:
         ap.error("DEST is required unless --cast-only")

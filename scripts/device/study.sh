@@ -4,12 +4,16 @@
 #   bash scripts/device/study.sh start PLAN [experiment-run options]  # returns at once
 #   bash scripts/device/study.sh wait SECONDS      # follow until the plan ends or SECONDS pass, then
 #                                                  # ship newly finished stages to $OUT (ship.py)
-#   bash scripts/device/study.sh pack RUN_DIR DEST # RUN_DIR as parts of <=15 MiB (no checkpoints,
-#                                                  # no SFT datasets, adapters in bf16)
+#   bash scripts/device/study.sh pack RUN_DIR DEST [STAGE ...]
+#                                                  # RUN_DIR (or only these stages: outputs,
+#                                                  # manifests, logs) as parts of <=15 MiB (no
+#                                                  # checkpoints, no SFT datasets, adapters in bf16,
+#                                                  # identical files stored once)
 #   bash scripts/device/study.sh unpack DIR        # join DIR/run.tgz.* into the copy's runs/
 # The tree is copied to $MATSQL_STATE/repo first: later calls replace the working tree, the
-# running job keeps its own copy. Set BENCH=1 to run benchmarks/bench_decode_attention.py and
-# bench_generate.py beside it on the last GPU (their files come back as bench.tgz with each poll).
+# running job keeps its own copy. BENCH=1 first runs the benchmarks alone, one per GPU at once
+# (scripts/device/bench.sh, about 2 minutes), then the plan; their files come back as
+# bench.tgz with each poll.
 set -euo pipefail
 STATE=${MATSQL_STATE:-/root/matsql}
 REPO=$STATE/repo
@@ -23,16 +27,8 @@ case "$1" in
     printf '%q ' "$@" > "$STATE/job.args"
     setsid nohup bash -c '
       cd "'"$REPO"'" && source scripts/device/env.sh
-      if [ "${BENCH:-0}" = 1 ]; then   # benchmarks beside the plan, on the last GPU
-        mkdir -p "'"$STATE"'/bench"
-        ( export CUDA_VISIBLE_DEVICES=$(( $(nvidia-smi -L | wc -l) - 1 ))
-          python3 benchmarks/bench_decode_attention.py --model qwen2.5-coder-0.5b-instruct \
-            --batch 256 --prompt-tokens 1000 --steps 32 --repeats 3 \
-            --json "'"$STATE"'/bench/bench_decode_attention.json" > "'"$STATE"'/bench/bench_decode_attention.txt" 2>&1
-          python3 benchmarks/bench_generate.py --model qwen2.5-coder-0.5b-instruct --questions 256 \
-            --batch-size 256 --prompt-tokens 794 --new-tokens 320 --repeats 1 \
-            --system "First explain which tables, columns and conditions answer the question, then write one SQLite query." \
-            --json "'"$STATE"'/bench/bench_generate.json" > "'"$STATE"'/bench/bench_generate.txt" 2>&1 ) &
+      if [ "${BENCH:-0}" = 1 ]; then   # benchmarks first, alone on the cards
+        bash scripts/device/bench.sh "'"$STATE"'/bench" || true
       fi
       eval "python3 -m matsql.cli experiment run $(cat "'"$STATE"'/job.args")"
       echo $? > "'"$STATE"'/job.rc"' > "$STATE/job.log" 2>&1 < /dev/null &
@@ -52,11 +48,22 @@ case "$1" in
     done
     ;;
   pack)
-    run=$2 dest=$3
+    run=${2%/} dest=$3; shift 3
     mkdir -p "$dest"
     python3 "$(dirname "$0")/ship.py" "$run" --cast-only
-    tar -C "$(dirname "$run")" --exclude='checkpoint-*' --exclude='sft-data/*/*' --exclude='*.pt' \
-      -czf - "$(basename "$run")" | split -b 15m -d - "$dest/run.tgz."
+    python3 "$(dirname "$0")/ship.py" "$run" --dedupe  # identical files (tokenizers) as hard links
+    name=$(basename "$run") paths=("$name")
+    if [ $# -gt 0 ]; then
+      paths=()
+      for s in "$@"; do
+        rel=$(python3 -c 'import json,sys; o=json.load(open(sys.argv[1]))["out"]; print(o.split("/"+sys.argv[2]+"/",1)[1])' \
+          "$run/manifests/$s.json" "$name")
+        paths+=("$name/manifests/$s.json" "$name/$rel")
+        [ -f "$run/logs/$s.log" ] && paths+=("$name/logs/$s.log")
+      done
+    fi
+    tar -C "$(dirname "$run")" --exclude='checkpoint-*' --exclude='sft-data/*.jsonl' --exclude='sft-data/*/*' \
+      --exclude='*.pt' -czf - "${paths[@]}" | split -b 15m -d - "$dest/run.tgz."
     ls -la "$dest"
     ;;
   unpack)

@@ -88,6 +88,11 @@ def run(
     gpu_slots: int = typer.Option(
         1, "--gpu-slots", help="processes that may share one GPU (small models: 2-3 finish more per minute)"
     ),
+    prefer: str | None = typer.Option(
+        None,
+        "--prefer",
+        help="when GPUs are short, start what these stages need first (comma-separated; then the critical path)",
+    ),
 ) -> None:
     """Run a plan; finished stages (same command, same inputs) are skipped."""
     from matsql.experiment.constraints import check_study
@@ -106,7 +111,10 @@ def run(
             ex = SlurmExecutor(p.run_dir / "slurm", job_name=job_name, env=p.env, **params)
         else:
             raise typer.BadParameter("--executor must be local or slurm")
-        outcome = run_plan(p, ex, until=until, only=only, force=force, jobs=jobs, keep_going=keep_going)
+        targets = [t.strip() for t in (prefer or "").split(",") if t.strip()]
+        outcome = run_plan(
+            p, ex, until=until, only=only, force=force, jobs=jobs, keep_going=keep_going, prefer=targets
+        )
     except (PlanError, StageFailed) as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from e

@@ -80,13 +80,38 @@ class LocalExecutor:
         self.slots = [g for _ in range(gpu_slots) for g in self.gpus]  # spread over cards first
         self._free = list(self.slots)
         self._cond = threading.Condition()
+        self._rank: dict[str, int] = {}
+        self._waiting: dict[int, tuple[int, int]] = {}  # ticket -> (rank, slots wanted)
+        self._tickets = 0
 
-    def _acquire(self, k: int) -> list[str]:
-        """Take ``k`` GPU slots, waiting while concurrent stages (``experiment run --jobs``) hold them."""
+    def set_priorities(self, rank: dict[str, int]) -> None:
+        """Stage name -> rank (lower first) for handing out GPU slots (``run_plan`` sets it)."""
+        self._rank = dict(rank)
+
+    def _acquire(self, k: int, rank: int = 0) -> list[str]:
+        """Take ``k`` GPU slots, waiting while concurrent stages (``experiment run --jobs``) hold
+        them. Waiters are served by rank: a stage takes free slots only if what is left still
+        covers every better-ranked waiter, so a waiting rollout is not starved by side stages."""
         k = min(k, len(self.slots))
         with self._cond:
-            self._cond.wait_for(lambda: len(self._free) >= k)
-            taken, self._free = self._free[:k], self._free[k:]
+            self._tickets += 1
+            ticket = self._tickets
+            self._waiting[ticket] = (rank, k)
+
+            def fits() -> bool:
+                ahead = sum(w for t, (r, w) in self._waiting.items() if (r, t) < (rank, ticket))
+                return len(self._free) - ahead >= k
+
+            try:
+                self._cond.wait_for(fits)
+            finally:
+                del self._waiting[ticket]
+                self._cond.notify_all()
+            taken = []
+            for _ in range(k):  # the least busy card each time: a sharded stage spreads out
+                g = max(dict.fromkeys(self._free), key=self._free.count)
+                self._free.remove(g)
+                taken.append(g)
             return taken
 
     def _release(self, taken: list[str]) -> None:
@@ -122,7 +147,8 @@ class LocalExecutor:
     def run(self, stage: Stage, log: Path) -> None:
         shards = int(stage.resources.get("shards", 1))
         procs_n = int(stage.resources.get("processes", 1))
-        gpus = self._acquire(max(shards, procs_n, 1)) if self.gpus else []
+        wanted = max(shards, procs_n, 1)
+        gpus = self._acquire(wanted, self._rank.get(stage.name, 0)) if self.gpus else []
         try:
             self._run(stage, log, gpus, shards, procs_n)
         finally:

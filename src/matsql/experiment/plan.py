@@ -77,6 +77,28 @@ class Plan:
         visit(name)
         return [n for n in self.stages if n in seen]
 
+    def priority_order(self, prefer: list[str] | None = None) -> list[str]:
+        """Stages in the order to start them when several are ready and GPUs are short.
+
+        The ancestors of ``prefer`` (e.g. the study's compare) come first; then, within each
+        group, the stage with the longest chain of stages still to run after it (the critical
+        path: a label rollout before a side evaluation), then plan order. A sharded rollout
+        counts as ``shards`` stages: it occupies that many GPU slots for its whole run.
+        """
+        preferred: set[str] = set()
+        for target in prefer or []:
+            preferred.update(self.ancestors(target))
+        users: dict[str, list[str]] = {n: [] for n in self.stages}
+        for n, s in self.stages.items():
+            for d in s.needs:
+                users[d].append(n)
+        height: dict[str, int] = {}
+        for n in reversed(self.stages):  # topological order reversed: users first
+            weight = max(int(self.stages[n].resources.get("shards", 1) or 1), 1)
+            height[n] = weight + max((height[u] for u in users[n]), default=0)
+        index = {n: i for i, n in enumerate(self.stages)}
+        return sorted(self.stages, key=lambda n: (n not in preferred, -height[n], index[n]))
+
 
 def _substitute(text: str, ctx: dict[str, str], where: str) -> str:
     for _ in range(5):  # nested refs like ${stages.team-${arm}.out}

@@ -51,6 +51,7 @@ def run_plan(
     force: bool = False,
     jobs: int = 1,
     keep_going: bool = False,
+    prefer: list[str] | None = None,
 ) -> dict[str, str]:
     """Run what is needed; return what happened to each stage (ran / skipped).
 
@@ -59,6 +60,10 @@ def run_plan(
     stages finish, starts nothing new, and is raised; with ``keep_going`` only the stages that
     need the failed one are dropped, the rest of the graph runs on (``make -k``), and the first
     failure is raised at the end. ``until`` may name several stages, comma-separated.
+
+    When more stages are ready than can run, they start in ``plan.priority_order(prefer)``:
+    what ``prefer`` needs first, then the critical path; the executor hands out GPU slots in the
+    same order (a lent GPU's minutes go to the study's comparison before side evaluations).
     """
     if until and only:
         raise PlanError("--until and --only exclude each other")
@@ -77,6 +82,9 @@ def run_plan(
     for name, s in plan.stages.items():  # hashes over the whole graph, in order
         hashes[name] = stage_hash(s, {d: hashes[d] for d in s.needs})
     commit = git_commit()
+    rank = {n: i for i, n in enumerate(plan.priority_order(prefer))}
+    if hasattr(executor, "set_priorities"):
+        executor.set_priorities(rank)
     forced = {n for n in [only, *(until or "").split(",")] if force and n}
     if jobs <= 1 and not keep_going:
         return {n: _run_stage(plan, n, hashes, executor, commit, n in forced) for n in names}
@@ -84,7 +92,7 @@ def run_plan(
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     outcome: dict[str, str] = {}
-    pending = list(names)
+    pending = sorted(names, key=rank.__getitem__)
     running: dict = {}
     failure: BaseException | None = None
     first_error: Exception | None = None
@@ -114,7 +122,7 @@ def run_plan(
                     first_error = first_error or e
                     outcome[n] = "failed"
                     lost = {n}
-                    for m in list(pending):  # pending is in plan order: needs come first
+                    for m in [x for x in plan.stages if x in pending]:  # plan order: needs first
                         if lost & set(plan.stages[m].needs):
                             lost.add(m)
                             pending.remove(m)
