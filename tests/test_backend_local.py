@@ -418,9 +418,15 @@ def test_out_of_memory_halves_the_batch_and_changes_no_completion(
         return real(inputs, *a, **k)
 
     monkeypatch.setattr(engine, "_decode", tight)
+    monkeypatch.setattr(engine, "oom_token_cap", None)
     b = LocalBackend(engine, batch_size=16)
     assert b.generate(PROMPTS, **kw) == ref
     assert max(seen) > 3 and b.stats.extra["oom_splits"] >= 1
+    first_splits, cap = b.stats.extra["oom_splits"], engine.oom_token_cap
+    assert cap is not None  # the engine remembers what did not fit ...
+    b.stats.__init__()
+    assert b.generate(PROMPTS, **kw) == ref
+    assert b.stats.extra.get("oom_splits", 0) < first_splits  # ... and splits less the next time
 
     def never(inputs, *a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")

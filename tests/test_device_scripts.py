@@ -140,3 +140,39 @@ def test_pack_of_chosen_stages_carries_them_once_and_unpack_restores_them(tmp_pa
     assert not (got / "sft-data" / "planner" / "data.arrow").exists()
     assert (got / "eval" / "rollout.jsonl").exists()
     assert not (got / "later.jsonl").exists() and not (got / "manifests" / "later.json").exists()
+    # stages that came from here are not shipped back
+    assert set((got / ".shipped").read_text().split()) == {"sft-a", "sft-b", "sft-data", "eval"}
+
+
+def test_final_ships_done_stages_and_the_shards_of_unfinished_rollouts(tmp_path):
+    """The lease's last call: finished stages come home, and so do the shard files of a
+    rollout still running, which resume on the next machine."""
+    import shutil
+    import tarfile
+
+    state = tmp_path / "state"
+    repo = state / "repo"
+    shutil.copytree(ROOT / "scripts", repo / "scripts")
+    run = repo / "runs" / "study"
+    _stage(run, "done-stage", "done.jsonl")
+    (run / "done.jsonl").write_text("{}\n")
+    _stage(run, "eval", "eval/rollout.jsonl", status="running")
+    (run / "eval").mkdir()
+    (run / "eval" / "rollout.jsonl.shard0").write_text("{}\n")
+    (run / "eval" / "rollout.jsonl.shard1").write_text("{}\n")
+    out = tmp_path / "out"
+    env = {
+        "MATSQL_STATE": str(state),
+        "OUT": str(out),
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+    }
+    (state / "job.log").write_text("log\n")
+    subprocess.run(
+        ["bash", str(ROOT / "scripts/device/study.sh"), "final"], check=True, capture_output=True, env=env
+    )
+    assert (out / "done-stage.tgz").exists() and not (out / "eval.tgz").exists()
+    with tarfile.open(out / "partial.tgz") as tar:
+        assert sorted(tar.getnames()) == [
+            "study/eval/rollout.jsonl.shard0",
+            "study/eval/rollout.jsonl.shard1",
+        ]

@@ -349,3 +349,85 @@ def test_keep_going_drops_only_what_needs_the_failed_stage(tmp_path):
     with pytest.raises(StageFailed):
         run_plan(_plan(tmp_path / "b"), ex2, jobs=2)
     assert set(ex2.ran) == {"shared", "labels-indep"}  # without -k nothing new starts after the failure
+
+
+def _spawned_envs(ex, stage, tmp_path) -> list[dict[str, str]]:
+    """Run ``stage`` on ``ex`` with processes replaced by no-ops; return their environments."""
+    import subprocess as sp
+
+    envs: list[dict[str, str]] = []
+
+    def spawn(argv, env):
+        envs.append(env)
+        return sp.Popen(["true"], stdout=sp.PIPE, stderr=sp.STDOUT, text=True)
+
+    ex._spawn = spawn
+    try:
+        ex.run(stage, tmp_path / "log.txt")
+    except StageFailed:  # the no-op shards write no files to merge; only the spawn matters
+        pass
+    except FileNotFoundError:
+        pass
+    return envs
+
+
+def test_processes_get_their_share_of_a_shared_card(tmp_path):
+    from matsql.experiment.executors import LocalExecutor
+    from matsql.experiment.plan import Stage
+
+    ex = LocalExecutor(gpus=["0", "1"], gpu_slots=4)
+    train = Stage("orpo", ["train", "orpo", "r.yaml"], str(tmp_path / "o"), resources={"slots": 2})
+    (env,) = _spawned_envs(ex, train, tmp_path)
+    assert env["CUDA_VISIBLE_DEVICES"] in ("0", "1")  # two slots of one card ...
+    assert env["MATSQL_GPU_MEMORY_FRACTION"] == "0.5000"  # ... are half its memory
+    roll = Stage(
+        "eval",
+        ["rollout", "--out", str(tmp_path / "e.jsonl")],
+        str(tmp_path / "e.jsonl"),
+        resources={"shards": 2},
+    )
+    envs = _spawned_envs(ex, roll, tmp_path)
+    assert sorted(e["CUDA_VISIBLE_DEVICES"] for e in envs) == ["0", "1"]
+    assert {e["MATSQL_GPU_MEMORY_FRACTION"] for e in envs} == {"0.2500"}
+    alone = LocalExecutor(gpus=["0"], gpu_slots=1)  # one process per card: no cap
+    (env,) = _spawned_envs(alone, train, tmp_path)
+    assert "MATSQL_GPU_MEMORY_FRACTION" not in env
+    assert ex._free.count("0") == ex._free.count("1") == 4  # every slot came back
+
+
+def test_same_card_slots_wait_for_one_card_with_room():
+    from matsql.experiment.executors import LocalExecutor
+
+    ex = LocalExecutor(gpus=["0", "1"], gpu_slots=2)
+    one = ex._acquire(1, same_card=False)
+    other = ex._acquire(1, same_card=False)
+    assert sorted(one + other) == ["0", "1"]  # each card has one slot left: 2 free, none together
+    import threading
+
+    got: list[list[str]] = []
+    t = threading.Thread(target=lambda: got.append(ex._acquire(2, same_card=True)))
+    t.start()
+    t.join(timeout=0.2)
+    assert not got
+    ex._release(one)
+    t.join(timeout=5)
+    assert got and got[0] == one * 2
+    ex._release(got[0] + other)
+    assert len(set(ex._acquire(5, same_card=True))) == 1  # capped at one card's 2 slots
+
+
+@pytest.mark.parametrize(("raw", "share"), [("", None), ("0.25", 0.25), ("1", 1.0)])
+def test_memory_share_from_the_environment(monkeypatch, raw, share):
+    from matsql.gpu import memory_share
+
+    monkeypatch.setenv("MATSQL_GPU_MEMORY_FRACTION", raw)
+    assert memory_share() == share
+
+
+@pytest.mark.parametrize("raw", ["0", "1.5", "half"])
+def test_a_bad_memory_share_is_a_clear_error(monkeypatch, raw):
+    from matsql.gpu import memory_share
+
+    monkeypatch.setenv("MATSQL_GPU_MEMORY_FRACTION", raw)
+    with pytest.raises(ValueError, match="MATSQL_GPU_MEMORY_FRACTION"):
+        memory_share()

@@ -4,6 +4,9 @@
 #   bash scripts/device/study.sh start PLAN [experiment-run options]  # returns at once
 #   bash scripts/device/study.sh wait SECONDS      # follow until the plan ends or SECONDS pass, then
 #                                                  # ship newly finished stages to $OUT (ship.py)
+#   bash scripts/device/study.sh final             # the lease's last call: ship what is done, and
+#                                                  # the shard files of unfinished rollouts
+#                                                  # (partial.tgz: they resume on the next machine)
 #   bash scripts/device/study.sh pack RUN_DIR DEST [STAGE ...]
 #                                                  # RUN_DIR (or only these stages: outputs,
 #                                                  # manifests, logs) as parts of <=15 MiB (no
@@ -47,6 +50,12 @@ case "$1" in
       [ -d "$r/manifests" ] && python3 "$REPO/scripts/device/ship.py" "$r" "${OUT:-$STATE/outbox}" --max-files $files || true
     done
     ;;
+  final)
+    bash "$0" wait 0
+    mkdir -p "${OUT:-$STATE/outbox}"
+    (cd "$REPO/runs" && ls -d */*.shard[0-9]* */*/*.shard[0-9]* 2>/dev/null | tar -czf "${OUT:-$STATE/outbox}/partial.tgz" -T - \
+      && echo "partial shards: $(tar -tzf "${OUT:-$STATE/outbox}/partial.tgz" | wc -l) file(s)") || true
+    ;;
   pack)
     run=${2%/} dest=$3; shift 3
     mkdir -p "$dest"
@@ -69,7 +78,10 @@ case "$1" in
   unpack)
     mkdir -p "$REPO/runs"
     cat "$2"/run.tgz.* | tar -C "$REPO/runs" -xzf -
+    # what came from here need not be shipped back: list its stages as shipped
+    cat "$2"/run.tgz.* | tar -tzf - | sed -n 's#^\([^/]*\)/manifests/\(.*\)\.json$#\1 \2#p' |
+      while read -r plan stage; do echo "$stage" >> "$REPO/runs/$plan/.shipped"; done
     ls "$REPO/runs"/*
     ;;
-  *) echo "usage: study.sh start|wait|pack|unpack ..." >&2; exit 2 ;;
+  *) echo "usage: study.sh start|wait|final|pack|unpack ..." >&2; exit 2 ;;
 esac

@@ -117,6 +117,9 @@ class LocalEngine:
         self.merged: dict[str, Any] = {}  # name -> base weights with that adapter merged in
         self.merge_adapters = resolve_merge(merge_adapters, self.device)
         self._active: Any = model  # the model the current call decodes with (see use_adapter)
+        # rows x (input + budget) of the largest batch that ran out of memory, halved: later
+        # batches stay under it instead of failing and splitting again (see _decode_fitting)
+        self.oom_token_cap: int | None = None
         self.lock = threading.RLock()
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         extra = gen_eos if isinstance(gen_eos, list) else ([gen_eos] if gen_eos is not None else [])
@@ -129,6 +132,11 @@ class LocalEngine:
 
         r = spec if isinstance(spec, ResolvedModel) else resolve_model(spec)
         model, tok = load_model_and_tokenizer(r, dtype=dtype, device=device)
+        if next(model.parameters()).device.type == "cuda":
+            from matsql.gpu import apply_memory_share, disable_cudnn_attention
+
+            disable_cudnn_attention()
+            apply_memory_share(next(model.parameters()).device)
         if os.environ.get("MATSQL_GQA_DECODE", "1") != "0":
             from matsql.backends.attention import use_gqa_decode
 
@@ -258,7 +266,8 @@ class LocalEngine:
                     break
                 counts["rounds"] += 1
                 carry: list[Row] = []
-                for batch in pack_rows(pending, batch_size, max_batch_tokens, budget):
+                caps = [c for c in (max_batch_tokens, self.oom_token_cap) if c is not None]
+                for batch in pack_rows(pending, batch_size, min(caps) if caps else None, budget):
                     inputs = [enc[r.prompt] + made[(r.prompt, r.sample)] for r in batch]
                     sampler = None
                     if not greedy:
@@ -307,8 +316,10 @@ class LocalEngine:
     ) -> list[list[int]]:
         """``_decode``, halving the batch and retrying when the device runs out of memory.
 
-        Several processes may share one GPU (``--gpu-slots``), so what fits depends on what the
-        others hold at that moment. Sampling is keyed per row, so a split changes no completion.
+        Several processes may share one GPU (``--gpu-slots``, each capped at its share of the
+        card: ``matsql.gpu``), so what fits is found by trying; the halved size is remembered
+        as a token cap for later batches. Sampling is keyed per row, so a split changes no
+        completion.
         """
         import torch
 
@@ -320,6 +331,8 @@ class LocalEngine:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         half = len(inputs) // 2
+        cap = half * (max(len(x) for x in inputs) + kw["budget"])
+        self.oom_token_cap = cap if self.oom_token_cap is None else min(cap, self.oom_token_cap)
         kw["counts"]["oom_splits"] = kw["counts"].get("oom_splits", 0) + 1
         log.warning(
             "out of memory on a batch of %d rows: retrying as %d + %d", len(inputs), half, len(inputs) - half

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Protocol
 
 from matsql.experiment.plan import Stage
+from matsql.gpu import ENV as GPU_SHARE_ENV
 
 
 class StageFailed(RuntimeError):
@@ -61,6 +62,9 @@ class LocalExecutor:
     ``gpu_slots`` > 1 lets that many processes share each GPU (rollout shards, concurrent stages
     under ``--jobs``): a 0.5B model's decoding is bound by kernel launches, not by the GPU, so
     two or three processes on one card finish more work per minute than one.
+    ``slots: N`` gives a single-process stage N slots of one card (training: 2). Each process
+    may allocate its slots' share of its card's memory (``matsql.gpu``), so processes that
+    share a card cannot run each other out of memory.
     """
 
     def __init__(
@@ -88,11 +92,13 @@ class LocalExecutor:
         """Stage name -> rank (lower first) for handing out GPU slots (``run_plan`` sets it)."""
         self._rank = dict(rank)
 
-    def _acquire(self, k: int, rank: int = 0) -> list[str]:
+    def _acquire(self, k: int, rank: int = 0, same_card: bool = False) -> list[str]:
         """Take ``k`` GPU slots, waiting while concurrent stages (``experiment run --jobs``) hold
         them. Waiters are served by rank: a stage takes free slots only if what is left still
-        covers every better-ranked waiter, so a waiting rollout is not starved by side stages."""
-        k = min(k, len(self.slots))
+        covers every better-ranked waiter, so a waiting rollout is not starved by side stages.
+        ``same_card``: all ``k`` on one card (one process that needs a bigger share of it)."""
+        per_card = len(self.slots) // max(len(self.gpus), 1)
+        k = min(k, per_card if same_card else len(self.slots))
         with self._cond:
             self._tickets += 1
             ticket = self._tickets
@@ -100,6 +106,8 @@ class LocalExecutor:
 
             def fits() -> bool:
                 ahead = sum(w for t, (r, w) in self._waiting.items() if (r, t) < (rank, ticket))
+                if same_card and max((self._free.count(g) for g in self._free), default=0) < k:
+                    return False
                 return len(self._free) - ahead >= k
 
             try:
@@ -109,10 +117,26 @@ class LocalExecutor:
                 self._cond.notify_all()
             taken = []
             for _ in range(k):  # the least busy card each time: a sharded stage spreads out
-                g = max(dict.fromkeys(self._free), key=self._free.count)
+                g = taken[0] if same_card and taken else max(dict.fromkeys(self._free), key=self._free.count)
                 self._free.remove(g)
                 taken.append(g)
             return taken
+
+    def _share(self, env: dict[str, str], slots_on_card: int) -> None:
+        """Cap the process at its slots' share of the card's memory (``matsql.gpu``): processes
+        sharing a card then cannot push each other out of memory; a rollout that hits its own
+        cap halves its batch, and a training stage asks for more slots (``resources.slots``)."""
+        frac = self.memory_fraction(slots_on_card)
+        if frac is None:
+            env.pop(GPU_SHARE_ENV, None)
+        else:
+            env[GPU_SHARE_ENV] = f"{frac:.4f}"
+
+    def memory_fraction(self, slots_on_card: int) -> float | None:
+        """The share of a card a process holding ``slots_on_card`` of its slots may allocate
+        (``MATSQL_GPU_MEMORY_FRACTION``), or None when it may use the whole card."""
+        per_card = len(self.slots) // max(len(self.gpus), 1)
+        return None if slots_on_card >= per_card else slots_on_card / per_card
 
     def _release(self, taken: list[str]) -> None:
         with self._cond:
@@ -147,8 +171,10 @@ class LocalExecutor:
     def run(self, stage: Stage, log: Path) -> None:
         shards = int(stage.resources.get("shards", 1))
         procs_n = int(stage.resources.get("processes", 1))
-        wanted = max(shards, procs_n, 1)
-        gpus = self._acquire(wanted, self._rank.get(stage.name, 0)) if self.gpus else []
+        slots = int(stage.resources.get("slots", 1) or 1)  # one process's share of a card
+        single = shards <= 1 and procs_n <= 1
+        wanted = slots if single else max(shards, procs_n, 1)
+        gpus = self._acquire(wanted, self._rank.get(stage.name, 0), same_card=single) if self.gpus else []
         try:
             self._run(stage, log, gpus, shards, procs_n)
         finally:
@@ -166,6 +192,7 @@ class LocalExecutor:
                     env = dict(self.env)
                     if gpus:
                         env["CUDA_VISIBLE_DEVICES"] = gpus[i]
+                        self._share(env, 1)
                     argv = [sys.executable, "-m", "matsql.cli", *shard_argv(stage.argv, i, n, stage.out)]
                     f.write(f"$ shard {i}/{n}: {' '.join(argv[3:])}\n")
                     procs.append(self._spawn(argv, env))
@@ -184,6 +211,7 @@ class LocalExecutor:
             cards = list(dict.fromkeys(gpus))
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(cards)
+                self._share(env, gpus.count(cards[0]) if len(cards) == 1 else 1)
             if procs_n > 1 and len(cards) > 1:
                 argv = [
                     sys.executable,

@@ -17,20 +17,13 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from matsql.gpu import disable_cudnn_attention
+
+__all__ = ["NonFiniteGuard", "TrainingDiverged", "disable_cudnn_attention"]
+
 
 class TrainingDiverged(RuntimeError):
     pass
-
-
-def disable_cudnn_attention() -> bool:
-    """Turn SDPA's cuDNN backend off (no-op without CUDA); returns whether it was on."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return False
-    was = torch.backends.cuda.cudnn_sdp_enabled()
-    torch.backends.cuda.enable_cudnn_sdp(False)
-    return was
 
 
 class NonFiniteGuard(TrainerCallback):

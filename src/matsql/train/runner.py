@@ -232,10 +232,12 @@ def run_training(recipe: Recipe, *, force: bool = False) -> dict[str, Any]:
         )
     from transformers import set_seed
 
+    from matsql.gpu import apply_memory_share
     from matsql.train.guards import NonFiniteGuard, disable_cudnn_attention
     from matsql.train.modeling import build_model
 
     disable_cudnn_attention()
+    apply_memory_share()  # this process's share of a card that rollouts share (matsql.gpu)
     mod = _method_module(recipe.method)
     set_seed(recipe.trainer.seed)  # LoRA initialisation is random
     started = time.time()
