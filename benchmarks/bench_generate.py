@@ -303,6 +303,12 @@ def main() -> None:
         help="a LoRA adapter folder: also time LocalBackend with it unmerged (PEFT) and merged into a "
         "weight copy (what GPU engines do), side by side",
     )
+    ap.add_argument(
+        "--profile",
+        default=None,
+        help="a folder: after timing, profile one batch (32 new tokens) of each path with torch.profiler "
+        "and write the top operators by self time per path (why one path's decode step costs more)",
+    )
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
 
@@ -364,6 +370,8 @@ def main() -> None:
     for _ in range(args.repeats):  # interleaved, so drift in machine load hits all alike
         for name, run in runners.items():
             runs[name].append(run(prompts, args.new_tokens))
+    if args.profile:
+        res["profile"] = profile_paths(runners, prompts[: args.batch_size], args.profile, cuda)
     for name, rs in runs.items():  # the median run by wall time
         res[name] = sorted(rs, key=lambda r: r["seconds"])[len(rs) // 2]
     for name in ("local_backend", "local_one_round"):
@@ -405,6 +413,38 @@ def main() -> None:
         f"{REFERENCE['prompt_tokens']}-token prompts)"
     )
     dump(res, args.json)
+
+
+def profile_paths(
+    runners: dict[str, Callable[[list[Any], int], dict[str, float]]],
+    prompts: list[Any],
+    folder: str,
+    cuda: bool,
+) -> dict[str, str]:
+    """One batch of each path under torch.profiler: top operators by self device (or CPU) time,
+    and how many operator calls and kernel launches a decode step makes, one table per path."""
+    import os
+
+    from torch.profiler import ProfilerActivity, profile
+
+    os.makedirs(folder, exist_ok=True)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    out = {}
+    for name, run in runners.items():
+        with profile(activities=acts) as prof:
+            run(prompts, 32)
+        events = prof.key_averages()
+        table = events.table(sort_by=key, row_limit=30)
+        calls = sum(e.count for e in events)
+        path = os.path.join(folder, f"profile_{name}.txt")
+        with open(path, "w") as fh:
+            fh.write(
+                f"{name}: one batch of {len(prompts)} prompts, 32 new tokens; {calls} operator calls\n{table}\n"
+            )
+        out[name] = path
+        print(f"  profile {name}: {calls} operator calls -> {path}")
+    return out
 
 
 def dump(res: dict[str, Any], path: str | None) -> None:

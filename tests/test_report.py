@@ -162,3 +162,21 @@ def test_metrics_cli_json_and_table(tmp_path: Path) -> None:
         assert label in res.stdout
     res = runner.invoke(app, ["metrics", str(run), "--missing", "maybe"])
     assert res.exit_code == 2
+
+
+def test_metrics_common_scores_the_questions_every_file_holds(tmp_path: Path) -> None:
+    """An unfinished run beside a finished one: --common compares them on the same questions."""
+    recs = _records()
+    full = _run_folder(tmp_path / "full", recs, PICKS)
+    part = _run_folder(tmp_path / "part", recs[:3], None)
+    res = runner.invoke(app, ["metrics", str(full), str(part), "--json", "--common"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    want = summarize(score_records(recs[:3]))
+    assert got[0]["metrics"] == pytest.approx(want.values) == got[1]["metrics"]
+    kept = {r.question_id for r in recs[:3]}
+    hits = [float(c) for q, c in PICKS.items() if q in kept]
+    missing = sum(1 for r in recs[:3] if r.question_id not in PICKS)  # a missing database: wrong
+    assert got[0]["selector_ex"] == pytest.approx(sum(hits) / (len(hits) + missing))
+    res = runner.invoke(app, ["metrics", str(full), str(part), "--json"])
+    assert json.loads(res.stdout)[0]["metrics"] != got[0]["metrics"]  # without it, all of full

@@ -62,10 +62,16 @@ def metrics(
     json_out: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     by_difficulty: bool = typer.Option(False, "--by-difficulty", help="add one row per difficulty"),
     missing: Missing = typer.Option(Missing.wrong, "--missing", help=_MISSING_HELP),
+    common: bool = typer.Option(
+        False, "--common", help="score only the questions every file holds (e.g. beside an unfinished run)"
+    ),
 ) -> None:
     """planner@1, pipeline@1, sample@1, pass@K, majority (and selector EX with picks), one row per file."""
+    from matsql.evaluate.report import question_ids
+
     try:
-        rows = [build_row(f, missing=missing.value) for f in files]
+        only = set.intersection(*(question_ids(f) for f in files)) if common else None
+        rows = [build_row(f, missing=missing.value, only=only) for f in files]
     except (OutcomeError, ValueError) as e:
         raise _fail(str(e)) from None
     if json_out:

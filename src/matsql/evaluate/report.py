@@ -88,15 +88,25 @@ def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def build_row(path: Path, name: str | None = None, *, missing: MissingPolicy = "wrong") -> RunRow:
-    """Score one run folder or rollout file."""
+def question_ids(path: Path) -> set[str]:
+    """The questions a run folder or rollout file holds."""
+    return {o.question_id for o in score_rollout(locate_run(path)[0])}
+
+
+def build_row(
+    path: Path, name: str | None = None, *, missing: MissingPolicy = "wrong", only: set[str] | None = None
+) -> RunRow:
+    """Score one run folder or rollout file (``only``: just these questions)."""
     rollout, picks_path = locate_run(path)
-    outcomes = score_rollout(rollout)
+    scored = score_rollout(rollout)
+    outcomes = scored if only is None else [o for o in scored if o.question_id in only]
     summary = summarize(outcomes, missing=missing)
     sel = pick = None
     sel_by: dict[str, float | None] = {}
     if picks_path is not None:
-        hits = selector_hits(outcomes, read_outcome_rows(picks_path), missing=missing, source=str(picks_path))
+        hits = selector_hits(scored, read_outcome_rows(picks_path), missing=missing, source=str(picks_path))
+        if only is not None:
+            hits = {q: h for q, h in hits.items() if q in only}
         sel = _mean(list(hits.values()))
         oracle = summary.values["pass@K"]
         pick = sel / oracle if (sel is not None and oracle) else None
