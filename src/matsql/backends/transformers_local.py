@@ -116,7 +116,6 @@ class LocalEngine:
         self.adapters: dict[str, str] = {}  # name -> path
         self.merged: dict[str, Any] = {}  # name -> base weights with that adapter merged in
         self.merge_adapters = resolve_merge(merge_adapters, self.device)
-        self._active: Any = model  # the model the current call decodes with (see use_adapter)
         # rows x (input + budget) of the largest batch that ran out of memory, halved: later
         # batches stay under it instead of failing and splitting again (see _decode_fitting)
         self.oom_token_cap: int | None = None
@@ -183,23 +182,21 @@ class LocalEngine:
             target = self.model
         elif name in (None, BASE):
             with self.model.disable_adapter():
-                self._active = self.model
                 yield self.model
             return
         else:
             self.model.set_adapter(name)
             target = self.model
-        self._active = target
         yield target
 
     @contextlib.contextmanager
-    def _neutral_defaults(self) -> Iterator[None]:
+    def _neutral_defaults(self, model: Any) -> Iterator[None]:
         """Hide the model's own generation_config (e.g. Qwen's top_k=20, repetition_penalty=1.05)
         during a call: ``generate`` fills every unset option from it, and the protocol's
         arguments must be the whole definition of sampling, as they are over HTTP."""
         from transformers import GenerationConfig
 
-        hf = self._active.get_base_model() if hasattr(self._active, "get_base_model") else self._active
+        hf = model.get_base_model() if hasattr(model, "get_base_model") else model
         saved = hf.generation_config
         hf.generation_config = GenerationConfig(
             eos_token_id=list(self.stop_ids), pad_token_id=self.stop_ids[0]
@@ -260,7 +257,12 @@ class LocalEngine:
         counts = dict.fromkeys(("batches", "rounds", "padded_prompt_tokens", "decode_steps", "row_steps"), 0)
         n_generated = 0
         pending = rows
-        with self.lock, self.use_adapter(adapter), self._neutral_defaults(), torch.inference_mode():
+        with (
+            self.lock,
+            self.use_adapter(adapter) as model,
+            self._neutral_defaults(model),
+            torch.inference_mode(),
+        ):
             for budget in round_budgets(max_tokens, round_tokens):
                 if not pending:
                     break
@@ -283,6 +285,7 @@ class LocalEngine:
                         temperature=temperature,
                         top_p=top_p,
                         counts=counts,
+                        model=model,
                     )
                     for r, toks in zip(batch, new, strict=True):
                         kept, ended = cut_at_stop_ids(toks, self.stop_ids)
@@ -352,9 +355,11 @@ class LocalEngine:
         temperature: float,
         top_p: float,
         counts: dict[str, int],
+        model: Any,
     ) -> list[list[int]]:
-        """One left-padded ``generate`` call: up to ``budget`` new ids per row (after an end
-        token, filler). ``sampler`` is (keys, steps already generated) per row, None for greedy."""
+        """One left-padded ``generate`` call of ``model`` (from ``use_adapter``): up to ``budget``
+        new ids per row (after an end token, filler). ``sampler`` is (keys, steps already
+        generated) per row, None for greedy."""
         import numpy as np
         import torch
         from transformers import GenerationConfig, LogitsProcessorList
@@ -383,7 +388,7 @@ class LocalEngine:
             kwargs["logits_processor"] = LogitsProcessorList(
                 [KeyedSampler(keys, temperature, top_p, width, steps=budget, first_step=first)]
             )
-        seqs = self._active.generate(
+        seqs = model.generate(
             input_ids=torch.from_numpy(ids).to(self.device),
             attention_mask=torch.from_numpy(mask).to(self.device),
             generation_config=gen_cfg,

@@ -67,11 +67,10 @@ def metrics(
     ),
 ) -> None:
     """planner@1, pipeline@1, sample@1, pass@K, majority (and selector EX with picks), one row per file."""
-    from matsql.evaluate.report import question_ids
+    from matsql.evaluate.report import build_rows
 
     try:
-        only = set.intersection(*(question_ids(f) for f in files)) if common else None
-        rows = [build_row(f, missing=missing.value, only=only) for f in files]
+        rows = build_rows(files, missing=missing.value, common=common)
     except (OutcomeError, ValueError) as e:
         raise _fail(str(e)) from None
     if json_out:

@@ -88,17 +88,35 @@ def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def question_ids(path: Path) -> set[str]:
-    """The questions a run folder or rollout file holds."""
-    return {o.question_id for o in score_rollout(locate_run(path)[0])}
+def build_rows(
+    paths: Sequence[Path], *, missing: MissingPolicy = "wrong", common: bool = False
+) -> list[RunRow]:
+    """Score run folders or rollout files (``common``: only the questions every one holds,
+    e.g. a finished run beside an unfinished one); each file is read and scored once."""
+    located = [locate_run(p) for p in paths]
+    scored = [score_rollout(rollout) for rollout, _ in located]
+    only = set.intersection(*({o.question_id for o in s} for s in scored)) if common and scored else None
+    return [
+        _row(path, None, rollout, picks, outcomes, missing, only)
+        for path, (rollout, picks), outcomes in zip(paths, located, scored, strict=True)
+    ]
 
 
-def build_row(
-    path: Path, name: str | None = None, *, missing: MissingPolicy = "wrong", only: set[str] | None = None
-) -> RunRow:
-    """Score one run folder or rollout file (``only``: just these questions)."""
+def build_row(path: Path, name: str | None = None, *, missing: MissingPolicy = "wrong") -> RunRow:
+    """Score one run folder or rollout file."""
     rollout, picks_path = locate_run(path)
-    scored = score_rollout(rollout)
+    return _row(path, name, rollout, picks_path, score_rollout(rollout), missing, None)
+
+
+def _row(
+    path: Path,
+    name: str | None,
+    rollout: Path,
+    picks_path: Path | None,
+    scored: Sequence[QuestionOutcome],
+    missing: MissingPolicy,
+    only: set[str] | None,
+) -> RunRow:
     outcomes = scored if only is None else [o for o in scored if o.question_id in only]
     summary = summarize(outcomes, missing=missing)
     sel = pick = None

@@ -81,6 +81,7 @@ class LocalExecutor:
         self.env = {**os.environ, **(env or {})}
         self.echo = echo
         self.gpus = visible_gpus() if gpus is None else list(gpus)
+        self.gpu_slots = gpu_slots  # processes per card
         self.slots = [g for _ in range(gpu_slots) for g in self.gpus]  # spread over cards first
         self._free = list(self.slots)
         self._cond = threading.Condition()
@@ -97,8 +98,7 @@ class LocalExecutor:
         them. Waiters are served by rank: a stage takes free slots only if what is left still
         covers every better-ranked waiter, so a waiting rollout is not starved by side stages.
         ``same_card``: all ``k`` on one card (one process that needs a bigger share of it)."""
-        per_card = len(self.slots) // max(len(self.gpus), 1)
-        k = min(k, per_card if same_card else len(self.slots))
+        k = min(k, self.gpu_slots if same_card else len(self.slots))
         with self._cond:
             self._tickets += 1
             ticket = self._tickets
@@ -135,8 +135,7 @@ class LocalExecutor:
     def memory_fraction(self, slots_on_card: int) -> float | None:
         """The share of a card a process holding ``slots_on_card`` of its slots may allocate
         (``MATSQL_GPU_MEMORY_FRACTION``), or None when it may use the whole card."""
-        per_card = len(self.slots) // max(len(self.gpus), 1)
-        return None if slots_on_card >= per_card else slots_on_card / per_card
+        return None if slots_on_card >= self.gpu_slots else slots_on_card / self.gpu_slots
 
     def _release(self, taken: list[str]) -> None:
         with self._cond:
