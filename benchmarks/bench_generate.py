@@ -309,13 +309,23 @@ def main() -> None:
         help="a folder: after timing, profile one batch (32 new tokens) of each path with torch.profiler "
         "and write the top operators by self time per path (why one path's decode step costs more)",
     )
+    ap.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="--model is a folder with config.json and tokenizer files only: build the model with "
+        "random weights (bf16 on a GPU). Times are per decode step and every row runs the whole "
+        "budget, so this measures the paths without shipping the weights",
+    )
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
 
     from matsql.backends.transformers_local import ROUND_TOKENS, LocalBackend, LocalEngine
 
     t0 = time.perf_counter()
-    engine = LocalEngine.load(args.model, device=args.device, dtype=args.dtype)
+    if args.random_weights:
+        engine = random_engine(args.model, args.device)
+    else:
+        engine = LocalEngine.load(args.model, device=args.device, dtype=args.dtype)
     load_s = time.perf_counter() - t0
     dev = str(engine.device)
     cuda = dev.startswith("cuda")
@@ -415,6 +425,25 @@ def main() -> None:
     dump(res, args.json)
 
 
+def random_engine(folder: str, device: str) -> Any:
+    """A LocalEngine over a randomly initialised model of ``folder``'s config and tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from matsql.backends.transformers_local import LocalEngine
+    from matsql.models import resolve_device
+
+    dev = resolve_device(device)
+    cfg = AutoConfig.from_pretrained(folder)
+    cfg._attn_implementation = "sdpa"
+    dtype = torch.bfloat16 if dev != "cpu" else torch.float32
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).to(dev).eval()
+    return LocalEngine.for_inference(
+        model, AutoTokenizer.from_pretrained(folder), identifier=f"random:{folder}"
+    )
+
+
 def profile_paths(
     runners: dict[str, Callable[[list[Any], int], dict[str, float]]],
     prompts: list[Any],
@@ -432,18 +461,26 @@ def profile_paths(
     key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     out = {}
     for name, run in runners.items():
+        t0 = time.perf_counter()
         with profile(activities=acts) as prof:
-            run(prompts, 32)
+            r = run(prompts, 32)
+        wall = time.perf_counter() - t0
         events = prof.key_averages()
-        table = events.table(sort_by=key, row_limit=30)
         calls = sum(e.count for e in events)
+        busy = sum(getattr(e, "self_device_time_total", 0) or 0 for e in events) / 1e6 if cuda else None
+        head = (
+            f"{name}: one batch of {len(prompts)} prompts, 32 new tokens, {r['decode_steps']:.0f} decode steps; "
+            f"{calls} operator calls; wall {wall:.2f} s under the profiler"
+            + (f"; device busy {busy:.2f} s (kernels' self time)" if busy is not None else "")
+        )
+        tables = [events.table(sort_by=key, row_limit=30)]
+        if cuda:  # host side too: a step can be bound by launches and syncs rather than kernels
+            tables.append(events.table(sort_by="self_cpu_time_total", row_limit=30))
         path = os.path.join(folder, f"profile_{name}.txt")
         with open(path, "w") as fh:
-            fh.write(
-                f"{name}: one batch of {len(prompts)} prompts, 32 new tokens; {calls} operator calls\n{table}\n"
-            )
+            fh.write(head + "\n" + "\n".join(tables) + "\n")
         out[name] = path
-        print(f"  profile {name}: {calls} operator calls -> {path}")
+        print(f"  profile {head} -> {path}")
     return out
 
 

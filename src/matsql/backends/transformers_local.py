@@ -131,6 +131,12 @@ class LocalEngine:
 
         r = spec if isinstance(spec, ResolvedModel) else resolve_model(spec)
         model, tok = load_model_and_tokenizer(r, dtype=dtype, device=device)
+        return cls.for_inference(model, tok, identifier=r.identifier)
+
+    @classmethod
+    def for_inference(cls, model: Any, tokenizer: Any, *, identifier: str = "model") -> LocalEngine:
+        """An engine over an already loaded model, set up as ``load`` does: on a GPU, cuDNN
+        attention off and the process's memory share applied; grouped-query decode attention."""
         if next(model.parameters()).device.type == "cuda":
             from matsql.gpu import apply_memory_share, disable_cudnn_attention
 
@@ -140,7 +146,7 @@ class LocalEngine:
             from matsql.backends.attention import use_gqa_decode
 
             use_gqa_decode(model)  # decode steps without repeat_kv (see backends/attention.py)
-        return cls(model, tok, identifier=r.identifier)
+        return cls(model, tokenizer, identifier=identifier)
 
     @property
     def device(self) -> Any:
