@@ -60,3 +60,18 @@ def test_dry_run_writes_cards_and_readme_and_pushes_nothing(tmp_path):
 def test_not_a_run_folder_is_a_clear_error(tmp_path):
     res = CliRunner().invoke(app, ["publish", str(tmp_path), "--repo", "org/x", "--dry-run"])
     assert res.exit_code == 2 and "not a run folder" in res.output
+
+
+def test_readme_shows_the_widest_report_and_every_compare(tmp_path):
+    run = tmp_path / "run"
+    _fake_run(run)
+    (run / "report-all").mkdir()
+    (run / "report-all" / "report.md").write_text("| config | selector EX |\n|---|---|\n| JOINT | 62.0 |\n")
+    for name, verdict in (("compare", "COLLAB vs INDEP: tie"), ("compare-joint", "JOINT vs INDEP: tie")):
+        (run / name).mkdir()
+        (run / name / "compare.md").write_text(f"# {verdict}\n")
+    res = CliRunner().invoke(app, ["publish", str(run), "--repo", "org/matsql-study", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    readme = (run / "publish" / "README.md").read_text()
+    assert "JOINT | 62.0" in readme and "COLLAB | 61.0" not in readme  # report-all, not report
+    assert readme.index("COLLAB vs INDEP: tie") < readme.index("JOINT vs INDEP: tie")

@@ -61,6 +61,17 @@ def model_card(art: dict[str, Any], repo: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+REPORTS = ("report-all/report.md", "report/report.md", "report.md")  # the first found: widest table
+COMPARES = ("compare/compare.md", "compare-joint/compare.md", "compare.md")  # every one found
+
+
+def readme_sections(run_dir: Path) -> list[Path]:
+    """The results a run's README shows: one report table (the plan's ``report-all`` with every
+    row when it ran, else the two-arm ``report``), then each compare."""
+    table = next((run_dir / n for n in REPORTS if (run_dir / n).exists()), None)
+    return ([table] if table else []) + [run_dir / n for n in COMPARES if (run_dir / n).exists()]
+
+
 def build_folder(run_dir: Path, repo: str, out: Path, include_weights: bool = True) -> list[Path]:
     if out.exists():
         shutil.rmtree(out)
@@ -68,10 +79,8 @@ def build_folder(run_dir: Path, repo: str, out: Path, include_weights: bool = Tr
     written = []
     arts = find_artifacts(run_dir)
     readme = [f"# {repo}", "", "Agents and results of a matsql study run.", ""]
-    for name in ("report/report.md", "report.md", "compare/compare.md", "compare.md"):
-        p = run_dir / name
-        if p.exists():
-            readme += [p.read_text(), ""]
+    for p in readme_sections(run_dir):
+        readme += [p.read_text(), ""]
     readme += ["## Agents", ""] + [f"- [`{a['stage']}`]({a['stage']}/README.md)" for a in arts]
     (out / "README.md").write_text("\n".join(readme) + "\n")
     written.append(out / "README.md")
