@@ -323,7 +323,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     if args.random_weights:
-        engine = random_engine(args.model, args.device)
+        engine = random_engine(args.model, args.device, args.dtype)
     else:
         engine = LocalEngine.load(args.model, device=args.device, dtype=args.dtype)
     load_s = time.perf_counter() - t0
@@ -425,20 +425,19 @@ def main() -> None:
     dump(res, args.json)
 
 
-def random_engine(folder: str, device: str) -> Any:
+def random_engine(folder: str, device: str, dtype: str) -> Any:
     """A LocalEngine over a randomly initialised model of ``folder``'s config and tokenizer."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from matsql.backends.transformers_local import LocalEngine
-    from matsql.models import resolve_device
+    from matsql.models import resolve_device, resolve_dtype
 
     dev = resolve_device(device)
     cfg = AutoConfig.from_pretrained(folder)
     cfg._attn_implementation = "sdpa"
-    dtype = torch.bfloat16 if dev != "cpu" else torch.float32
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).to(dev).eval()
+    model = AutoModelForCausalLM.from_config(cfg, dtype=resolve_dtype(dtype, dev)).to(dev).eval()
     return LocalEngine.for_inference(
         model, AutoTokenizer.from_pretrained(folder), identifier=f"random:{folder}"
     )
@@ -454,6 +453,7 @@ def profile_paths(
     and how many operator calls and kernel launches a decode step makes, one table per path."""
     import os
 
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     os.makedirs(folder, exist_ok=True)
@@ -467,7 +467,9 @@ def profile_paths(
         wall = time.perf_counter() - t0
         events = prof.key_averages()
         calls = sum(e.count for e in events)
-        busy = sum(getattr(e, "self_device_time_total", 0) or 0 for e in events) / 1e6 if cuda else None
+        # kernels only: an operator's self device time repeats the time of the kernels it launched
+        kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+        busy = sum(e.self_device_time_total for e in kernels) / 1e6 if cuda else None
         head = (
             f"{name}: one batch of {len(prompts)} prompts, 32 new tokens, {r['decode_steps']:.0f} decode steps; "
             f"{calls} operator calls; wall {wall:.2f} s under the profiler"
