@@ -11,7 +11,9 @@ Example::
       selector: {temperature: 0.0, max_tokens: 8}
 
 Keys other than decoding settings describe the backend and go to
-:func:`matsql.backends.registry.make_backend`.
+:func:`matsql.backends.registry.make_backend`. Every key is checked: an unknown one (a typo like
+``temprature``) is an error naming the file, the agent and the key, never silently ignored.
+``stop`` is a list of stop strings, or one string (``stop: "```"`` is one stop string).
 """
 
 from __future__ import annotations
@@ -25,6 +27,43 @@ from typing import Any
 from matsql.records import AGENTS
 
 DECODING_KEYS = ("temperature", "max_tokens", "stop", "n")
+TOP_KEYS = ("defaults", "agents")
+
+
+def backend_keys(kind: str) -> set[str] | None:
+    """The keys a backend of this kind accepts (its config model's fields), or None for an
+    unknown kind (``make_backend`` names it). Found from the registry's config classes, so a
+    backend added there is validated here without a second list."""
+    from pydantic import BaseModel
+
+    from matsql.backends import registry
+
+    if kind == "echo":
+        return {"backend"}
+    for obj in vars(registry).values():
+        if isinstance(obj, type) and issubclass(obj, BaseModel) and "backend" in obj.model_fields:
+            field_ = obj.model_fields["backend"]
+            if field_.default == kind or kind in getattr(field_.annotation, "__args__", ()):
+                return set(obj.model_fields)
+    return None
+
+
+def _unknown_key_error(where: str, key: str, allowed: set[str]) -> ValueError:
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(allowed), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else f"; expected one of: {', '.join(sorted(allowed))}"
+    return ValueError(f"{where}: unknown key {key!r}{hint}")
+
+
+def _stop_list(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ValueError(f"{where}: 'stop' must be a string or a list of strings, got {value!r}")
 
 
 @dataclass
@@ -61,14 +100,27 @@ class Team:
 
 
 def parse_team(data: dict[str, Any], source: str = "", base_dir: Path | None = None) -> Team:
+    src = source or "AGENTS.yaml"
     if not isinstance(data, dict) or "agents" not in data:
-        raise ValueError(f"{source or 'AGENTS.yaml'}: expected a mapping with an 'agents' key")
+        raise ValueError(f"{src}: expected a mapping with an 'agents' key")
+    for key in data:
+        if key not in TOP_KEYS:
+            raise _unknown_key_error(src, str(key), set(TOP_KEYS))
     defaults = dict(data.get("defaults") or {})
     agents: dict[str, AgentSpec] = {}
     for name, raw in (data["agents"] or {}).items():
         if name not in AGENTS:
-            raise ValueError(f"{source}: unknown agent {name!r}; expected one of {AGENTS}")
+            raise ValueError(f"{src}: unknown agent {name!r}; expected one of {AGENTS}")
+        if raw is not None and not isinstance(raw, dict):
+            raise ValueError(f"{src}: agents.{name} must be a mapping, got {raw!r:.60}")
         merged = {**defaults, **(raw or {})}
+        allowed = backend_keys(str(merged.get("backend", "local")))
+        if allowed is not None:
+            allowed |= set(DECODING_KEYS)
+            for key in merged:
+                if key not in allowed:
+                    where = f"{src}: agents.{name}" if key in (raw or {}) else f"{src}: defaults"
+                    raise _unknown_key_error(where, str(key), allowed)
         decoding = {k: merged.pop(k) for k in DECODING_KEYS if k in merged}
         for key in ("adapter", "model"):
             v = merged.get(key)
@@ -79,7 +131,7 @@ def parse_team(data: dict[str, Any], source: str = "", base_dir: Path | None = N
             backend=merged,
             temperature=float(decoding.get("temperature", 0.0)),
             max_tokens=int(decoding.get("max_tokens", 256)),
-            stop=list(decoding.get("stop") or []),
+            stop=_stop_list(decoding.get("stop"), f"{src}: agents.{name}"),
         )
     return Team(agents=agents, source=source)
 

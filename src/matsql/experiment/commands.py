@@ -125,20 +125,27 @@ def run(
 
 
 @experiment_app.command("status")
-def status(plan: Path, sets: list[str] = typer.Option([], "--set")) -> None:
-    """Show each stage: done, stale or pending, and its command."""
-    from matsql.experiment.runner import stage_status
+def status(
+    plan: Path = typer.Argument(..., help="plan YAML (see experiments/)"),
+    sets: list[str] = typer.Option([], "--set", help="the same overrides the run used"),
+) -> None:
+    """Show each stage: done, stale (and why: which named file, command, input stage or matsql
+    version changed) or pending, and its command."""
+    from matsql.experiment.runner import stage_report
 
     p = _load(plan, sets)
-    t = Table("stage", "status", "command")
-    for name, st in stage_status(p).items():
+    t = Table("stage", "status", "why", "command")
+    for name, (st, why) in stage_report(p).items():
         color = {"done": "green", "stale": "yellow"}.get(st, "white")
-        t.add_row(name, f"[{color}]{st}[/{color}]", p.stages[name].command)
+        t.add_row(name, f"[{color}]{st}[/{color}]", "; ".join(why), p.stages[name].command)
     console.print(t)
 
 
 @experiment_app.command("check")
-def check(plan: Path, sets: list[str] = typer.Option([], "--set")) -> None:
+def check(
+    plan: Path = typer.Argument(..., help="plan YAML (see experiments/)"),
+    sets: list[str] = typer.Option([], "--set", help="override run_dir or vars.NAME, e.g. --set vars.k=8"),
+) -> None:
     """Validate a plan and the study's by-construction constraints without running anything."""
     from matsql.experiment.constraints import check_study
     from matsql.experiment.plan import PlanError

@@ -1,5 +1,12 @@
 """Stage manifests: what ran, from which inputs, with what result. A stage whose manifest says
-``done`` with the same config hash (its command + its inputs' hashes) is skipped on re-run."""
+``done`` with the same config hash is skipped on re-run.
+
+The hash covers the stage's command line, its input stages' hashes, the *contents* of every file
+the command names that no stage writes (recipes, agents files, plans, prediction files; an
+option's value ``--x=PATH`` and an override's ``key=PATH`` count too), and the code that runs
+it: matsql's version and a digest of its packaged templates. The manifest keeps each part, so
+``matsql experiment status`` can say why a stage is stale.
+"""
 
 from __future__ import annotations
 
@@ -25,9 +32,113 @@ def read_manifest(run_dir: Path, stage: str) -> dict[str, Any] | None:
     return json.loads(p.read_text())
 
 
-def stage_hash(stage: Stage, input_hashes: dict[str, str]) -> str:
-    blob = json.dumps({"argv": stage.argv, "inputs": input_hashes}, sort_keys=True)
+_FILE_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (cached per path, size and mtime within a process)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_CACHE:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _FILE_CACHE[key] = h.hexdigest()
+    return _FILE_CACHE[key]
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    return any(path == r or r in path.parents for r in roots)
+
+
+def named_files(stage: Stage, stage_outs: list[str]) -> dict[str, str]:
+    """path -> sha256 of each existing file the command names, outside every stage's output
+    (those are covered by the input stages' hashes)."""
+    roots = [Path(o).resolve() for o in stage_outs]
+    found: dict[str, str] = {}
+    for tok in stage.argv:
+        cands = [tok]
+        if "=" in tok:  # --opt=PATH, key=PATH (recipe overrides), AGENT=PATH (adapters)
+            cands.append(tok.split("=", 1)[1])
+        for c in cands:
+            if not c or len(c) > 4096:
+                continue
+            p = Path(c)
+            try:
+                if not p.is_file() or _inside(p.resolve(), roots):
+                    continue
+                found[c] = file_sha256(p)
+            except OSError:
+                continue
+    return found
+
+
+def code_identity() -> dict[str, str]:
+    """matsql's version and a digest of its packaged templates and data formats (``*.yaml``
+    under the package): a prompt template edit changes every stage that uses the package."""
+    from importlib import resources
+
+    import matsql
+
+    h = hashlib.sha256()
+    root = Path(str(resources.files("matsql")))
+    for f in sorted(root.rglob("*.yaml")):
+        if "plans" in f.relative_to(root).parts:  # plans are read by the runner, not by stages
+            continue
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return {"version": matsql.__version__, "templates": h.hexdigest()[:16]}
+
+
+def hash_parts(
+    stage: Stage, input_hashes: dict[str, str], stage_outs: list[str], code: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """What a stage's hash covers, part by part (kept in its manifest)."""
+    return {
+        "argv": stage.argv,
+        "inputs": input_hashes,
+        "files": named_files(stage, stage_outs),
+        "code": code if code is not None else code_identity(),
+    }
+
+
+def stage_hash(
+    stage: Stage,
+    input_hashes: dict[str, str],
+    stage_outs: list[str] | None = None,
+    code: dict[str, str] | None = None,
+    parts: dict[str, Any] | None = None,
+) -> str:
+    parts = parts or hash_parts(stage, input_hashes, stage_outs or [stage.out], code)
+    blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def stale_reasons(manifest: dict[str, Any], parts: dict[str, Any]) -> list[str]:
+    """Why a done stage's manifest no longer matches what the plan would run now."""
+    old = manifest.get("parts")
+    if not isinstance(old, dict):
+        return ["its manifest predates per-file hashes (written by an older matsql)"]
+    why: list[str] = []
+    if old.get("argv") != parts["argv"]:
+        why.append("the command changed")
+    for d, h in parts["inputs"].items():
+        if old.get("inputs", {}).get(d) != h:
+            why.append(f"input stage {d} changed")
+    old_files, new_files = old.get("files", {}), parts["files"]
+    for f in sorted(set(old_files) | set(new_files)):
+        if f not in new_files:
+            why.append(f"{f} is gone")
+        elif f not in old_files:
+            why.append(f"now names {f}")
+        elif old_files[f] != new_files[f]:
+            why.append(f"{f} changed")
+    oc, nc = old.get("code", {}), parts["code"]
+    if oc.get("version") != nc.get("version"):
+        why.append(f"matsql {oc.get('version')} -> {nc.get('version')}")
+    elif oc.get("templates") != nc.get("templates"):
+        why.append("matsql's packaged templates changed")
+    return why or ["the stage hash changed"]
 
 
 def git_commit(cwd: Path | None = None) -> str | None:

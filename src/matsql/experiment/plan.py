@@ -18,6 +18,13 @@ A plan::
 
 ``${...}`` refers to ``run_dir``, ``vars.X``, ``arm``, ``out`` (this stage's output) and
 ``stages.NAME.out``. A stage is a thin command line, so every stage can be rerun by hand.
+
+Every key is checked: an unknown one (``need:`` for ``needs:``) is an error naming the file and
+the key, and ``needs`` must be a list (``needs: sft`` is refused, not read as ``[s, f, t]``).
+A stage's ``resources`` are ``shards``, ``processes``, ``slots`` (local scheduling), ``gpus``,
+``cpus``, ``mem_gb``, ``time_min`` (what a SLURM job asks for) and ``slurm`` (extra sbatch
+parameters for this stage); a plan-level ``slurm:`` mapping holds the cluster's parameters
+(``account``, ``partition``, ``qos``, ``constraint``, ...), passed to every SLURM job.
 """
 
 from __future__ import annotations
@@ -33,8 +40,23 @@ from matsql.fileio import read_yaml
 _REF = re.compile(r"\$\{([^${}]+)\}")
 
 
+PLAN_KEYS = ("name", "run_dir", "vars", "arms", "stages", "env", "extends", "slurm")
+STAGE_KEYS = ("cmd", "out", "needs", "foreach", "resources", "check")
+RESOURCE_KEYS = ("shards", "processes", "slots", "gpus", "cpus", "mem_gb", "time_min", "slurm")
+
+
 class PlanError(ValueError):
     pass
+
+
+def _check_keys(mapping: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    import difflib
+
+    for key in mapping:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; expected one of: {', '.join(allowed)}"
+            raise PlanError(f"{where}: unknown key {key!r}{hint}")
 
 
 @dataclass
@@ -45,6 +67,7 @@ class Stage:
     needs: list[str] = field(default_factory=list)
     arm: str | None = None
     resources: dict[str, Any] = field(default_factory=dict)  # executor hints (gpus, time, mem)
+    slurm: dict[str, Any] = field(default_factory=dict)  # extra SLURM parameters of this stage
     check: dict[str, Any] = field(default_factory=dict)  # study constraints to verify
 
     @property
@@ -62,6 +85,7 @@ class Plan:
     source: str
     raw: dict[str, Any]
     env: dict[str, str] = field(default_factory=dict)  # environment for every stage
+    slurm: dict[str, Any] = field(default_factory=dict)  # SLURM parameters for every stage
 
     def ancestors(self, name: str) -> list[str]:
         if name not in self.stages:
@@ -158,6 +182,12 @@ def parse_plan(
 ) -> Plan:
     if not isinstance(raw, dict) or "stages" not in raw:
         raise PlanError(f"{source}: a plan needs 'name' and 'stages'")
+    _check_keys(raw, PLAN_KEYS, source)
+    for key in ("vars", "env", "slurm"):
+        if raw.get(key) is not None and not isinstance(raw[key], dict):
+            raise PlanError(f"{source}: {key} must be a mapping, got {raw[key]!r:.60}")
+    if not isinstance(raw["stages"] or {}, dict):
+        raise PlanError(f"{source}: stages must be a mapping of stage name -> stage")
     name = str(raw.get("name", "plan"))
     vars_: dict[str, Any] = dict(raw.get("vars") or {})
     run_dir_raw = str(raw.get("run_dir", f"runs/{name}"))
@@ -188,7 +218,21 @@ def parse_plan(
     # expand foreach stages
     expanded: list[tuple[str, dict[str, Any], str | None]] = []
     for sname, spec in (raw["stages"] or {}).items():
+        if spec is not None and not isinstance(spec, dict):
+            raise PlanError(f"{source}: stage {sname} must be a mapping, got {spec!r:.60}")
         spec = dict(spec or {})
+        _check_keys(spec, STAGE_KEYS, f"{source}: stage {sname}")
+        needs = spec.get("needs")
+        if needs is not None and not isinstance(needs, list):
+            raise PlanError(
+                f"{source}: stage {sname}: needs must be a list of stage names, e.g. needs: [{needs}]"
+            )
+        res = spec.get("resources")
+        if res is not None and not isinstance(res, dict):
+            raise PlanError(f"{source}: stage {sname}: resources must be a mapping, got {res!r:.60}")
+        _check_keys(res or {}, RESOURCE_KEYS, f"{source}: stage {sname}: resources")
+        if spec.get("foreach") not in (None, "arm"):
+            raise PlanError(f"{source}: stage {sname}: foreach must be 'arm', got {spec['foreach']!r}")
         if spec.get("foreach") == "arm":
             if not arms:
                 raise PlanError(f"{source}: stage {sname} uses foreach: arm but the plan has no arms")
@@ -222,7 +266,11 @@ def parse_plan(
             resources={
                 k: _substitute(str(v), local, f"{source}: {sname}.resources.{k}")
                 for k, v in (spec.get("resources") or {}).items()
+                if k != "slurm"
             },
+            slurm=_slurm_params(
+                (spec.get("resources") or {}).get("slurm"), local, f"{source}: {sname}.resources.slurm"
+            ),
             check=dict(spec.get("check") or {}),
         )
         stages[sname]._cmd = spec["cmd"]  # type: ignore[attr-defined]
@@ -243,8 +291,25 @@ def parse_plan(
     ordered = _toposort(stages, source)
     env = {str(k): _substitute(str(v), ctx, f"{source}: env.{k}") for k, v in (raw.get("env") or {}).items()}
     return Plan(
-        name=name, run_dir=run_dir, stages=ordered, vars=vars_, arms=arms, source=source, raw=raw, env=env
+        name=name,
+        run_dir=run_dir,
+        stages=ordered,
+        vars=vars_,
+        arms=arms,
+        source=source,
+        raw=raw,
+        env=env,
+        slurm=_slurm_params(raw.get("slurm"), ctx, f"{source}: slurm"),
     )
+
+
+def _slurm_params(raw: Any, ctx: dict[str, str], where: str) -> dict[str, Any]:
+    """SLURM parameters (``account: X`` -> submitit's ``slurm_account``); strings substituted."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise PlanError(f"{where} must be a mapping, e.g. {{account: X, partition: Y}}")
+    return {str(k): _substitute(v, ctx, f"{where}.{k}") if isinstance(v, str) else v for k, v in raw.items()}
 
 
 def _toposort(stages: dict[str, Stage], source: str) -> dict[str, Stage]:

@@ -10,11 +10,14 @@ from rich.console import Console
 
 from matsql.experiment.executors import Executor, StageFailed
 from matsql.experiment.manifest import (
+    code_identity,
     collect_metrics,
     git_commit,
+    hash_parts,
     now,
     read_manifest,
     stage_hash,
+    stale_reasons,
     write_manifest,
 )
 from matsql.experiment.plan import Plan, PlanError
@@ -26,21 +29,42 @@ def _exists(out: str) -> bool:
     return Path(out).exists()
 
 
-def stage_status(plan: Plan) -> dict[str, str]:
-    """done | stale (inputs or command changed) | pending, for every stage."""
-    status: dict[str, str] = {}
+def plan_hashes(plan: Plan) -> tuple[dict[str, str], dict[str, dict]]:
+    """Each stage's hash and the parts it covers (command, input stages, named files, code)."""
+    code = code_identity()
+    outs = [s.out for s in plan.stages.values()]
     hashes: dict[str, str] = {}
+    parts: dict[str, dict] = {}
+    for name, s in plan.stages.items():  # topological order: inputs first
+        parts[name] = hash_parts(s, {d: hashes[d] for d in s.needs}, outs, code)
+        hashes[name] = stage_hash(s, {}, parts=parts[name])
+    return hashes, parts
+
+
+def stage_report(plan: Plan) -> dict[str, tuple[str, list[str]]]:
+    """(done | stale | pending | running | failed, why) for every stage; ``why`` lists what
+    changed since a stale stage ran (a file it names, its command, an input stage, matsql)."""
+    hashes, parts = plan_hashes(plan)
+    report: dict[str, tuple[str, list[str]]] = {}
     for name, s in plan.stages.items():
-        h = stage_hash(s, {d: hashes.get(d, "") for d in s.needs})
-        hashes[name] = h
         m = read_manifest(plan.run_dir, name)
-        if m and m.get("status") == "done" and m.get("hash") == h and _exists(s.out):
-            status[name] = "done"
+        if m and m.get("status") == "done" and m.get("hash") == hashes[name] and _exists(s.out):
+            report[name] = ("done", [])
         elif m and m.get("status") == "done":
-            status[name] = "stale"
+            why = [] if _exists(s.out) else [f"its output {s.out} is missing"]
+            if m.get("hash") != hashes[name]:
+                why += stale_reasons(m, parts[name])
+            report[name] = ("stale", why)
+        elif m and m.get("status") in ("running", "failed"):
+            report[name] = ("pending", [f"last run {m['status']} ({m.get('finished') or m.get('started')})"])
         else:
-            status[name] = "pending"
-    return status
+            report[name] = ("pending", [])
+    return report
+
+
+def stage_status(plan: Plan) -> dict[str, str]:
+    """done | stale (a named file, the command, an input or matsql changed) | pending."""
+    return {n: st for n, (st, _) in stage_report(plan).items()}
 
 
 def run_plan(
@@ -78,16 +102,14 @@ def run_plan(
             raise PlanError(f"no stage {only!r}; stages: {', '.join(plan.stages)}")
         names = [only]
     plan.run_dir.mkdir(parents=True, exist_ok=True)
-    hashes: dict[str, str] = {}
-    for name, s in plan.stages.items():  # hashes over the whole graph, in order
-        hashes[name] = stage_hash(s, {d: hashes[d] for d in s.needs})
+    hashes, parts = plan_hashes(plan)  # over the whole graph, in order
     commit = git_commit()
     rank = {n: i for i, n in enumerate(plan.priority_order(prefer))}
     if hasattr(executor, "set_priorities"):
         executor.set_priorities(rank)
     forced = {n for n in [only, *(until or "").split(",")] if force and n}
     if jobs <= 1 and not keep_going:
-        return {n: _run_stage(plan, n, hashes, executor, commit, n in forced) for n in names}
+        return {n: _run_stage(plan, n, hashes, parts, executor, commit, n in forced) for n in names}
 
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
@@ -105,7 +127,9 @@ def run_plan(
                     blocked = [d for d in plan.stages[n].needs if d in pending or d in running.values()]
                     if not blocked:
                         pending.remove(n)
-                        running[pool.submit(_run_stage, plan, n, hashes, executor, commit, n in forced)] = n
+                        running[
+                            pool.submit(_run_stage, plan, n, hashes, parts, executor, commit, n in forced)
+                        ] = n
             elif not running:
                 break
             if not running:
@@ -138,7 +162,13 @@ def run_plan(
 
 
 def _run_stage(
-    plan: Plan, name: str, hashes: dict[str, str], executor: Executor, commit, forced: bool
+    plan: Plan,
+    name: str,
+    hashes: dict[str, str],
+    parts: dict[str, dict],
+    executor: Executor,
+    commit,
+    forced: bool,
 ) -> str:
     s = plan.stages[name]
     m = read_manifest(plan.run_dir, name)
@@ -154,7 +184,8 @@ def _run_stage(
         # inputs or command changed: the old output is stale, move it aside rather than mix
         stale = Path(s.out + f".stale-{int(time.time())}")
         shutil.move(s.out, stale)
-        console.print(f"[yellow]{name}: inputs changed; previous output moved to {stale}[/yellow]")
+        why = "; ".join(stale_reasons(m, parts[name]))
+        console.print(f"[yellow]{name}: stale ({why}); previous output moved to {stale}[/yellow]")
     console.print(f"[bold cyan]> {name}[/bold cyan]: {s.command}")
     record = {
         "stage": name,
@@ -162,6 +193,7 @@ def _run_stage(
         "command": s.command,
         "argv": s.argv,
         "needs": {d: hashes[d] for d in s.needs},
+        "parts": parts[name],
         "out": s.out,
         "arm": s.arm,
         "commit": commit,
