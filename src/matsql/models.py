@@ -506,6 +506,44 @@ def load_model_and_tokenizer(
     return model, tok
 
 
+def dense_folder(spec: str | os.PathLike[str] | ResolvedModel, *, dtype: Any = "bfloat16") -> tuple[Path, str]:
+    """A HF safetensors folder with the model's dense weights, and the sha256 of those weights.
+
+    Engines that load folders (vLLM) and every later training or generation stage read it in
+    seconds; a GGUF is dequantized into it once per machine (on CPU, ~45 s for 0.5B) and cached
+    as ``dequantized_dir``. The digest covers the weight files (sorted ``*.safetensors``), is
+    computed once and kept in the folder's ``matsql.json``, and names the exact weights in run
+    headers.
+    """
+    r = spec if isinstance(spec, ResolvedModel) else resolve_model(spec)
+    if r.kind == "gguf":
+        dt = resolve_dtype(dtype, "cuda")
+        folder = dequantized_dir(r, dt)
+        if not (folder / "matsql.json").is_file():
+            model, tok = _load_gguf(r, dt)
+            save_hf_dir(model, tok, folder, meta={"source": r.source, "gguf": r.path.name, "sha256": r.sha256})
+    else:
+        folder = r.path
+    stamp = folder / "matsql.json"
+    meta = json.loads(stamp.read_text(encoding="utf-8")) if stamp.is_file() else {}
+    if meta.get("weights_sha256"):
+        return folder, str(meta["weights_sha256"])
+    h = hashlib.sha256()
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ModelResolutionError(f"{folder}: no *.safetensors weights (vLLM loads safetensors folders)")
+    for f in files:
+        with f.open("rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                h.update(chunk)
+    digest = h.hexdigest()
+    if r.kind == "gguf":  # our own cache folder: remember the digest; a user's folder stays untouched
+        tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(meta | {"weights_sha256": digest}, indent=1, default=str), encoding="utf-8")
+        os.replace(tmp, stamp)
+    return folder, digest
+
+
 def adapter_name_for(path: str | os.PathLike[str]) -> str:
     """A PEFT adapter name (no dots: names become module keys) unique to an adapter folder."""
     p = Path(path).expanduser().resolve()

@@ -3,6 +3,7 @@
     planner:  {backend: local, model: qwen2.5-coder-0.5b-instruct, adapter: runs/sft/planner}
     val-sel:  {backend: local, model: qwen2.5-coder-0.5b-instruct, adapter: runs/orpo/val-sel}
     fixer:    {backend: openai, base_url: http://node1:8000/v1, model: fixer-3b, concurrency: 64}
+    planner:  {backend: vllm, model: qwen2.5-coder-0.5b-instruct, gpu_memory_utilization: 0.8}
 
 Local agents that name the same base model (and device/dtype) share one loaded model: each gets
 a ``LocalBackend`` view with its own adapter and stats, so five agents on a 0.5B base cost one
@@ -53,6 +54,22 @@ class OpenAIConfig(_Cfg):
     extra_body: dict[str, Any] | None = None
 
 
+class VLLMConfig(_Cfg):
+    backend: Literal["vllm"]
+    model: str
+    adapter: str | None = None
+    top_p: float = 1.0
+    dtype: str = "bfloat16"
+    gpu_memory_utilization: float = 0.85
+    max_model_len: int = 4096
+    enable_prefix_caching: bool = True
+    max_num_seqs: int = 512
+    max_num_batched_tokens: int | None = None
+    enforce_eager: bool = False
+    max_loras: int | None = None
+    max_lora_rank: int | None = None
+
+
 _engines: dict[tuple[str, str, str], Any] = {}
 _engines_lock = threading.Lock()
 
@@ -71,14 +88,46 @@ def shared_engine(model: str, device: str = "auto", dtype: str = "auto") -> Any:
         return _engines[key]
 
 
+_vllm_engines: dict[str, Any] = {}
+
+
+def shared_vllm_engine(c: VLLMConfig) -> Any:
+    """The process-wide vLLM engine for a model: one per process, shared by every agent.
+
+    Agents that name the same model share it; they must agree on the engine settings, since
+    one engine starts with one set (a mismatch is an error, not a silent pick)."""
+    from matsql.backends.vllm_local import EngineSettings, VLLMEngine
+    from matsql.models import dense_folder, load_tokenizer, resolve_model
+
+    settings = EngineSettings(
+        **{k: getattr(c, k) for k in EngineSettings.__dataclass_fields__}  # type: ignore[attr-defined]
+    )
+    resolved = resolve_model(c.model)
+    with _engines_lock:
+        key = str(resolved.path)
+        eng = _vllm_engines.get(key)
+        if eng is None:
+            folder, digest = dense_folder(resolved, dtype=c.dtype)
+            ident = f"{resolved.identifier}|{c.dtype}:{digest[:16]}"
+            eng = VLLMEngine(folder, load_tokenizer(folder), ident, settings)
+            _vllm_engines[key] = eng
+        elif eng.settings != settings:
+            raise ValueError(
+                f"agents on {c.model} ask for different vLLM engine settings ({eng.settings} vs {settings}); "
+                "one process runs one engine: put the engine settings under `defaults:`"
+            )
+        return eng
+
+
 def clear_engines() -> None:
     """Forget shared engines (frees their memory once no backend holds them)."""
     with _engines_lock:
         _engines.clear()
+        _vllm_engines.clear()
 
 
 def make_backend(cfg: Mapping[str, Any], *, agent: str | None = None) -> Backend:
-    """A Backend for one agent entry: ``backend: local | openai | echo`` (default local)."""
+    """A Backend for one agent entry: ``backend: local | vllm | openai | echo`` (default local)."""
     where = f"agent {agent!r}" if agent else "backend config"
     kind = cfg.get("backend", "local")
     try:
@@ -117,10 +166,15 @@ def make_backend(cfg: Mapping[str, Any], *, agent: str | None = None) -> Backend
                 top_p=o.top_p,
                 extra_body=o.extra_body,
             )
+        if kind == "vllm":
+            v = VLLMConfig.model_validate(dict(cfg))
+            from matsql.backends.vllm_local import VLLMBackend
+
+            return VLLMBackend(shared_vllm_engine(v), adapter=v.adapter, top_p=v.top_p)
         if kind == "echo":
             from matsql.backends.echo import EchoBackend
 
             return EchoBackend()
     except ValidationError as e:
         raise ValueError(f"{where}: bad {kind} backend settings: {e}") from e
-    raise ValueError(f"{where}: unknown backend {kind!r}; expected local, openai or echo")
+    raise ValueError(f"{where}: unknown backend {kind!r}; expected local, vllm, openai or echo")

@@ -1,0 +1,377 @@
+"""In-process generation with vLLM's offline engine (``vllm.LLM``) on a GPU.
+
+Why vLLM: on the lent H100 the transformers path decodes at plain-``generate`` speed, ~1% of
+what the card can do, while vLLM's continuous batching and paged attention waste no steps on
+finished rows, and its prefix cache computes the schema prompt once for the K planner samples
+and both validators (``../shared/docs/VLLM.md`` measured 41k vs 8.6k new tokens/s).
+
+How a call runs: prompts are rendered with the model's own chat template by the same code as
+the transformers backend (``render_chat`` + prefix) and sent as token ids, so both backends feed
+the model identical tokens. ``n`` samples of a prompt are one request with ``n=n`` and one seed,
+``derive_seed(seed, prompt)``: vLLM gives sample ``i`` the seed ``seed + i``, so a completion is
+a function of prompt, settings, seed and sample index, not of what else is in the batch (up to
+bf16 rounding in batched kernels). Greedy calls ask once and repeat the text ``n`` times.
+Completion ids are decoded here and cut at the first end-of-turn id and stop string, exactly as
+the transformers backend does. Sampling is defined by the call's arguments alone: the engine
+starts with ``generation_config="vllm"``, so the checkpoint's defaults (Qwen's top_k=20,
+repetition_penalty=1.05) are not mixed in.
+
+One engine per process serves every agent of a team: each agent is a ``VLLMBackend`` view with
+its own LoRA adapter, sent per request (``LoRARequest``). The engine starts on the first call,
+when every agent has registered its adapter, so LoRA support, the largest rank and the number of
+adapters are known; an adapter registered after the start must fit what it started with.
+
+Models load from a dense safetensors folder (``matsql.models.dense_folder``): a GGUF is
+dequantized once per machine and cached, so later stages load in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matsql.backends.base import ChatPrompt, GenerationStats
+from matsql.backends.chat import (
+    cut_at_stop_ids,
+    derive_seed,
+    encode_rendered,
+    render_chat,
+    stop_token_ids,
+    truncate_at_stop,
+)
+
+log = logging.getLogger(__name__)
+
+LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM 0.26 accepts as max_lora_rank
+SEED_BITS = 62  # vLLM seeds sample i with seed + i: keep the sum inside a signed 64-bit int
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What the engine is started with; agents sharing one engine must agree on it."""
+
+    gpu_memory_utilization: float = 0.85
+    max_model_len: int = 4096
+    enable_prefix_caching: bool = True
+    max_num_seqs: int = 512
+    max_num_batched_tokens: int | None = None
+    enforce_eager: bool = False
+    dtype: str = "bfloat16"
+    max_loras: int | None = None  # default: the number of registered adapters
+    max_lora_rank: int | None = None  # default: the smallest accepted rank >= every adapter's
+
+
+@dataclass(frozen=True)
+class Adapter:
+    name: str
+    int_id: int
+    path: str
+    rank: int
+
+
+def adapter_rank(path: str | os.PathLike[str]) -> int:
+    """The LoRA rank a PEFT adapter folder declares (``adapter_config.json``)."""
+    cfg = Path(path) / "adapter_config.json"
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{cfg}: not a PEFT adapter folder (no adapter_config.json)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    r = data.get("r")
+    if not isinstance(r, int) or r < 1:
+        raise ValueError(f"{cfg}: expected a positive integer 'r' (the LoRA rank), got {r!r}")
+    if data.get("peft_type", "LORA") != "LORA":
+        raise ValueError(f"{cfg}: peft_type {data.get('peft_type')!r}; vLLM serves only LORA adapters")
+    return r
+
+
+def lora_capacity(ranks: Sequence[int], settings: EngineSettings) -> tuple[int, int]:
+    """``(max_lora_rank, max_loras)`` an engine needs for adapters of ``ranks``."""
+    need = max(ranks, default=1)
+    rank = settings.max_lora_rank or next((r for r in LORA_RANKS if r >= need), need)
+    if rank < need:
+        raise ValueError(f"max_lora_rank={rank} is below an adapter's rank {need}")
+    return rank, settings.max_loras or max(1, len(ranks))
+
+
+def build_requests(
+    token_ids: Sequence[Sequence[int]],
+    texts: Sequence[str],
+    *,
+    n: int,
+    temperature: float,
+    top_p: float,
+    max_tokens: int,
+    stop: Sequence[str] | None,
+    seed: int,
+    stop_ids: Sequence[int],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Prompts and sampling settings for ``LLM.generate``, as plain dicts (pure; unit-tested).
+
+    Each prompt is one request: greedy asks one completion (repeated ``n`` times by the
+    caller), sampling asks ``n`` with the seed ``derive_seed(seed, text)``.
+    """
+    greedy = temperature <= 0
+    prompts = [{"prompt_token_ids": list(ids)} for ids in token_ids]
+    params = []
+    for text in texts:
+        p: dict[str, Any] = {
+            "n": 1 if greedy else n,
+            "temperature": 0.0 if greedy else float(temperature),
+            "top_p": 1.0 if greedy else float(top_p),
+            "top_k": -1,
+            "min_p": 0.0,
+            "repetition_penalty": 1.0,
+            "max_tokens": int(max_tokens),
+            "stop": list(stop or []) or None,
+            "stop_token_ids": list(stop_ids),
+            "skip_special_tokens": True,
+        }
+        if not greedy:
+            p["seed"] = derive_seed(seed, text, 0, bits=SEED_BITS)
+        params.append(p)
+    return prompts, params
+
+
+@dataclass
+class VLLMEngine:
+    """One ``vllm.LLM`` over a dense model folder, shared by the agents of a team."""
+
+    model_dir: Path
+    tokenizer: Any
+    identifier: str
+    settings: EngineSettings = field(default_factory=EngineSettings)
+    llm_factory: Callable[..., Any] | None = None  # tests pass a fake; default vllm.LLM
+    adapters: dict[str, Adapter] = field(default_factory=dict)  # path -> adapter
+    _llm: Any = None
+    _lora: tuple[int, int] | None = None  # (max rank, max loras) the engine started with
+
+    def __post_init__(self) -> None:
+        self.lock = threading.RLock()
+        self.stop_ids = stop_token_ids(self.tokenizer, self._generation_eos())
+
+    def _generation_eos(self) -> list[int]:
+        path = Path(self.model_dir) / "generation_config.json"
+        try:
+            eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+        except (OSError, json.JSONDecodeError):
+            return []
+        return eos if isinstance(eos, list) else ([eos] if eos is not None else [])
+
+    def add_adapter(self, path: str | os.PathLike[str]) -> Adapter:
+        """Register a PEFT LoRA folder (idempotent); its requests carry a ``LoRARequest``."""
+        p = str(Path(path).expanduser().resolve())
+        with self.lock:
+            if p in self.adapters:
+                return self.adapters[p]
+            rank = adapter_rank(p)
+            if self._llm is not None:
+                max_rank, max_loras = self._lora or (0, 0)
+                if rank > max_rank or len(self.adapters) + 1 > max_loras:
+                    raise RuntimeError(
+                        f"adapter {p} (rank {rank}) registered after the vLLM engine started with "
+                        f"max_lora_rank={max_rank}, max_loras={max_loras}; set max_lora_rank/max_loras "
+                        "in the agents file, or name every adapter before the first generation"
+                    )
+            name = f"{Path(p).name}-{len(self.adapters) + 1}"
+            ad = Adapter(name=name, int_id=len(self.adapters) + 1, path=p, rank=rank)
+            self.adapters[p] = ad
+            return ad
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``vllm.LLM`` for the current settings and adapters (pure)."""
+        s = self.settings
+        kw: dict[str, Any] = {
+            "model": str(self.model_dir),
+            "tokenizer": str(self.model_dir),
+            "dtype": s.dtype,
+            "seed": 0,
+            "enable_prefix_caching": s.enable_prefix_caching,
+            "gpu_memory_utilization": s.gpu_memory_utilization,
+            "max_model_len": s.max_model_len,
+            "max_num_seqs": s.max_num_seqs,
+            "enforce_eager": s.enforce_eager,
+            "generation_config": "vllm",
+        }
+        if s.max_num_batched_tokens:
+            kw["max_num_batched_tokens"] = s.max_num_batched_tokens
+        if self.adapters:
+            rank, loras = lora_capacity([a.rank for a in self.adapters.values()], s)
+            kw |= {"enable_lora": True, "max_lora_rank": rank, "max_loras": loras}
+        return kw
+
+    @property
+    def llm(self) -> Any:
+        with self.lock:
+            if self._llm is None:
+                kw = self.engine_kwargs()
+                factory = self.llm_factory
+                if factory is None:
+                    try:
+                        from vllm import LLM as factory
+                    except ImportError as e:
+                        raise RuntimeError(
+                            f"the vllm backend needs vLLM on a CUDA machine ({e}); install it with "
+                            "`pip install vllm==0.26.0` (on the lent GPU: scripts/device/setup.sh vllm-join)"
+                        ) from None
+                t0 = time.perf_counter()
+                self._llm = factory(**kw)
+                if kw.get("enable_lora"):
+                    self._lora = (kw["max_lora_rank"], kw["max_loras"])
+                log.info("vLLM engine on %s started in %.1f s", self.model_dir, time.perf_counter() - t0)
+            return self._llm
+
+    def lora_request(self, adapter: Adapter | None) -> Any:
+        if adapter is None:
+            return None
+        if self.llm_factory is not None:  # a fake engine: no vllm import
+            return adapter
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest(adapter.name, adapter.int_id, adapter.path)
+
+    def generate_texts(
+        self,
+        texts: Sequence[str],
+        *,
+        n: int,
+        temperature: float,
+        max_tokens: int,
+        stop: Sequence[str] | None,
+        seed: int,
+        top_p: float = 1.0,
+        adapter: Adapter | None = None,
+        stats: GenerationStats | None = None,
+    ) -> list[list[str]]:
+        """``n`` completions for each rendered prompt text (see module doc)."""
+        if n < 1 or max_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError(
+                f"need n >= 1, max_tokens >= 1, temperature >= 0, 0 < top_p <= 1 "
+                f"(got n={n}, max_tokens={max_tokens}, temperature={temperature}, top_p={top_p})"
+            )
+        if not texts:
+            return []
+        t0 = time.perf_counter()
+        enc = encode_rendered(self.tokenizer, texts)
+        limit = self.settings.max_model_len
+        for i, ids in enumerate(enc):
+            if not ids:
+                raise ValueError(f"prompt {i} renders to no tokens")
+            if len(ids) + max_tokens > limit:
+                raise ValueError(
+                    f"prompt {i} has {len(ids)} tokens; with max_tokens={max_tokens} it exceeds the "
+                    f"engine's max_model_len={limit}"
+                )
+        prompts, params = build_requests(
+            enc,
+            texts,
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            stop=stop,
+            seed=seed,
+            stop_ids=self.stop_ids,
+        )
+        llm = self.llm
+        if self.llm_factory is None:
+            from vllm import SamplingParams
+            from vllm.inputs import TokensPrompt
+
+            prompts = [TokensPrompt(**p) for p in prompts]
+            params = [SamplingParams(**p) for p in params]
+        req = self.lora_request(adapter)
+        with self.lock:
+            outs = llm.generate(prompts, params, use_tqdm=False, lora_request=req)
+        greedy = temperature <= 0
+        result: list[list[str]] = []
+        made = 0
+        for out in outs:
+            texts_out = []
+            for comp in out.outputs:
+                kept, ended = cut_at_stop_ids(list(comp.token_ids), self.stop_ids)
+                made += len(kept) + int(ended)
+                texts_out.append(truncate_at_stop(self.tokenizer.decode(kept, skip_special_tokens=True), stop))
+            result.append(texts_out * n if greedy else texts_out)
+        if stats is not None:
+            stats.calls += 1
+            stats.prompts += len(enc)
+            stats.completions += len(enc) * n
+            stats.prompt_tokens += sum(len(e) for e in enc)
+            stats.completion_tokens += made
+            stats.seconds += time.perf_counter() - t0
+            stats.extra["requests"] = stats.extra.get("requests", 0.0) + len(enc) * (1 if greedy else n)
+        return result
+
+
+class VLLMBackend:
+    """The Backend protocol over a shared ``VLLMEngine``, with this agent's adapter."""
+
+    def __init__(
+        self,
+        engine: VLLMEngine,
+        adapter: str | os.PathLike[str] | None = None,
+        *,
+        top_p: float = 1.0,
+        name: str | None = None,
+    ) -> None:
+        self.engine = engine
+        self.adapter = engine.add_adapter(adapter) if adapter is not None else None
+        self.top_p = top_p
+        self.name = name or f"vllm:{engine.identifier}" + (f"+{self.adapter.path}" if self.adapter else "")
+        self.stats = GenerationStats()
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    def render(self, prompt: ChatPrompt) -> str:
+        return render_chat(self.tokenizer, prompt)
+
+    def generate(
+        self,
+        prompts: list[ChatPrompt],
+        n: int = 1,
+        temperature: float = 0.0,
+        max_tokens: int = 256,
+        stop: list[str] | None = None,
+        seed: int = 0,
+    ) -> list[list[str]]:
+        return self.generate_text(
+            [self.render(p) for p in prompts],
+            n=n,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            stop=stop,
+            seed=seed,
+        )
+
+    def generate_text(
+        self,
+        texts: list[str],
+        n: int = 1,
+        temperature: float = 0.0,
+        max_tokens: int = 256,
+        stop: list[str] | None = None,
+        seed: int = 0,
+    ) -> list[list[str]]:
+        """Like ``generate`` for already rendered prompt texts (the completions API)."""
+        return self.engine.generate_texts(
+            texts,
+            n=n,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            stop=stop,
+            seed=seed,
+            top_p=self.top_p,
+            adapter=self.adapter,
+            stats=self.stats,
+        )

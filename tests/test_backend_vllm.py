@@ -1,0 +1,242 @@
+"""The vLLM backend: request building, seeding, adapters and decoding, against a fake engine.
+
+The fake stands in for ``vllm.LLM``: it records what it was started with and asked, and
+"generates" token ids as a pure function of (prompt ids, request seed + sample index), the
+contract vLLM's per-request seeding gives. The real engine runs in ``test_vllm_engine_on_gpu``
+(skipped without vLLM and CUDA) and in ``benchmarks/vllm_parity.py`` on the lent GPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from matsql.backends import registry
+from matsql.backends.base import Backend, ChatPrompt
+from matsql.backends.chat import derive_seed
+from matsql.backends.vllm_local import (
+    SEED_BITS,
+    EngineSettings,
+    VLLMBackend,
+    VLLMEngine,
+    adapter_rank,
+    build_requests,
+    lora_capacity,
+)
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]
+
+
+@dataclass
+class Output:
+    outputs: list[Completion]
+
+
+@dataclass
+class FakeLLM:
+    """Records calls; completions depend only on (prompt ids, seed + index) or the prompt (greedy)."""
+
+    vocab: list[int]
+    end_id: int
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def generate(self, prompts: list[dict], params: list[dict], use_tqdm: bool, lora_request: Any) -> list[Output]:
+        self.calls.append({"prompts": prompts, "params": params, "lora": lora_request})
+        outs = []
+        for p, sp in zip(prompts, params, strict=True):
+            key = hashlib.sha256(json.dumps(p["prompt_token_ids"]).encode()).hexdigest()
+            comps = []
+            for i in range(sp["n"]):
+                rng = random.Random(f"{key}|{sp.get('seed', 'greedy')}|{i if 'seed' in sp else 0}")
+                ids = [rng.choice(self.vocab) for _ in range(rng.randint(1, sp["max_tokens"]))]
+                if len(ids) < sp["max_tokens"]:
+                    ids.append(self.end_id)
+                comps.append(Completion(ids))
+            outs.append(Output(comps))
+        return outs
+
+
+def user(text: str, prefix: str = "") -> ChatPrompt:
+    return ChatPrompt.of([{"role": "user", "content": text}], prefix)
+
+
+PROMPTS = [user("How many singers are there?"), user("Oldest singer?", prefix="SELECT."), user("x")]
+
+
+@pytest.fixture
+def engine(tiny_chat_model_dir: Path) -> VLLMEngine:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_chat_model_dir))
+    vocab = [i for t, i in tok.get_vocab().items() if t.isalpha()][:50]
+    eng = VLLMEngine(tiny_chat_model_dir, tok, "tiny", EngineSettings(max_model_len=512))
+    eng.llm_factory = lambda **kw: FakeLLM(vocab, eng.stop_ids[0], kw)
+    return eng
+
+
+def make_adapter(path: Path, r: int) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": r, "lora_alpha": 2 * r}))
+    return path
+
+
+def test_build_requests_greedy_and_sampled() -> None:
+    g_prompts, g = build_requests(
+        [[1, 2]], ["a"], n=4, temperature=0.0, top_p=0.9, max_tokens=5, stop=["\n\n"], seed=3, stop_ids=[7]
+    )
+    assert g_prompts == [{"prompt_token_ids": [1, 2]}]
+    assert g[0]["n"] == 1 and g[0]["temperature"] == 0.0 and "seed" not in g[0]
+    assert g[0]["stop"] == ["\n\n"] and g[0]["stop_token_ids"] == [7] and g[0]["max_tokens"] == 5
+    _, s = build_requests(
+        [[1], [2]], ["a", "b"], n=4, temperature=1.0, top_p=0.9, max_tokens=5, stop=None, seed=3, stop_ids=[7]
+    )
+    assert [p["n"] for p in s] == [4, 4] and s[0]["top_p"] == 0.9 and s[0]["stop"] is None
+    # one seed per prompt, a pure function of (seed, prompt text); vLLM adds the sample index
+    assert s[0]["seed"] == derive_seed(3, "a", 0, bits=SEED_BITS) != s[1]["seed"]
+    assert all(p["seed"] + 4 < 2**63 for p in s)
+    # neutral sampling: nothing from the checkpoint's generation config
+    assert s[0]["top_k"] == -1 and s[0]["repetition_penalty"] == 1.0 and s[0]["min_p"] == 0.0
+
+
+def test_backend_protocol_shapes_and_greedy_repeat(engine: VLLMEngine) -> None:
+    b = VLLMBackend(engine)
+    assert isinstance(b, Backend)
+    out = b.generate(PROMPTS, n=3, temperature=0.0, max_tokens=6, seed=1)
+    assert [len(o) for o in out] == [3, 3, 3]
+    assert all(len(set(o)) == 1 for o in out)  # greedy: one request, text repeated
+    assert [p["n"] for p in engine.llm.calls[-1]["params"]] == [1, 1, 1]
+    assert b.stats.completions == 9 and b.stats.prompts == 3 and b.stats.completion_tokens > 0
+
+
+def test_sampling_is_keyed_by_prompt_seed_and_index(engine: VLLMEngine) -> None:
+    b = VLLMBackend(engine)
+    both = b.generate(PROMPTS[:2], n=4, temperature=1.0, max_tokens=8, seed=5)
+    alone = b.generate(PROMPTS[1:2], n=4, temperature=1.0, max_tokens=8, seed=5)
+    assert alone[0] == both[1]  # not a function of what else was in the call
+    again = b.generate(PROMPTS[:2], n=4, temperature=1.0, max_tokens=8, seed=5)
+    assert again == both
+    other = b.generate(PROMPTS[:2], n=4, temperature=1.0, max_tokens=8, seed=6)
+    assert other != both
+    assert len(set(both[0])) > 1  # samples of one prompt differ
+
+
+def test_prompt_tokens_match_the_transformers_rendering(engine: VLLMEngine) -> None:
+    from matsql.backends.chat import encode_rendered, render_chat
+
+    b = VLLMBackend(engine)
+    b.generate(PROMPTS, temperature=0.0, max_tokens=4)
+    sent = [p["prompt_token_ids"] for p in engine.llm.calls[-1]["prompts"]]
+    want = encode_rendered(engine.tokenizer, [render_chat(engine.tokenizer, p) for p in PROMPTS])
+    assert sent == want
+    assert engine.tokenizer.decode(sent[1]).endswith("SELECT.")  # the prefix is fed, byte-exact
+
+
+def test_stop_strings_and_end_ids_cut_the_text(engine: VLLMEngine) -> None:
+    b = VLLMBackend(engine)
+    full = b.generate(PROMPTS[:1], n=1, temperature=1.0, max_tokens=12, seed=2)[0][0]
+    assert full  # the fake always makes at least one token
+    cut_word = full.split()[0] if " " in full else full[: max(1, len(full) // 2)]
+    stopped = b.generate(PROMPTS[:1], n=1, temperature=1.0, max_tokens=12, seed=2, stop=[cut_word])[0][0]
+    assert stopped == full[: full.find(cut_word)]
+    # the end-of-turn id is never decoded into the text
+    ids = engine.llm.calls[-1]
+    assert engine.stop_ids[0] in ids["params"][0]["stop_token_ids"]
+
+
+def test_prompt_longer_than_the_engine_is_refused(engine: VLLMEngine) -> None:
+    b = VLLMBackend(engine)
+    with pytest.raises(ValueError, match="max_model_len=512"):
+        b.generate([user("word " * 600)], max_tokens=8)
+
+
+def test_adapters_go_per_request_and_size_the_engine(engine: VLLMEngine, tmp_path: Path) -> None:
+    a = VLLMBackend(engine, adapter=make_adapter(tmp_path / "val-sel", 8))
+    c = VLLMBackend(engine, adapter=make_adapter(tmp_path / "val-cond", 12))
+    base = VLLMBackend(engine)
+    kw = engine.engine_kwargs()
+    assert kw["enable_lora"] is True and kw["max_lora_rank"] == 16 and kw["max_loras"] == 2
+    assert kw["generation_config"] == "vllm" and kw["enable_prefix_caching"] is True
+    a.generate(PROMPTS[:1], max_tokens=3)
+    assert engine.llm.calls[-1]["lora"].path == str((tmp_path / "val-sel").resolve())
+    c.generate(PROMPTS[:1], max_tokens=3)
+    assert engine.llm.calls[-1]["lora"].int_id == 2
+    base.generate(PROMPTS[:1], max_tokens=3)
+    assert engine.llm.calls[-1]["lora"] is None
+    assert engine.llm.kwargs["max_lora_rank"] == 16  # started with what was registered
+    # the same folder twice is one adapter; a bigger one after the start is refused, clearly
+    assert VLLMBackend(engine, adapter=tmp_path / "val-sel").adapter == a.adapter
+    with pytest.raises(RuntimeError, match="after the vLLM engine started"):
+        VLLMBackend(engine, adapter=make_adapter(tmp_path / "fixer", 64))
+
+
+def test_no_adapter_no_lora(engine: VLLMEngine) -> None:
+    assert "enable_lora" not in engine.engine_kwargs()
+
+
+def test_adapter_folder_checks(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        adapter_rank(tmp_path)
+    (tmp_path / "adapter_config.json").write_text("{bad")
+    with pytest.raises(ValueError, match="line 1"):
+        adapter_rank(tmp_path)
+    assert adapter_rank(make_adapter(tmp_path / "ok", 8)) == 8
+    assert lora_capacity([8, 33], EngineSettings()) == (64, 2)
+    assert lora_capacity([8], EngineSettings(max_loras=5, max_lora_rank=32)) == (32, 5)
+    with pytest.raises(ValueError, match="below"):
+        lora_capacity([64], EngineSettings(max_lora_rank=16))
+
+
+def test_registry_shares_one_engine_and_refuses_mixed_settings(tiny_chat_model_dir: Path) -> None:
+    registry.clear_engines()
+    try:
+        cfg = {"backend": "vllm", "model": str(tiny_chat_model_dir), "max_model_len": 1024}
+        p = registry.make_backend(cfg, agent="planner")
+        s = registry.make_backend(cfg, agent="selector")
+        assert isinstance(p, VLLMBackend) and p.engine is s.engine
+        assert p.engine.settings.max_model_len == 1024
+        assert "bfloat16:" in p.name  # the weights' digest names the exact model in records
+        with pytest.raises(ValueError, match="different vLLM engine settings"):
+            registry.make_backend(cfg | {"gpu_memory_utilization": 0.3}, agent="fixer")
+        with pytest.raises(ValueError, match="bad vllm backend settings"):
+            registry.make_backend(cfg | {"max_model_len": "many"}, agent="fixer")
+    finally:
+        registry.clear_engines()
+
+
+def test_dense_folder_of_a_folder_is_itself_with_a_digest(tiny_chat_model_dir: Path) -> None:
+    from matsql.models import dense_folder
+
+    folder, digest = dense_folder(str(tiny_chat_model_dir))
+    assert folder == tiny_chat_model_dir
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*.safetensors")):
+        h.update(f.read_bytes())
+    assert digest == h.hexdigest()
+
+
+def test_vllm_engine_on_gpu(tiny_chat_model_dir: Path) -> None:
+    """The real engine end to end: greedy repeats, a seed reproduces, n samples per prompt."""
+    pytest.importorskip("vllm", reason="vLLM is not installed (GPU machines only)")
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("vLLM needs a CUDA GPU")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_chat_model_dir))
+    eng = VLLMEngine(tiny_chat_model_dir, tok, "tiny", EngineSettings(gpu_memory_utilization=0.2, max_model_len=512))
+    b = VLLMBackend(eng)
+    g1 = b.generate(PROMPTS, n=2, temperature=0.0, max_tokens=8)
+    assert all(len(set(o)) == 1 for o in g1)
+    s1 = b.generate(PROMPTS, n=3, temperature=1.0, max_tokens=8, seed=4)
+    s2 = b.generate(PROMPTS, n=3, temperature=1.0, max_tokens=8, seed=4)
+    assert s1 == s2
