@@ -142,19 +142,25 @@ def test_cli_json_and_table(toy: Benchmark, tmp_path: Path, monkeypatch: pytest.
         tmp_path / "p.jsonl", "\n".join(json.dumps({"question_id": k, "sql": v}) for k, v in PREDS.items())
     )
     res = CliRunner().invoke(
-        cli(), ["eval-sql", str(preds), "--benchmark", "toy", "--timeout", "0.3", "--json"]
+        cli(), ["eval-sql", str(preds), "--benchmark", "toy", "--exec-timeout", "0.3", "--json"]
     )
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert (out["overall"]["n"], out["overall"]["correct"]) == (7, 1)
     assert out["outcomes"]["missing_db"] == 1 and out["outcomes"]["no_prediction"] == 1
 
-    res = CliRunner().invoke(cli(), ["eval-sql", str(preds), "--missing", "skip", "--timeout", "0.3"])
+    res = CliRunner().invoke(
+        cli(), ["eval-sql", str(preds), "-b", "toy", "--missing", "skip", "--timeout", "0.3"]
+    )
     assert res.exit_code == 0, res.output
-    assert "EX on toy" in res.output and "16.67" in res.output  # 1 of 6: the missing-db question left out
+    assert "--timeout is deprecated" in res.output  # the old spelling still works
+    assert "EX on toy (bird rule)" in res.output and "16.67" in res.output
+    assert "set equality of result rows (BIRD official)" in " ".join(
+        res.output.split()
+    )  # 1 of 6: the missing-db question left out
     assert "skipped (missing database)" in res.output
 
-    res = CliRunner().invoke(cli(), ["eval-sql", str(preds), "--missing", "error"])
+    res = CliRunner().invoke(cli(), ["eval-sql", str(preds), "-b", "toy", "--missing", "error"])
     assert res.exit_code == 2 and "absent" in res.output
 
 
@@ -163,10 +169,10 @@ def test_cli_bad_input_exits_2_naming_the_line(
 ) -> None:
     monkeypatch.setattr(matsql.benchmarks, "load_benchmark", lambda name, root=None: toy, raising=False)
     bad = write(tmp_path / "broken.jsonl", '{"question_id": "toy-0", "sql": "SELECT 1"}\nnot json\n')
-    res = CliRunner().invoke(cli(), ["eval-sql", str(bad)])
+    res = CliRunner().invoke(cli(), ["eval-sql", str(bad), "-b", "toy", "--strict"])
     assert res.exit_code == 2 and "broken.jsonl:2" in res.output
-    res = CliRunner().invoke(cli(), ["eval-sql", str(bad), "--mode", "exact"])
-    assert res.exit_code == 2 and "--mode" in res.output
+    res = CliRunner().invoke(cli(), ["eval-sql", str(bad), "-b", "toy", "--ex", "exact"])
+    assert res.exit_code == 2 and "--ex" in res.output
 
 
 def test_cli_on_bird_minidev_gold_scores_all_runnable(tmp_path: Path) -> None:
@@ -180,9 +186,106 @@ def test_cli_on_bird_minidev_gold_scores_all_runnable(tmp_path: Path) -> None:
     bench = matsql.benchmarks.load_benchmark("bird-minidev", root=root)
     preds = {str(i): f"{qq.gold_sql}{BIRD_SEPARATOR}{qq.db_id}" for i, qq in enumerate(bench.questions)}
     path = write(tmp_path / "predict_dev.json", json.dumps(preds))
-    res = CliRunner().invoke(cli(), ["eval-sql", str(path), "--data", str(root), "--json"])
+    res = CliRunner().invoke(
+        cli(), ["eval-sql", str(path), "-b", "bird-minidev", "--data", str(root), "--json"]
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["overall"]["n"] == len(bench.questions)
     assert out["overall"]["correct"] == len(bench.runnable) > 0
     assert out["outcomes"]["missing_db"] == len(bench.missing)
+
+
+PEOPLE = "CREATE TABLE p (name TEXT, age INTEGER); INSERT INTO p VALUES ('ann', 30), ('bob', 40), ('cy', 20);"
+
+
+@pytest.fixture
+def spider(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Benchmark:
+    """A two-question benchmark named spider-dev (load_benchmark patched to return it)."""
+    (tmp_path / "dbs" / "people").mkdir(parents=True)
+    make_db(tmp_path / "dbs" / "people" / "people.sqlite", PEOPLE)
+    qs = [
+        Question(
+            question_id=f"spider-dev-{i}", db_id="people", question="q", gold_sql=gold, difficulty="easy"
+        )
+        for i, gold in enumerate(["SELECT name FROM p ORDER BY age DESC", "SELECT count(*) FROM p"])
+    ]
+    bench = Benchmark("spider-dev", qs, tmp_path / "dbs")
+    monkeypatch.setattr(matsql.benchmarks, "load_benchmark", lambda name, root=None: bench, raising=False)
+    return bench
+
+
+def _jsonl(path: Path, rows: list) -> Path:
+    return write(path, "\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+
+
+def test_spider_is_scored_by_its_official_rule_by_default(spider: Benchmark, tmp_path: Path) -> None:
+    preds = _jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"question_id": "spider-dev-0", "sql": "SELECT name FROM p ORDER BY age ASC"},
+            {"question_id": "spider-dev-1", "sql": "SELECT count(*) FROM p"},
+        ],
+    )
+    res = CliRunner().invoke(cli(), ["eval-sql", str(preds), "--json"])  # benchmark from the ids
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["benchmark"] == "spider-dev" and out["mode"] == "spider" and out["official_rule"] is True
+    assert "Spider official" in out["rule"]
+    assert out["per_question"] == {"spider-dev-0": "wrong", "spider-dev-1": "correct"}
+    # BIRD's set rule on spider is allowed, but the report says it is not the official one
+    res = CliRunner().invoke(cli(), ["eval-sql", str(preds), "-b", "spider-dev", "--ex", "bird", "--json"])
+    out = json.loads(res.output)
+    assert out["per_question"]["spider-dev-0"] == "correct" and out["official_rule"] is False
+    assert "NOT spider-dev's official rule" in out["rule"]
+    res = CliRunner().invoke(cli(), ["eval-sql", str(preds)])
+    text = " ".join(res.output.split())
+    assert "EX on spider-dev (spider rule)" in text and "EX rule: spider rule:" in text
+    assert "(Spider official)" in text
+
+
+def test_a_file_that_does_not_name_its_benchmark_needs_b(spider: Benchmark, tmp_path: Path) -> None:
+    bird_json = write(tmp_path / "predict_dev.json", json.dumps({"0": "SELECT 1"}))
+    res = CliRunner().invoke(cli(), ["eval-sql", str(bird_json)])
+    assert res.exit_code == 2 and "pass -b" in res.output
+    raw_ids = _jsonl(tmp_path / "raw.jsonl", [{"question_id": 0, "sql": "SELECT 1"}])
+    assert CliRunner().invoke(cli(), ["eval-sql", str(raw_ids)]).exit_code == 2
+    other = _jsonl(tmp_path / "other.jsonl", [{"question_id": "bird-dev-3", "sql": "SELECT 1"}])
+    res = CliRunner().invoke(cli(), ["eval-sql", str(other), "-b", "spider-dev"])
+    assert res.exit_code == 2 and "bird-dev's" in res.output
+
+
+def test_bad_lines_are_named_and_the_rest_scored_or_refused(spider: Benchmark, tmp_path: Path) -> None:
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(
+        b'{"question_id": "spider-dev-1", "sql": "SELECT count(*) FROM p"}\n'
+        b'{"question_id": "spider-dev-0", "sql": \n'
+        b'{"question_id": "spider-dev-0", "sql": "SELECT \xff"}\n'
+        b'{"question_id": "spider-dev-9", "sql": "SELECT 1"}\n'
+    )
+    res = CliRunner().invoke(cli(), ["eval-sql", str(path), "-b", "spider-dev", "--json"])
+    assert res.exit_code == 0, res.output
+    assert "bad line(s) left unscored: 2, 3, 4" in res.output.replace("\n", " ")
+    assert f"{path}:3: not UTF-8 (byte 0xff at column" in res.output.replace("\n", "")
+    out = json.loads(res.output[res.output.index("{\n") :])
+    assert out["per_question"] == {"spider-dev-0": "no_prediction", "spider-dev-1": "correct"}
+    assert len(out["bad_lines"]) == 3
+    res = CliRunner().invoke(cli(), ["eval-sql", str(path), "-b", "spider-dev", "--strict"])
+    assert res.exit_code == 2 and "3 bad line(s): 2, 3, 4" in " ".join(res.output.split())
+
+
+def test_outcomes_file_is_what_compare_reads(spider: Benchmark, tmp_path: Path) -> None:
+    import gzip
+
+    from matsql.evaluate.outcomes import load_rows
+
+    picks = tmp_path / "picks.jsonl.gz"  # a selector's picks file: question_id + sql + more
+    with gzip.open(picks, "wt") as fh:
+        for i, sql in enumerate(["SELECT name FROM p ORDER BY age DESC", "SELECT 0"]):
+            fh.write(json.dumps({"question_id": f"spider-dev-{i}", "sql": sql, "candidate_index": 0}) + "\n")
+    out = tmp_path / "outcomes.jsonl"
+    res = CliRunner().invoke(cli(), ["eval-sql", str(picks), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = {r.question_id: r for r in load_rows(out)}
+    assert {q: r.correct for q, r in rows.items()} == {"spider-dev-0": 1.0, "spider-dev-1": 0.0}
+    assert rows["spider-dev-1"].db_id == "people" and rows["spider-dev-1"].extra["rule"] == "spider"

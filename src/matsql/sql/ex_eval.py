@@ -16,6 +16,27 @@ from matsql.records import Question
 from matsql.sql.execute import ExecResult
 from matsql.sql.executor import results_match
 
+RULES = {
+    "bird": "set equality of result rows (BIRD official)",
+    "spider": "rows as a bag, columns in any order, row order when the gold query has ORDER BY "
+    "(Spider official)",
+}
+
+
+def official_rule(benchmark: str) -> str:
+    """The EX rule a benchmark's own evaluation script applies: ``spider`` for Spider (and its
+    variants), ``bird`` (set equality) for BIRD and the built-in minibench."""
+    return "spider" if benchmark.startswith("spider") else "bird"
+
+
+def rule_label(mode: str, benchmark: str) -> str:
+    """``spider rule: ... (Spider official)``, saying when it is not the benchmark's own rule."""
+    label = f"{mode} rule: {RULES.get(mode, mode)}"
+    if mode != official_rule(benchmark):
+        label += f"; NOT {benchmark}'s official rule ({official_rule(benchmark)})"
+    return label
+
+
 Outcome = str  # "correct" | "wrong" | "pred_error" | "pred_timeout" | "gold_failed" | "no_prediction" | "missing_db"
 
 
@@ -43,9 +64,16 @@ class ExSummary:
     n_questions: int  # in the benchmark
     n_skipped_missing_db: int  # left out by policy "skip"
     per_question: dict[str, Outcome] = field(default_factory=dict)
+    bad_lines: list[str] = field(default_factory=list)  # predictions lines that were not usable
+
+    @property
+    def rule(self) -> str:
+        return rule_label(self.mode, self.benchmark)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
+        d["rule"] = self.rule
+        d["official_rule"] = self.mode == official_rule(self.benchmark)
         d["overall"]["ex"] = self.overall.ex
         for k, s in self.by_difficulty.items():
             d["by_difficulty"][k]["ex"] = s.ex
@@ -69,11 +97,13 @@ def evaluate_predictions(
     runner: RunsSql,
     *,
     benchmark: str,
-    mode: str = "bird",
+    mode: str | None = None,
     n_questions: int | None = None,
 ) -> ExSummary:
     """Score ``questions`` (already selected by the missing-database policy). ``db_paths`` maps
-    db_id -> file for databases that exist; a question whose db_id is absent is "missing_db"."""
+    db_id -> file for databases that exist; a question whose db_id is absent is "missing_db".
+    ``mode`` defaults to the benchmark's official rule (:func:`official_rule`)."""
+    mode = mode or official_rule(benchmark)
     outcome: dict[str, Outcome] = {}
     jobs: list[Question] = []
     for q in questions:

@@ -9,13 +9,22 @@ Two formats:
   ``{"question_id": ..., "sql": ...}`` object per line (``sql`` may be null: no SQL); ``question_id`` is the
   benchmark's id (``bird-minidev-1471``) or the raw id the benchmark file uses (``1471``).
 
-Every problem raises :class:`PredictionError` naming the file and the line or key.
+A ``.gz`` file is read gunzipped (``matsql select`` writes ``picks.jsonl.gz``; its rows carry
+``question_id`` and ``sql`` too, so a selector's picks can be re-scored).
+
+A problem with the whole file raises :class:`PredictionError` naming the file and the key. A bad
+JSONL line (malformed JSON, bytes that are not UTF-8, missing fields, an unknown or repeated
+question id) is reported by its number: :func:`read_prediction_file` keeps the good lines and
+lists the bad ones (their questions count as unanswered); :func:`read_predictions` refuses the
+file, naming every bad line.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +35,64 @@ BIRD_SEPARATOR = "\t----- bird -----\t"
 
 class PredictionError(ValueError):
     """A predictions file that cannot be read or does not fit the benchmark."""
+
+
+@dataclass
+class Predictions:
+    """The predictions read from a file, and the lines that could not be used."""
+
+    sql: dict[str, str]  # question_id -> predicted SQL
+    bad_lines: list[tuple[int, str]] = field(default_factory=list)  # (line number, "path:line: why")
+
+    def refuse_bad_lines(self, path: Path, limit: int = 20) -> None:
+        if not self.bad_lines:
+            return
+        numbers = ", ".join(str(n) for n, _ in self.bad_lines)
+        shown = "\n".join(why for _, why in self.bad_lines[:limit])
+        more = f"\n... and {len(self.bad_lines) - limit} more" if len(self.bad_lines) > limit else ""
+        raise PredictionError(f"{path}: {len(self.bad_lines)} bad line(s): {numbers}\n{shown}{more}")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as fh:
+                return fh.read()
+        return path.read_bytes()
+    except (OSError, EOFError) as e:
+        raise PredictionError(f"{path}: cannot read predictions ({getattr(e, 'strerror', None) or e})") from e
+
+
+def _decode_lines(path: Path, data: bytes) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """(line number, text) of each line, and the lines that are not UTF-8, named by number."""
+    good, bad = [], []
+    for n, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            good.append((n, raw.decode("utf-8")))
+        except UnicodeDecodeError as e:
+            bad.append((n, f"{path}:{n}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"))
+    return good, bad
+
+
+def sniff_benchmark(path: Path, names: Sequence[str]) -> str | None:
+    """The benchmark a JSONL predictions file names through its question ids (``spider-dev-12``
+    -> ``spider-dev``), or None when the ids do not say (BIRD JSON, raw ids)."""
+    try:
+        lines, _ = _decode_lines(path, _read_bytes(path))
+    except PredictionError:
+        return None
+    ids = []
+    for _, line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("question_id"), str):
+            ids.append(row["question_id"])
+    if not ids:
+        return None
+    fits = [b for b in names if all(i.startswith(f"{b}-") and i[len(b) + 1 :].isdigit() for i in ids)]
+    return max(fits, key=len) if fits else None
 
 
 def _is_bird_json(path: Path, text: str) -> bool:
@@ -40,14 +107,23 @@ def _is_bird_json(path: Path, text: str) -> bool:
 
 
 def read_predictions(path: Path, questions: Sequence[Question], benchmark: str = "") -> dict[str, str]:
-    """question_id -> predicted SQL, checked against ``questions`` (the benchmark's file order)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise PredictionError(f"{path}: cannot read predictions ({e.strerror or e})") from e
-    if _is_bird_json(path, text):
-        return _read_bird_json(path, json.loads(text), questions)
-    return _read_jsonl(path, text, questions, benchmark)
+    """question_id -> predicted SQL, checked against ``questions`` (the benchmark's file order);
+    any bad line refuses the file, naming every bad line."""
+    got = read_prediction_file(path, questions, benchmark)
+    got.refuse_bad_lines(path)
+    return got.sql
+
+
+def read_prediction_file(path: Path, questions: Sequence[Question], benchmark: str = "") -> Predictions:
+    """The usable predictions of a file and its bad lines (by number)."""
+    path = Path(path)
+    data = _read_bytes(path)
+    lines, bad = _decode_lines(path, data)
+    if not bad:
+        text = "\n".join(line for _, line in lines)
+        if _is_bird_json(path, text):
+            return Predictions(_read_bird_json(path, json.loads(text), questions))
+    return _read_jsonl(path, lines, bad, questions, benchmark)
 
 
 def _read_bird_json(path: Path, data: dict[str, Any], questions: Sequence[Question]) -> dict[str, str]:
@@ -83,29 +159,41 @@ def _read_bird_json(path: Path, data: dict[str, Any], questions: Sequence[Questi
     return out
 
 
-def _read_jsonl(path: Path, text: str, questions: Sequence[Question], benchmark: str) -> dict[str, str]:
+def _read_jsonl(
+    path: Path,
+    lines: list[tuple[int, str]],
+    bad: list[tuple[int, str]],
+    questions: Sequence[Question],
+    benchmark: str,
+) -> Predictions:
     ids = {q.question_id for q in questions}
     out: dict[str, str] = {}
-    for n, line in enumerate(text.splitlines(), start=1):
+    seen: dict[str, int] = {}
+    bad = list(bad)
+    for n, line in lines:
         if not line.strip():
             continue
         where = f"{path}:{n}"
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise PredictionError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+            bad.append((n, f"{where}: malformed JSON ({e.msg} at column {e.colno})"))
+            continue
         if not isinstance(row, dict) or "question_id" not in row or "sql" not in row:
-            raise PredictionError(
-                f"{where}: expected an object with 'question_id' and 'sql', got {line[:80]!r}"
-            )
+            bad.append((n, f"{where}: expected an object with 'question_id' and 'sql', got {line[:80]!r}"))
+            continue
         raw, sql = str(row["question_id"]), row["sql"]
         qid = raw if raw in ids else f"{benchmark}-{raw}"
         if qid not in ids:
-            raise PredictionError(f"{where}: question_id {raw!r} is not in benchmark {benchmark or '?'}")
+            bad.append((n, f"{where}: question_id {raw!r} is not in benchmark {benchmark or '?'}"))
+            continue
         if sql is not None and not isinstance(sql, str):
-            raise PredictionError(f"{where}: 'sql' must be a string or null, got {type(sql).__name__}")
-        if qid in out:
-            raise PredictionError(f"{where}: a second prediction for question {qid}")
+            bad.append((n, f"{where}: 'sql' must be a string or null, got {type(sql).__name__}"))
+            continue
+        if qid in seen:
+            bad.append((n, f"{where}: a second prediction for question {qid} (first on line {seen[qid]})"))
+            continue
+        seen[qid] = n
         if sql is not None:  # null = no SQL produced: scored like a missing prediction
             out[qid] = sql
-    return out
+    return Predictions(out, sorted(bad))
