@@ -6,6 +6,7 @@ Multi-GPU: the same command under accelerate, e.g.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -162,10 +163,20 @@ def sft_data(
     selector_verdicts: bool = typer.Option(False, help="Selector options carry validator verdicts."),
     test_frac: float = typer.Option(0.05, help="Share of questions written to the test split (eval)."),
     seed: int = typer.Option(0),
+    teacher_file: Path | None = typer.Option(
+        None,
+        "--teacher",
+        help="Team file whose `teacher` entry (any backend) writes the validators' critique text; "
+        "verdicts stay execution-grounded. Default: the rule-based teacher.",
+    ),
+    teacher_resamples: int = typer.Option(
+        3, help="--teacher: resample a critique that disagrees with execution up to N times, then fall back."
+    ),
 ) -> None:
     """Build SFT datasets (TRL prompt-completion) for one agent or all."""
     from matsql.benchmarks import load_benchmark
     from matsql.train import sft_data as sd
+    from matsql.train import teacher as tch
     from matsql.train.data import split_groups
 
     agents = list(sd.SFT_AGENTS) if agent == "all" else [agent]
@@ -181,38 +192,91 @@ def sft_data(
             )
         _console.print("[yellow]no --rollouts: building planner data only[/yellow]")
         agents = ["planner"]
+    llm_agents = [a for a in agents if a in tch.AGENTS]
+    llm = None
+    if teacher_file is not None:
+        if not llm_agents:
+            raise typer.BadParameter(
+                "--teacher writes validator critiques: use it with --agent val-sel, val-cond or all"
+            )
+        try:
+            spec = tch.load_teacher(teacher_file, resamples=teacher_resamples, seed=seed)
+            for a in llm_agents:
+                tch.teacher_template(a)
+        except (ValueError, FileNotFoundError) as e:
+            raise typer.BadParameter(str(e), param_hint="--teacher") from None
+        if spec.temperature == 0 and spec.resamples:
+            _console.print(
+                "[yellow]teacher temperature is 0: a resample repeats the rejected critique[/yellow]"
+            )
     bench = load_benchmark(benchmark)
-    records = []
+    records, headers = [], []
     if rollouts and need_rollouts:
         from matsql.labels.io import read_rollouts
 
-        records, _ = read_rollouts(rollouts)
+        records, headers = read_rollouts(rollouts)
+    if teacher_file is not None and records:
+        from matsql.backends.registry import make_backend
+
+        try:
+            llm = (make_backend(spec.backend, agent="teacher"), spec)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--teacher") from None
+        _console.print(f"teacher: {spec.model_id} (up to {spec.resamples} resamples per critique)")
     cap = max_per_question or None
     summary: dict[str, dict] = {}
-    for a in agents:
-        if a == "planner":
-            built = sd.planner_examples(bench.runnable, bench.schema_text)
-        elif a in ("val-sel", "val-cond"):
-            built = sd.validator_examples(
-                records, bench.schema_text, a, max_per_question=cap, correct_ratio=correct_ratio, seed=seed
-            )
-        elif a == "fixer":
-            built = sd.fixer_examples(
-                records,
-                bench.schema_text,
-                critiques=fixer_critiques,  # type: ignore[arg-type]
-                keep_correct=keep_correct,
-                max_per_question=cap,
-                seed=seed,
-            )
-        else:
-            built = sd.selector_examples(
-                records, bench.schema_text, with_verdicts=selector_verdicts, seed=seed
-            )
-        groups = [{"group": r["question_id"]} for r in built.rows]
-        _, held = split_groups(groups, test_frac, seed)
-        counts = sd.write_sft(built.rows, out, a, {g["group"] for g in held})
-        summary[a] = {"rows": counts, "skipped": dict(built.skipped)}
-        _console.print(f"{a}: {counts} -> {out / a} (skipped: {dict(built.skipped) or 'none'})")
+    try:
+        for a in agents:
+            if a == "planner":
+                built = sd.planner_examples(bench.runnable, bench.schema_text)
+            elif a in ("val-sel", "val-cond"):
+                built = sd.validator_examples(
+                    records,
+                    bench.schema_text,
+                    a,
+                    max_per_question=cap,
+                    correct_ratio=correct_ratio,
+                    seed=seed,
+                    llm=llm,
+                )
+            elif a == "fixer":
+                built = sd.fixer_examples(
+                    records,
+                    bench.schema_text,
+                    critiques=fixer_critiques,  # type: ignore[arg-type]
+                    keep_correct=keep_correct,
+                    max_per_question=cap,
+                    seed=seed,
+                )
+            else:
+                built = sd.selector_examples(
+                    records, bench.schema_text, with_verdicts=selector_verdicts, seed=seed
+                )
+            groups = [{"group": r["question_id"]} for r in built.rows]
+            _, held = split_groups(groups, test_frac, seed)
+            counts = sd.write_sft(built.rows, out, a, {g["group"] for g in held})
+            summary[a] = {"rows": counts, "skipped": dict(built.skipped)}
+            if built.teacher is not None:
+                summary[a]["teacher"] = built.teacher.as_dict()
+                _console.print(f"{a} teacher: {built.teacher.line()}", soft_wrap=True)  # one greppable line
+            _console.print(f"{a}: {counts} -> {out / a} (skipped: {dict(built.skipped) or 'none'})")
+    finally:
+        close = getattr(llm[0], "close", None) if llm is not None else None
+        if callable(close):  # a served teacher's connections; other backends may have nothing to close
+            close()
     meta = {"benchmark": benchmark, "rollouts": [str(p) for p in rollouts], "seed": seed, "agents": summary}
+    if llm is not None:
+        meta["teacher"] = {"source": str(teacher_file), **llm[1].identity(llm_agents)}
+        settings = {
+            "agents": agents,
+            "rollout_configs": sorted({h.config_hash for h in headers}),
+            "max_per_question": cap,
+            "correct_ratio": correct_ratio,
+            "keep_correct": keep_correct,
+            "fixer_critiques": fixer_critiques,
+            "selector_verdicts": selector_verdicts,
+            "test_frac": test_frac,
+        }
+        blob = json.dumps({**{k: v for k, v in meta.items() if k != "agents"}, **settings}, sort_keys=True)
+        meta["config_hash"] = hashlib.sha256(blob.encode()).hexdigest()[:16]
     (out / "sft_data.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

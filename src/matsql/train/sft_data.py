@@ -9,7 +9,9 @@ prompts cannot drift apart; the student prompt never contains the gold SQL.
 
 - planner: question -> plan (Goal/Conditions/Tables derived from gold SQL) + gold SQL.
 - val-sel / val-cond: teacher critiques (:mod:`matsql.train.teacher`) of REAL planner samples
-  from rollouts, with their execution results; optional correct/incorrect balance.
+  from rollouts, with their execution results; optional correct/incorrect balance. The text is
+  rule-based by default; with an LLM teacher the model writes it (verdict still from execution)
+  and each row names its teacher in ``TEACHER_COLUMNS``.
 - fixer: candidate + critiques -> gold SQL for wrong candidates; a share of correct candidates
   is kept unchanged (so the fixer learns to leave right SQL alone). Critiques are the rollout's
   sampled ones when present (E1: varied, sometimes wrong) or the teacher's.
@@ -34,7 +36,7 @@ from typing import Any, Literal
 import yaml
 
 from matsql.agents import fixer, planner, selector, validator
-from matsql.backends.base import ChatPrompt
+from matsql.backends.base import Backend, ChatPrompt
 from matsql.fileio import replace_dataset_dir
 from matsql.records import Candidate, Critique, ExecInfo, Question, RolloutRecord
 from matsql.train import teacher
@@ -43,12 +45,15 @@ from matsql.train.sqlparts import parse_parts, tables_and_columns
 SchemaFn = Callable[[str], str]
 SFT_AGENTS = ("planner", "val-sel", "val-cond", "fixer", "selector")
 INFO_COLUMNS = ("question_id", "db_id", "agent", "label", "reason")
+# written only by an LLM teacher run, so the rule-based default's datasets stay as they were
+TEACHER_COLUMNS = ("teacher", "teacher_template", "teacher_seed")
 
 
 @dataclass
 class Built:
     rows: list[dict[str, Any]] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)  # reason -> count, reported by the CLI
+    teacher: teacher.TeacherReport | None = None  # set when an LLM teacher wrote the critiques
 
 
 @cache
@@ -180,10 +185,15 @@ def validator_examples(
     max_per_question: int | None = 4,
     correct_ratio: float | None = None,
     seed: int = 0,
+    llm: tuple[Backend, teacher.LLMTeacher] | None = None,
 ) -> Built:
+    """Teacher critiques of distinct planner samples. With ``llm`` (a backend and its teacher
+    entry) the model rewrites the text of the rows kept after balancing (labels come from
+    execution, so balancing first asks the model only for rows that stay)."""
     if agent not in teacher.AGENTS:
         raise ValueError(f"unknown validator {agent!r}")
     out = Built()
+    jobs: dict[int, teacher.TeacherJob] = {}  # id(row) -> what the LLM teacher needs for it
     for rec in records:
         q = rec.question
         cands = _distinct_candidates(rec)
@@ -199,12 +209,33 @@ def validator_examples(
                 break
             prompt = validator.build(agent, q, schema(q.db_id), c.planner.sql, c.exec)
             out.rows.append(row(prompt, tc.text, q, agent, label=tc.verdict, reason=tc.reason))
+            if llm is not None:
+                tp = teacher.teacher_prompt(
+                    agent, q, schema(q.db_id), c.planner.sql, c.exec, rec.gold_exec, tc.verdict
+                )
+                jobs[id(out.rows[-1])] = teacher.TeacherJob(agent, tp, tc)
             taken += 1
     before = len(out.rows)
     out.rows = balance(out.rows, correct_ratio, seed)
     if before > len(out.rows):
         out.skipped["balance"] += before - len(out.rows)
+    if llm is not None:
+        backend, spec = llm
+        written, out.teacher = teacher.write_critiques(backend, spec, [jobs[id(r)] for r in out.rows])
+        out.rows = [_with_teacher(r, w) for r, w in zip(out.rows, written, strict=True)]
     return out
+
+
+def _with_teacher(r: dict[str, Any], w: teacher.Written) -> dict[str, Any]:
+    """A rule-based row rewritten with the critique ``w`` and the teacher that wrote it."""
+    return {
+        **r,
+        "completion": [{"role": "assistant", "content": r["prefix"] + w.text}],
+        "reason": w.reason,
+        "teacher": w.teacher,
+        "teacher_template": w.template,
+        "teacher_seed": "" if w.seed is None else str(w.seed),
+    }
 
 
 # ---------------------------------------------------------------- fixer
@@ -339,6 +370,7 @@ def write_sft(
             "completion": msgs,
             "prefix": Value("string"),
             **{c: Value("string") for c in INFO_COLUMNS},
+            **{c: Value("string") for c in TEACHER_COLUMNS if any(c in r for r in rows)},
         }
     )
     test_ids = test_ids or set()

@@ -9,19 +9,40 @@ correct candidate that differs in form is described as equivalent; a wrong candi
 difference in the validator's area gets a critique that says so and still concludes
 ``incorrect`` (that is what independent labelling rewards). Phrases live in
 ``templates/teacher.yaml``; the format is :func:`matsql.agents.validator.render_target`.
+
+An LLM teacher (issue 21, ``matsql train sft-data --teacher AGENTS.yaml``) can write the text
+instead: any backend from :func:`matsql.backends.registry.make_backend`, prompted by the
+versioned template ``templates/teacher-llm-<agent>.yaml`` with both execution results and the
+execution verdict. The verdict never comes from the model: a critique whose ``Conclude:``
+disagrees with execution (or that has none, or that names the hidden reference) is resampled up
+to ``resamples`` times, then replaced by the rule-based critique, and :class:`TeacherReport`
+counts both.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from matsql.agents import validator
+from matsql.agents.execution import render_execution
+from matsql.agents.parsing import _CONCLUDE
+from matsql.agents.templates import Template
 from matsql.agents.validator import render_target
-from matsql.records import ExecInfo
+from matsql.backends.base import Backend, ChatPrompt
+from matsql.records import ExecInfo, Question
+from matsql.team import AgentSpec
 from matsql.train.sqlparts import Item, Parts, aggregate_of, parse_parts
 
 AGENTS = ("val-sel", "val-cond")
@@ -220,3 +241,317 @@ def critiques(
         if tc is not None:
             out[agent] = tc
     return out
+
+
+# ---------------------------------------------------------------- LLM teacher (issue 21)
+
+RULE_TEACHER = "rule-based"  # what a row written by the rule-based teacher names as its teacher
+TEMPLATE_FIELDS = frozenset(
+    {"schema", "question", "evidence", "sql", "execution", "gold_sql", "gold_execution", "verdict", "outcome"}
+)
+OUTCOMES = ("same", "different", "failed")
+
+
+class _TemplateFile(BaseModel):
+    """Schema of ``templates/teacher-llm-<agent>.yaml``."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(ge=1)
+    system: str = ""
+    user: str
+    prefix: str
+    stop: list[str] = Field(default_factory=list)
+    outcomes: dict[Literal["same", "different", "failed"], str]
+    reject_if_contains: list[str] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TeacherTemplate:
+    name: str  # "teacher-llm-val-sel"
+    version: int
+    digest: str  # of the file's text: the config hash covers edits that forgot to bump version
+    template: Template
+    outcomes: dict[str, str]
+    stop: tuple[str, ...]
+    reject_if_contains: tuple[str, ...]
+
+    @property
+    def id(self) -> str:
+        """What each example records as its template: ``name@vN``."""
+        return f"{self.name}@v{self.version}"
+
+
+def parse_teacher_template(name: str, text: str, agent: str) -> TeacherTemplate:
+    """Validate a teacher template's text: schema, known fields only, the student's prefix."""
+    try:
+        f = _TemplateFile.model_validate(yaml.safe_load(text))
+    except (ValidationError, yaml.YAMLError) as e:
+        raise ValueError(f"teacher template {name}: {e}") from e
+    used = {fld for _, fld, _, _ in string.Formatter().parse(f.user) if fld is not None}
+    if unknown := used - TEMPLATE_FIELDS:
+        raise ValueError(
+            f"teacher template {name}: unknown fields {sorted(unknown)}; known {sorted(TEMPLATE_FIELDS)}"
+        )
+    if missing := set(OUTCOMES) - set(f.outcomes):
+        raise ValueError(f"teacher template {name}: outcomes lack {sorted(missing)}")
+    if f.prefix != validator.prefix(agent):
+        raise ValueError(
+            f"teacher template {name}: prefix {f.prefix!r} is not {agent}'s {validator.prefix(agent)!r} "
+            "(the critique becomes the student's completion after that prefix)"
+        )
+    return TeacherTemplate(
+        name=name,
+        version=f.version,
+        digest=hashlib.sha256(text.encode("utf-8")).hexdigest()[:16],
+        template=Template(name, f.version, f.system, f.user, f.prefix, {}),
+        outcomes=dict(f.outcomes),
+        stop=tuple(f.stop),
+        reject_if_contains=tuple(s.lower() for s in f.reject_if_contains),
+    )
+
+
+@cache
+def teacher_template(agent: str) -> TeacherTemplate:
+    """The shipped prompt template of the LLM teacher for ``agent``."""
+    if agent not in AGENTS:
+        raise ValueError(f"unknown validator {agent!r}; expected one of {AGENTS}")
+    name = f"teacher-llm-{agent}"
+    path = resources.files("matsql.train").joinpath("templates", f"{name}.yaml")
+    return parse_teacher_template(name, path.read_text(encoding="utf-8"), agent)
+
+
+def teacher_prompt(
+    agent: str,
+    q: Question,
+    schema: str,
+    cand_sql: str | None,
+    cand_exec: ExecInfo | None,
+    gold_exec: ExecInfo,
+    verdict: str,
+) -> ChatPrompt:
+    """The teacher's prompt: the student's view plus the reference, both results and the verdict."""
+    tpl = teacher_template(agent)
+    if verdict == "correct":
+        outcome = tpl.outcomes["same"]
+    elif cand_exec is None or not cand_exec.ok:
+        outcome = tpl.outcomes["failed"]
+    else:
+        outcome = tpl.outcomes["different"]
+    return tpl.template.prompt(
+        schema=schema,
+        question=q.question,
+        evidence=q.evidence or "None",
+        sql=cand_sql or "",
+        execution=render_execution(cand_exec),
+        gold_sql=q.gold_sql.strip().rstrip(";"),
+        gold_execution=render_execution(gold_exec),
+        verdict=verdict,
+        outcome=outcome,
+    )
+
+
+_CONCLUDE_AT = re.compile(r"(?:\*\*|__)?conclude\s*:", re.IGNORECASE)  # markdown bold too
+
+
+def accept(text: str, verdict: str, tpl: TeacherTemplate) -> tuple[str | None, str]:
+    """``(target, "ok")`` for a teacher completion that concludes ``verdict``, else ``(None, why)``.
+
+    The target is the text before the first ``Conclude:`` re-rendered in the trained format, so
+    whatever the model wrote after its verdict never reaches the student.
+    """
+    m = _CONCLUDE_AT.search(text)
+    if m is None:
+        return None, "no_verdict"
+    said = {v.lower() for v in _CONCLUDE.findall(text[m.start() :])}
+    if not said:
+        return None, "no_verdict"
+    if said != {verdict}:
+        return None, "disagree"
+    body = text[: m.start()].strip()
+    if not body:
+        return None, "empty"
+    low = body.lower()
+    if any(s in low for s in tpl.reject_if_contains):
+        return None, "mentions_reference"
+    return render_target(body, verdict), "ok"
+
+
+@dataclass(frozen=True)
+class LLMTeacher:
+    """A teacher entry of a team file: the backend settings and decoding, and how to resample."""
+
+    backend: dict[str, Any]  # the entry for make_backend
+    model_id: str  # what examples record as their teacher, e.g. "openai:http://node1:8000/qwen72b"
+    temperature: float = 0.7
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    resamples: int = 3
+    seed: int = 0
+    source: str = ""
+
+    def identity(self, agents: Sequence[str]) -> dict[str, Any]:
+        """Everything that decides the teacher's text (secrets left out): what the config hash covers."""
+        return {
+            "model": self.model_id,
+            "backend": {k: v for k, v in sorted(self.backend.items()) if not _secret(k)},
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "stop": list(self.stop),
+            "resamples": self.resamples,
+            "seed": self.seed,
+            "templates": {
+                a: {"id": teacher_template(a).id, "digest": teacher_template(a).digest} for a in agents
+            },
+        }
+
+
+def _secret(key: str) -> bool:
+    k = key.lower()
+    return k == "api_key" or "secret" in k or "password" in k
+
+
+def load_teacher(path: str | Path, *, resamples: int = 3, seed: int = 0) -> LLMTeacher:
+    """The teacher of a team file: ``agents: {teacher: {...}}`` or a top-level ``teacher:`` entry
+    (which leaves the file usable as a rollout team), merged over the file's ``defaults``."""
+    from matsql.fileio import read_yaml
+
+    path = Path(path)
+    data = read_yaml(path, "teacher file", ValueError, missing=FileNotFoundError)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping with a teacher entry")
+    in_agents = (data.get("agents") or {}).get("teacher")
+    top = data.get("teacher")
+    if (in_agents is None) == (top is None):
+        raise ValueError(
+            f"{path}: name the teacher once, as `agents: {{teacher: ...}}` or a top-level `teacher:` entry"
+        )
+    merged = {**(data.get("defaults") or {}), **(in_agents or top or {})}
+    if "n" in merged:
+        raise ValueError(
+            f"{path}: the teacher writes one critique per candidate; set --teacher-resamples, not n"
+        )
+    decoding = {k: merged.pop(k) for k in ("temperature", "max_tokens", "stop") if k in merged}
+    for key in ("adapter", "model"):
+        v = merged.get(key)
+        if isinstance(v, str) and v.startswith(("./", "../")):
+            merged[key] = str((path.parent / v).resolve())
+    if "model" not in merged:
+        raise ValueError(f"{path}: the teacher entry needs a model")
+    if resamples < 0:
+        raise ValueError(f"resamples must be >= 0, got {resamples}")
+    ident = f"{merged.get('backend', 'local')}:{AgentSpec('teacher', merged).model_id()}"
+    return LLMTeacher(
+        backend=merged,
+        model_id=ident,
+        temperature=float(decoding.get("temperature", 0.7)),
+        max_tokens=int(decoding.get("max_tokens", 256)),
+        stop=tuple(decoding.get("stop") or ()),
+        resamples=resamples,
+        seed=seed,
+        source=str(path),
+    )
+
+
+def attempt_seed(seed: int, attempt: int) -> int:
+    """The sampling seed of the teacher's ``attempt``-th try (0 = first): a fresh draw per resample."""
+    return int(hashlib.sha256(f"teacher:{seed}:{attempt}".encode()).hexdigest()[:8], 16)
+
+
+@dataclass(frozen=True)
+class TeacherJob:
+    agent: str
+    prompt: ChatPrompt  # the teacher's prompt (teacher_prompt)
+    rule: TeacherCritique  # the execution verdict, and the text to fall back on
+
+
+@dataclass(frozen=True)
+class Written:
+    """One critique as it goes into the dataset, with the teacher that wrote it."""
+
+    text: str
+    verdict: str
+    reason: str  # "llm", or "fallback:<rule reason>" when the rule-based teacher stepped in
+    teacher: str
+    template: str
+    seed: int | None  # the sampling seed of the accepted attempt; None for the rule-based text
+    attempts: int
+
+
+@dataclass
+class TeacherReport:
+    """How the LLM teacher fared: printed by the CLI and kept in the dataset's summary."""
+
+    critiques: int = 0
+    first_try: int = 0
+    resamples: int = 0  # extra generations asked after a rejected critique
+    recovered: int = 0  # critiques accepted after resampling
+    fallbacks: int = 0  # critiques replaced by the rule-based one
+    rejected: Counter = field(default_factory=Counter)  # why: disagree, no_verdict, empty, mentions_reference
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "critiques": self.critiques,
+            "first_try": self.first_try,
+            "resamples": self.resamples,
+            "recovered": self.recovered,
+            "fallbacks": self.fallbacks,
+            "rejected": dict(sorted(self.rejected.items())),
+        }
+
+    def line(self) -> str:
+        why = ", ".join(f"{k} {v}" for k, v in sorted(self.rejected.items())) or "none"
+        return (
+            f"{self.critiques} critiques: {self.first_try} accepted first try, {self.resamples} resamples "
+            f"({self.recovered} recovered), {self.fallbacks} fallbacks to rule-based; rejected: {why}"
+        )
+
+
+def write_critiques(
+    backend: Backend, teacher: LLMTeacher, jobs: Sequence[TeacherJob]
+) -> tuple[list[Written], TeacherReport]:
+    """The teacher's critique for each job: one batched call per attempt over the jobs still
+    open; jobs with no acceptable critique after ``teacher.resamples`` resamples fall back."""
+    report = TeacherReport(critiques=len(jobs))
+    out: list[Written | None] = [None] * len(jobs)
+    open_ = list(range(len(jobs)))
+    for attempt in range(teacher.resamples + 1):
+        if not open_:
+            break
+        if attempt:
+            report.resamples += len(open_)
+        seed = attempt_seed(teacher.seed, attempt)
+        by_stop: dict[tuple[str, ...], list[int]] = {}
+        for i in open_:  # templates may differ in stop strings; the teacher's own are added
+            by_stop.setdefault(teacher.stop + teacher_template(jobs[i].agent).stop, []).append(i)
+        still = []
+        for stop, idx in by_stop.items():
+            texts = backend.generate(
+                [jobs[i].prompt for i in idx],
+                n=1,
+                temperature=teacher.temperature,
+                max_tokens=teacher.max_tokens,
+                stop=list(stop) or None,
+                seed=seed,
+            )
+            for i, t in zip(idx, texts, strict=True):
+                job = jobs[i]
+                tpl = teacher_template(job.agent)
+                target, why = accept(t[0], job.rule.verdict, tpl)
+                if target is None:
+                    report.rejected[why] += 1
+                    still.append(i)
+                    continue
+                out[i] = Written(target, job.rule.verdict, "llm", teacher.model_id, tpl.id, seed, attempt + 1)
+                if attempt:
+                    report.recovered += 1
+                else:
+                    report.first_try += 1
+        open_ = sorted(still)
+    rule_id = f"teacher@v{phrases()['version']}"
+    for i in open_:
+        r = jobs[i].rule
+        out[i] = Written(
+            r.text, r.verdict, f"fallback:{r.reason}", RULE_TEACHER, rule_id, None, teacher.resamples + 1
+        )
+    report.fallbacks = len(open_)
+    return [w for w in out if w is not None], report
