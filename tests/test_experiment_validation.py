@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,139 @@ def test_one_stop_string_stays_one_and_real_agents_files_load():
     root = Path(__file__).resolve().parents[1] / "experiments" / "agents"
     for f in sorted(root.glob("*.yaml")):
         assert load_team(f).agents, f
+
+
+class RecordingJob:
+    def __init__(self, n: int, fn, args):
+        self.job_id = str(n)
+        self.fn, self.args = fn, args
+
+    def result(self):
+        argv = self.args[0]
+        out = argv[argv.index("--out") + 1] if "--out" in argv else None
+        if "--shard" in argv:  # a rollout shard: one record for this shard's question
+            i = argv[argv.index("--shard") + 1].split("/")[0]
+            Path(out).write_text(json.dumps({"question": {"question_id": f"q{i}"}, "candidates": []}) + "\n")
+        elif out:
+            Path(out).write_text("done")
+        else:  # train sft RECIPE --set output_dir=OUT
+            out = next(a.split("=", 1)[1] for a in argv if a.startswith("output_dir="))
+            Path(out).mkdir(parents=True, exist_ok=True)
+
+
+class RecordingCluster:
+    """Stands in for submitit's AutoExecutor: records each job's parameters and command in
+    ``jobs`` (shared by every executor made from one recorder)."""
+
+    def __init__(self, jobs: list | None = None):
+        self.params: dict = {}
+        self.jobs: list[tuple[dict, list[str], bool]] = (
+            [] if jobs is None else jobs
+        )  # (parameters, argv, in array)
+        self._in_batch = False
+
+    def factory(self):
+        return lambda: RecordingCluster(self.jobs)
+
+    def update_parameters(self, **kw):
+        self.params.update(kw)
+
+    def submit(self, fn, *args):
+        self.jobs.append((dict(self.params), list(args[0]), self._in_batch))
+        return RecordingJob(len(self.jobs), fn, args)
+
+    def batch(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def cm():
+            self._in_batch = True
+            yield
+            self._in_batch = False
+
+        return cm()
+
+
+def test_slurm_jobs_ask_for_what_each_stage_declares(tmp_path):
+    from matsql.experiment.executors import SlurmExecutor
+
+    raw = {
+        "name": "gpu",
+        "slurm": {"account": "proj1", "partition": "gpu", "constraint": "h100"},
+        "stages": {
+            "eval": {
+                "resources": {"shards": 3, "gpus": 1, "cpus": 8, "mem_gb": 64, "time_min": 90},
+                "cmd": "rollout --benchmark spider-dev --agents a.yaml --out ${out}",
+                "out": "${run_dir}/eval.jsonl",
+            },
+            "sft": {
+                "needs": ["eval"],
+                "resources": {"processes": 4, "time_min": 240, "slurm": {"qos": "long"}},
+                "cmd": "train sft r.yaml --set output_dir=${out}",
+            },
+            "labels": {"needs": ["eval"], "cmd": "labels build --rollouts ${stages.eval.out} --out ${out}"},
+        },
+    }
+    plan = parse_plan(raw, source="gpu.yaml", overrides={"run_dir": str(tmp_path / "run")})
+    cluster = RecordingCluster()
+    ex = SlurmExecutor(
+        tmp_path / "slurm", env=plan.env, make_executor=cluster.factory(), **{**plan.slurm, "qos": "normal"}
+    )
+    assert run_plan(plan, ex) == {"eval": "ran", "sft": "ran", "labels": "ran"}
+    by_stage: dict[str, list] = {}
+    for params, argv, in_array in cluster.jobs:
+        by_stage.setdefault(params["name"], []).append((params, argv, in_array))
+    assert set(by_stage) == {"vl-eval", "vl-sft", "vl-labels"}  # the default job name prefix is vl
+    shards = by_stage["vl-eval"]
+    assert len(shards) == 3 and all(in_array for _, _, in_array in shards)
+    p = shards[0][0]
+    assert (p["gpus_per_node"], p["cpus_per_task"], p["mem_gb"], p["timeout_min"]) == (1, 8, 64.0, 90)
+    assert (p["slurm_account"], p["slurm_partition"], p["slurm_qos"]) == ("proj1", "gpu", "normal")
+    assert p["slurm_constraint"] == "h100"
+    assert p["slurm_array_parallelism"] == 3
+    assert [a[a.index("--shard") + 1] for _, a, _ in shards] == ["0/3", "1/3", "2/3"]
+    assert (tmp_path / "run" / "eval.jsonl").read_text().count("question_id") == 3  # shards merged
+    (sp, sargv, s_array) = by_stage["vl-sft"][0]
+    assert len(by_stage["vl-sft"]) == 1 and not s_array
+    assert sp["gpus_per_node"] == 4 and sp["timeout_min"] == 240 and sp["slurm_qos"] == "long"
+    assert sargv[2:6] == ["accelerate.commands.launch", "--num_processes", "4", "--multi_gpu"]
+    lp = by_stage["vl-labels"][0][0]  # runs after sft: its GPUs must not leak into this job
+    assert "gpus_per_node" not in lp and lp["slurm_account"] == "proj1"
+    assert lp["timeout_min"] == SlurmExecutor.DEFAULT_TIME_MIN
+
+
+def test_slurm_options_reach_the_jobs_from_the_command_line(tmp_path, monkeypatch):
+    import yaml
+
+    from matsql.cli import app
+    from matsql.experiment import executors
+
+    made: list[dict] = []
+    cluster = RecordingCluster()
+
+    class Recorder(executors.SlurmExecutor):
+        def __init__(self, folder, **kw):
+            made.append(kw)
+            super().__init__(folder, make_executor=cluster.factory(), **kw)
+
+    monkeypatch.setattr(executors, "SlurmExecutor", Recorder)
+    plan = tmp_path / "p.yaml"
+    plan.write_text(
+        yaml.safe_dump(
+            {
+                "name": "p",
+                "run_dir": str(tmp_path / "run"),
+                "slurm": {"account": "a1", "partition": "p1"},
+                "stages": {"x": {"cmd": "labels build --out ${out}"}},
+            }
+        )
+    )
+    args = ["experiment", "run", str(plan), "--executor", "slurm", "--partition", "p2", "--qos", "q"]
+    res = CliRunner().invoke(app, [*args, "--slurm", "array_parallelism=2", "--slurm", "reservation=r"])
+    assert res.exit_code == 0, res.output
+    kw = made[0]
+    assert kw["job_name"] == "vl"
+    assert (kw["account"], kw["partition"], kw["qos"], kw["array_parallelism"]) == ("a1", "p2", "q", 2)
+    params = cluster.jobs[0][0]
+    assert params["name"] == "vl-x" and params["slurm_partition"] == "p2" and params["slurm_qos"] == "q"
+    assert params["slurm_additional_parameters"] == {"reservation": "r"}  # any other sbatch option

@@ -14,11 +14,22 @@ experiment_app = typer.Typer(
 )
 
 
-def _overrides(sets: list[str]) -> dict[str, str]:
+def _scalar(text: str) -> object:
+    """A command-line value as YAML reads it (``4`` -> 4, ``true`` -> True), else the text."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, int | float | bool) else text
+
+
+def _overrides(sets: list[str], option: str = "--set") -> dict[str, str]:
     out = {}
     for s in sets:
         if "=" not in s:
-            raise typer.BadParameter(f"--set expects KEY=VALUE, got {s!r}")
+            raise typer.BadParameter(f"{option} expects KEY=VALUE, got {s!r}")
         k, v = s.split("=", 1)
         out[k.strip()] = v.strip()
     return out
@@ -78,13 +89,27 @@ def run(
     jobs: int = typer.Option(
         1, "--jobs", "-j", help="stages run at once when their inputs are done (GPUs are shared out)"
     ),
-    executor: str = typer.Option("local", "--executor", help="local | slurm"),
-    job_name: str = typer.Option("vl", "--job-name", help="SLURM job name prefix"),
-    partition: str | None = typer.Option(None, "--partition"),
+    executor: str = typer.Option(
+        "local", "--executor", help="local (subprocesses here) | slurm (submitit jobs)"
+    ),
+    job_name: str = typer.Option("vl", "--job-name", help="SLURM job name prefix (jobs are PREFIX-STAGE)"),
+    partition: str | None = typer.Option(
+        None, "--partition", help="SLURM partition (overrides the plan's slurm:)"
+    ),
+    account: str | None = typer.Option(None, "--account", help="SLURM account (overrides the plan's slurm:)"),
+    qos: str | None = typer.Option(
+        None, "--qos", help="SLURM quality of service (overrides the plan's slurm:)"
+    ),
+    slurm: list[str] = typer.Option(
+        [],
+        "--slurm",
+        help="extra SLURM parameter KEY=VALUE for every job (repeatable), e.g. --slurm constraint=h100",
+    ),
     sets: list[str] = typer.Option([], "--set", help="override run_dir or vars.NAME, e.g. --set vars.k=8"),
     keep_going: bool = typer.Option(
-        False, "--keep-going", "-k", help="after a failure, run on what does not need the failed stage"
+        False, "--keep-going", help="after a failure, run on what does not need the failed stage"
     ),
+    keep_going_old: bool = typer.Option(False, "-k", hidden=True, help="deprecated: --keep-going"),
     gpu_slots: int = typer.Option(
         1, "--gpu-slots", help="processes that may share one GPU (small models: 2-3 finish more per minute)"
     ),
@@ -101,13 +126,18 @@ def run(
     from matsql.experiment.runner import run_plan
 
     p = _load(plan, sets)
+    if keep_going_old:
+        console.print("[yellow]-k is deprecated (rollout's --k is K candidates): use --keep-going[/yellow]")
+        keep_going = True
     try:
         for line in check_study(p):
             console.print(f"[green]check[/green] {line}")
         if executor == "local":
             ex = LocalExecutor(env=p.env, gpu_slots=gpu_slots)
         elif executor == "slurm":
-            params = {"slurm_partition": partition} if partition else {}
+            cli = {"partition": partition, "account": account, "qos": qos}
+            extra = {k: _scalar(v) for k, v in _overrides(slurm, "--slurm").items()}
+            params = {**p.slurm, **extra, **{k: v for k, v in cli.items() if v}}
             ex = SlurmExecutor(p.run_dir / "slurm", job_name=job_name, env=p.env, **params)
         else:
             raise typer.BadParameter("--executor must be local or slurm")

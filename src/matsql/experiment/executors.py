@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from matsql.experiment.plan import Stage
 from matsql.gpu import ENV as GPU_SHARE_ENV
@@ -233,11 +236,74 @@ def _run_cli(argv: list[str], extra_env: dict[str, str] | None = None) -> None: 
     subprocess.run([sys.executable, "-m", "matsql.cli", *argv], check=True, env=env)
 
 
-class SlurmExecutor:
-    """One SLURM job per stage through submitit; waits for it (stages are a chain).
+def _run_argv(argv: list[str], extra_env: dict[str, str] | None = None) -> None:
+    """What a SLURM job runs: ``argv`` (``python -m matsql.cli ...`` or ``accelerate launch``)."""
+    env = {**os.environ, **(extra_env or {})}
+    subprocess.run(argv, check=True, env=env)
 
-    ``cluster="debug"`` runs the job in-process (submitit's debug executor): used by tests.
+
+#: Plan/CLI SLURM keys that submitit takes with a ``slurm_`` prefix (see ``sbatch``).
+SLURM_KEYS = (
+    "account",
+    "partition",
+    "qos",
+    "constraint",
+    "exclude",
+    "nodelist",
+    "comment",
+    "gres",
+    "mail_type",
+    "mail_user",
+    "wckey",
+    "exclusive",
+    "array_parallelism",
+    "setup",
+    "srun_args",
+    "additional_parameters",
+)
+
+
+def slurm_parameters(params: dict[str, object], where: str = "slurm") -> dict[str, object]:
+    """Plan/CLI SLURM settings -> submitit parameters: ``account`` -> ``slurm_account``;
+    submitit's own names (``timeout_min``, ``slurm_qos``) pass unchanged; any other key is an
+    extra ``#SBATCH --KEY=VALUE`` line (``slurm_additional_parameters``)."""
+    generic = ("timeout_min", "mem_gb", "nodes", "cpus_per_task", "gpus_per_node", "tasks_per_node")
+    out: dict[str, object] = {}
+    extra: dict[str, object] = {}
+    for k, v in params.items():
+        if k in generic or k.startswith("slurm_"):
+            out[k] = v
+        elif k in SLURM_KEYS:
+            out[f"slurm_{k}"] = v
+        else:
+            extra[k] = v
+    if extra:
+        merged = dict(out.get("slurm_additional_parameters") or {})  # type: ignore[call-overload]
+        out["slurm_additional_parameters"] = {**extra, **merged}
+    return out
+
+
+class SlurmExecutor:
+    """One SLURM job per stage through submitit; waits for it.
+
+    The job asks for what the stage declares in ``resources``: ``gpus`` (per job, or per shard),
+    ``cpus`` (per task), ``mem_gb``, ``time_min``. ``shards: N`` submits an array of N jobs, one
+    per shard (``--shard I/N``), and merges their files as the local executor does;
+    ``processes: N`` runs ``accelerate launch --num_processes N`` in one job with N GPUs.
+    ``params`` (the plan's ``slurm:`` mapping, then ``--slurm KEY=VALUE`` and ``--partition``
+    etc. from the command line) and the stage's ``resources.slurm`` go to every job:
+    ``account``, ``partition``, ``qos``, ``constraint``, ... or any sbatch option.
+    Jobs are named ``<job_name>-<stage>``; ``job_name`` stays ``vl`` unless changed.
+
+    A stage without ``time_min`` asks for ``timeout_min`` of the plan/CLI parameters, else
+    DEFAULT_TIME_MIN (submitit's own default, 5 minutes, would kill most stages).
+
+    Each stage gets a fresh submitit executor, so one stage's GPUs never leak into the next
+    job. ``cluster="debug"`` runs each job in-process (submitit's debug executor);
+    ``make_executor`` replaces submitit's AutoExecutor (tests pass a recorder).
     """
+
+    DEFAULT_TIME_MIN = 24 * 60
 
     def __init__(
         self,
@@ -245,30 +311,86 @@ class SlurmExecutor:
         job_name: str = "vl",
         cluster: str | None = None,
         env: dict[str, str] | None = None,
+        make_executor: Callable[[], Any] | None = None,
         **params: object,
     ):
-        import submitit
-
         self.env = dict(env or {})
-        self.ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
-        self.job_name = job_name
-        self.params = params
+        if make_executor is None:
+            import submitit
 
-    def run(self, stage: Stage, log: Path) -> None:
+            def make_executor() -> Any:
+                return submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+
+        self.make_executor = make_executor
+        self.job_name = job_name
+        self.params = dict(params)
+        self._lock = threading.Lock()  # update_parameters + submit is one step
+
+    def job_parameters(self, stage: Stage) -> dict[str, object]:
+        """submitit parameters of this stage's job(s)."""
         res = stage.resources
-        params = dict(self.params)
-        if "gpus" in res:
-            params["gpus_per_node"] = int(res["gpus"])
+        shards = int(res.get("shards", 1) or 1)
+        procs = int(res.get("processes", 1) or 1)
+        params = slurm_parameters({**self.params, **stage.slurm})
+        params["name"] = f"{self.job_name}-{stage.name}"
+        params.setdefault("timeout_min", self.DEFAULT_TIME_MIN)
+        gpus = res.get("gpus")
+        if gpus is None and procs > 1:
+            gpus = procs  # one GPU per training process
+        if gpus is not None:
+            params["gpus_per_node"] = int(gpus)
+        if "cpus" in res:
+            params["cpus_per_task"] = int(res["cpus"])
+        if "mem_gb" in res:
+            params["mem_gb"] = float(res["mem_gb"])
         if "time_min" in res:
             params["timeout_min"] = int(res["time_min"])
-        if "mem_gb" in res:
-            params["mem_gb"] = int(res["mem_gb"])
-        self.ex.update_parameters(name=f"{self.job_name}-{stage.name}", **params)
-        job = self.ex.submit(_run_cli, stage.argv, self.env)
+        params["tasks_per_node"] = 1  # one launcher per job (accelerate starts the processes)
+        params["nodes"] = 1
+        if shards > 1 and "slurm_array_parallelism" not in params:
+            params["slurm_array_parallelism"] = shards
+        return params
+
+    def commands(self, stage: Stage) -> list[list[str]]:
+        """The command of each job: one, or one per shard."""
+        shards = int(stage.resources.get("shards", 1) or 1)
+        procs = int(stage.resources.get("processes", 1) or 1)
+        py = [sys.executable, "-m"]
+        if shards > 1:
+            return [[*py, "matsql.cli", *shard_argv(stage.argv, i, shards, stage.out)] for i in range(shards)]
+        if procs > 1:
+            launch = ["accelerate.commands.launch", "--num_processes", str(procs), "--multi_gpu"]
+            return [[*py, *launch, "-m", "matsql.cli", *stage.argv]]
+        return [[*py, "matsql.cli", *stage.argv]]
+
+    def run(self, stage: Stage, log: Path) -> None:
+        params = self.job_parameters(stage)
+        cmds = self.commands(stage)
+        with self._lock:
+            ex = self.make_executor()
+            ex.update_parameters(**params)
+            if len(cmds) > 1:  # an array job: one task per shard
+                with ex.batch():
+                    jobs = [ex.submit(_run_argv, c, self.env) for c in cmds]
+            else:
+                jobs = [ex.submit(_run_argv, cmds[0], self.env)]
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("a") as f:
-            f.write(f"$ {stage.command}\nsubmitted job {job.job_id}\n")
-        try:
-            job.result()
-        except Exception as e:
-            raise StageFailed(f"stage {stage.name} (job {job.job_id}) failed: {e}") from e
+            f.write(f"$ {stage.command}\n")
+            for c, job in zip(cmds, jobs, strict=True):
+                f.write(f"submitted job {job.job_id}: {shlex.join(c[2:])}\n")
+        errors = []
+        for job in jobs:
+            try:
+                job.result()
+            except Exception as e:
+                errors.append(f"job {job.job_id}: {e}")
+        if errors:
+            raise StageFailed(f"stage {stage.name} failed: {'; '.join(errors)}")
+        if len(cmds) > 1:
+            from matsql.rollout.io import merge_rollouts
+
+            parts = [Path(f"{stage.out}.shard{i}") for i in range(len(cmds))]
+            merge_rollouts(parts, Path(stage.out))
+            for p in parts:
+                p.unlink()
