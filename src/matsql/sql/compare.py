@@ -23,7 +23,6 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from itertools import product
 from typing import Any, Literal
 
 Mode = Literal["bird", "spider"]
@@ -66,24 +65,63 @@ def _quick_reject_passes(r1: list[tuple[Any, ...]], r2: list[tuple[Any, ...]], o
     return s1 == s2 if order_matters else set(s1) == set(s2)
 
 
-def _candidate_permutations(
-    r1: list[tuple[Any, ...]], r2: list[tuple[Any, ...]]
-) -> Iterable[tuple[int, ...]]:
-    """Column permutations worth trying. The official code prunes with 20 *random* rows of r2 for
-    more than 3 columns; pruning is sound (it only drops permutations that cannot match), so
-    pruning with every row gives the same verdict, deterministically."""
-    n = len(r1[0])
-    if n <= 3:
-        return product(range(n), repeat=n)
-    col_sets = [{row[i] for row in r1} for i in range(n)]
-    allowed = [[j for j in range(n) if all(row[j] in col_sets[i] for row in r2)] for i in range(n)]
-    return product(*allowed)
+def _column_match(gold: list[tuple[Any, ...]], pred: list[tuple[Any, ...]], order_matters: bool) -> bool:
+    """Is there a column permutation ``perm`` with ``[row[perm] for row in pred]`` equal to
+    ``gold`` (as lists when ``order_matters``, else as multisets)? This is the loop of the
+    official ``result_eq`` over ``get_constraint_permutation``, which tries permutations one by
+    one (a right answer with 10 equal columns took 76 s). Here, a backtracking search over
+    gold columns with three sound prunings, so the verdict is the official one:
+
+    - pred column j can stand for gold column i only if the two columns hold the same values
+      (in order when order matters, else as multisets): a per-column signature;
+    - two pred columns with identical values row by row are interchangeable: only the first
+      untried one of each kind is tried at each level;
+    - a partial assignment must already match on the columns assigned so far (the projection of
+      equal results is equal), checked incrementally on row keys.
+    """
+    n = len(gold[0])
+    gold_cols = [tuple(row[i] for row in gold) for i in range(n)]
+    pred_cols = [tuple(row[j] for row in pred) for j in range(n)]
+    if order_matters:
+        sig_g = gold_cols
+        sig_p = pred_cols
+    else:
+        sig_g = [Counter(c) for c in gold_cols]
+        sig_p = [Counter(c) for c in pred_cols]
+    allowed = [[j for j in range(n) if sig_p[j] == sig_g[i]] for i in range(n)]
+    if any(not a for a in allowed):
+        return False
+    # most constrained gold columns first
+    order = sorted(range(n), key=lambda i: len(allowed[i]))
+    used = [False] * n
+    n_rows = len(gold)
+
+    def extend(depth: int, gkeys: list[tuple[Any, ...]], pkeys: list[tuple[Any, ...]]) -> bool:
+        if depth == n:
+            return True
+        i = order[depth]
+        tried: set[tuple[Any, ...]] = set()
+        for j in allowed[i]:
+            if used[j] or pred_cols[j] in tried:
+                continue
+            tried.add(pred_cols[j])
+            g2 = [gkeys[r] + (gold_cols[i][r],) for r in range(n_rows)]
+            p2 = [pkeys[r] + (pred_cols[j][r],) for r in range(n_rows)]
+            if (g2 == p2) if order_matters else (Counter(g2) == Counter(p2)):
+                used[j] = True
+                if extend(depth + 1, g2, p2):
+                    return True
+                used[j] = False
+        return False
+
+    return extend(0, [()] * n_rows, [()] * n_rows)
 
 
 def spider_result_eq(
     result1: list[tuple[Any, ...]], result2: list[tuple[Any, ...]], order_matters: bool
 ) -> bool:
-    """test-suite-sql-eval's ``result_eq(gold, pred, order_matters)``."""
+    """test-suite-sql-eval's ``result_eq(gold, pred, order_matters)``, same verdicts, without
+    trying column permutations one by one (see :func:`_column_match`)."""
     if len(result1) == 0 and len(result2) == 0:
         return True
     if len(result1) != len(result2):
@@ -93,16 +131,9 @@ def spider_result_eq(
         return False
     if not _quick_reject_passes(result1, result2, order_matters):
         return False
-    for perm in _candidate_permutations(result1, result2):
-        if len(set(perm)) != len(perm):
-            continue
-        r2p = result2 if n_cols == 1 else [tuple(row[i] for i in perm) for row in result2]
-        if order_matters:
-            if result1 == r2p:
-                return True
-        elif set(result1) == set(r2p) and Counter(result1) == Counter(r2p):
-            return True
-    return False
+    if n_cols == 1:
+        return result1 == result2 if order_matters else Counter(result1) == Counter(result2)
+    return _column_match(result1, result2, order_matters)
 
 
 # --- digest ---------------------------------------------------------------------------------

@@ -9,10 +9,13 @@ Model-written SQL must never change a benchmark file, hang a run or exhaust memo
   CTEs) and denies everything else: writes, DDL, ATTACH/DETACH, every PRAGMA (including the
   table-valued ``pragma_*`` functions), transactions, VACUUM, ANALYZE; it also denies
   ``load_extension`` and other file-touching functions, and extension loading is disabled;
-- a progress handler aborts the statement once a monotonic deadline has passed (no threads);
-- result size is capped in rows, cells and text/blob bytes; exceeding a cap is an *error*, not a
-  truncation, because BIRD compares complete results and a truncated result could match gold
-  by accident;
+- a progress handler aborts the statement once a monotonic deadline has passed (no threads).
+  It runs between VM steps, so one slow built-in call (``printf('%.*c', 2147483647, 'x')``,
+  ``trim``/``replace``/``instr``/``LIKE`` on huge inputs) can outrun it: the hard deadline is the
+  :class:`~matsql.sql.executor.Executor`'s, which kills and replaces a worker that overruns;
+- result size is capped in rows, cells and text/blob bytes, counted row by row as rows arrive
+  (one 60 MB row cannot hide in a batch); exceeding a cap is an *error*, not a truncation,
+  because BIRD compares complete results and a truncated result could match gold by accident;
 - SQLite's own limits bound one value's length and the SQL text length, and a process-wide
   ``hard_heap_limit`` bounds SQLite's heap.
 
@@ -27,7 +30,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,12 +40,16 @@ Status = Literal["ok", "error", "timeout"]
 DEFAULT_TIMEOUT_S = 30.0  # BIRD's official per-query budget
 DEFAULT_MAX_ROWS = 1_000_000
 DEFAULT_MAX_CELLS = 5_000_000
-DEFAULT_MAX_BYTES = 512 * 2**20  # total text/blob bytes held in one result
+DEFAULT_MAX_BYTES = 128 * 2**20  # total text/blob bytes held in one result, counted row by row
 MAX_VALUE_BYTES = 64 * 2**20  # SQLITE_LIMIT_LENGTH: one string/blob/row
 MAX_SQL_BYTES = 1_000_000  # SQLITE_LIMIT_SQL_LENGTH
 HEAP_LIMIT_BYTES = 2 * 2**30  # process-wide; PRAGMA hard_heap_limit can only lower it
 PROGRESS_EVERY = 1000  # VM instructions between deadline checks (overhead is negligible)
-FETCH_BATCH = 1024
+DEADLINE_CHECK_ROWS = 256  # rows converted to Python between deadline checks
+PREVIEW_ROWS = 5
+MAX_CELL_CHARS = 40
+# SQLite result codes of a file that is not a usable database (sqlite3.h)
+_BAD_DB_CODES = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
 
 _ALLOWED_ACTIONS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_RECURSIVE})
 _DENIED_FUNCTIONS = frozenset(
@@ -69,10 +77,84 @@ class ExecResult:
     error: str | None
     elapsed_s: float
     columns: tuple[str, ...] | None = None
+    # A summary that stands in for the rows (filled by :func:`summarize`; the Executor's workers
+    # send summaries, so the parent holds digests, not rows, unless it asks for rows).
+    digest: str | None = None  # rows_digest: equal digests <=> BIRD set-equal results
+    n_rows: int | None = None
+    preview: str | None = None  # the first rows rendered for prompts
+    bad_db: bool = False  # the database file is corrupt or not a database (a harness problem)
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def row_count(self) -> int | None:
+        return len(self.rows) if self.rows is not None else self.n_rows
+
+    def rows_digest(self) -> str | None:
+        """The BIRD digest of the rows (computed from the rows when no summary holds it)."""
+        if self.digest is not None or self.rows is None:
+            return self.digest
+        from matsql.sql.compare import rows_digest
+
+        return rows_digest(self.rows)
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        text = "NULL"
+    elif isinstance(v, bytes):
+        text = f"<blob {len(v)} bytes>"
+    elif isinstance(v, float):
+        text = repr(v)
+    else:
+        text = str(v)
+    text = " ".join(text.split())  # one line per row, whatever the data holds
+    return text if len(text) <= MAX_CELL_CHARS else text[: MAX_CELL_CHARS - 1] + "…"
+
+
+def render_preview(
+    columns: Sequence[str] | None, rows: Sequence[Sequence[Any]], preview_rows: int = PREVIEW_ROWS
+) -> str:
+    """A compact ``a | b`` text table of the first rows, with the total row count."""
+    lines = []
+    if columns:
+        lines.append(" | ".join(_cell(c) for c in columns))
+    lines.extend(" | ".join(_cell(v) for v in row) for row in rows[:preview_rows])
+    n = len(rows)
+    if n == 0:
+        lines.append("(0 rows)")
+    elif n > preview_rows:
+        lines.append(f"... ({n} rows, first {preview_rows} shown)")
+    else:
+        lines.append(f"({n} row{'s' if n != 1 else ''})")
+    return "\n".join(lines)
+
+
+def summarize(result: ExecResult, keep_rows: bool = False) -> ExecResult:
+    """The result with its digest, row count and preview filled in; rows dropped unless kept."""
+    if result.status != "ok" or result.rows is None:
+        return result
+    from matsql.sql.compare import rows_digest
+
+    return replace(
+        result,
+        rows=result.rows if keep_rows else None,
+        digest=result.digest or rows_digest(result.rows),
+        n_rows=len(result.rows),
+        preview=render_preview(result.columns, result.rows),
+    )
+
+
+def result_bytes(result: ExecResult) -> int:
+    """Approximate memory a result holds (rows, summary): what result caches are bounded by."""
+    n = 256 + len(result.preview or "") + len(result.error or "")
+    for row in result.rows or ():
+        n += 56 + 8 * len(row)
+        for v in row:
+            n += len(v) + 48 if type(v) is str or type(v) is bytes else 24
+    return n
 
 
 class _Deadline:
@@ -151,6 +233,10 @@ class SandboxedConnection:
             if self._deadline.fired:
                 return _timeout(limits, start)
             msg = str(e) or type(e).__name__
+            if getattr(e, "sqlite_errorcode", None) in _BAD_DB_CODES:
+                return ExecResult(
+                    "error", None, f"bad database {self.path}: {msg}", time.monotonic() - start, bad_db=True
+                )
             if msg in ("not authorized", "authorization denied"):
                 msg += " (read-only sandbox: only a single SELECT statement is allowed)"
             return _error(msg, start)
@@ -176,25 +262,28 @@ class SandboxedConnection:
 def _fetch_bounded(
     cur: sqlite3.Cursor, limits: Limits, n_cols: int, deadline: _Deadline
 ) -> tuple[list[tuple[Any, ...]], str | None]:
+    """Rows one at a time, each counted against the caps as it arrives (a batch of huge rows
+    would be held before any check)."""
     rows: list[tuple[Any, ...]] = []
     n_bytes = 0
     max_rows = min(limits.max_rows, limits.max_cells // max(n_cols, 1))
-    while True:
-        batch = cur.fetchmany(FETCH_BATCH)
-        if not batch:
-            return rows, None
-        rows.extend(batch)
+    max_bytes = limits.max_bytes
+    check_at = DEADLINE_CHECK_ROWS
+    for row in cur:
+        for v in row:
+            if type(v) is str or type(v) is bytes:
+                n_bytes += len(v)
+        if n_bytes > max_bytes:
+            return [], f"result too large: more than {max_bytes} bytes of text/blob"
+        rows.append(row)
         if len(rows) > max_rows:
             cap = "rows" if max_rows == limits.max_rows else "cells"
             return [], f"result too large: more than {max_rows} rows (cap on {cap}; BIRD needs full results)"
-        for row in batch:
-            for v in row:
-                if type(v) is str or type(v) is bytes:
-                    n_bytes += len(v)
-        if n_bytes > limits.max_bytes:
-            return [], f"result too large: more than {limits.max_bytes} bytes of text/blob"
-        if deadline():  # Python-side conversion time counts too
-            return [], "timeout"
+        if len(rows) >= check_at:
+            check_at += DEADLINE_CHECK_ROWS
+            if deadline():  # Python-side conversion time counts too
+                return [], "timeout"
+    return rows, None
 
 
 def _error(msg: str, start: float) -> ExecResult:
@@ -227,6 +316,7 @@ class ConnectionCache:
     file replaced on disk is reopened instead of read through a stale handle. Bounded LRU."""
 
     max_open: int = 64
+    heap_limit_bytes: int | None = HEAP_LIMIT_BYTES
     _conns: dict[tuple[Any, ...], SandboxedConnection] = field(default_factory=dict)
 
     def get(
@@ -235,7 +325,7 @@ class ConnectionCache:
         key = identity or db_identity(db_path)
         conn = self._conns.pop(key, None)
         if conn is None:
-            conn = SandboxedConnection(db_path)
+            conn = SandboxedConnection(db_path, heap_limit_bytes=self.heap_limit_bytes)
             while len(self._conns) >= self.max_open:
                 self._conns.pop(next(iter(self._conns))).close()
         self._conns[key] = conn  # most recently used last
