@@ -264,18 +264,23 @@ def test_load_teacher_from_an_agents_entry_or_a_top_level_entry(tmp_path):
         "api_key" not in ident["backend"] and ident["templates"]["val-sel"]["id"] == "teacher-llm-val-sel@v1"
     )
     f.write_text(
-        "agents: {planner: {model: small}}\nteacher: {backend: vllm, model: ./weights, tensor_parallel_size: 2}\n"
+        "agents: {planner: {model: small}}\nteacher: {backend: vllm, model: ./weights, max_model_len: 8192}\n"
     )
     t = tch.load_teacher(f)
     assert t.backend == {
         "backend": "vllm",
         "model": str((tmp_path / "weights").resolve()),
-        "tensor_parallel_size": 2,
+        "max_model_len": 8192,
     }
     assert t.model_id == f"vllm:{(tmp_path / 'weights').resolve()}"
     f.write_text("agents: {planner: {model: small}}\n")
     with pytest.raises(ValueError, match="name the teacher once"):
         tch.load_teacher(f)
+    f.write_text("teacher: {backend: openai, base_url: 'http://h', model: m, temprature: 1.0, stop: '```'}\n")
+    with pytest.raises(ValueError, match="teacher: unknown key 'temprature' \\(did you mean 'temperature'"):
+        tch.load_teacher(f)
+    f.write_text("teacher: {backend: openai, base_url: 'http://h', model: m, stop: '```'}\n")
+    assert tch.load_teacher(f).stop == ("```",)  # one stop string stays one, as in team files
 
 
 def _rollout(tmp_path: Path) -> Path:
@@ -390,3 +395,12 @@ def test_cli_refuses_a_teacher_for_agents_it_does_not_write(tmp_path):
         ],
     )
     assert res.exit_code == 2 and "validator critiques" in res.output
+
+
+def test_the_shipped_teacher_team_file_is_a_team_and_names_a_served_teacher():
+    from matsql.team import load_team
+
+    f = ROOT / "experiments" / "agents" / "teacher-http.yaml"
+    assert set(load_team(f).agents) == {"planner", "val-sel", "val-cond", "fixer", "selector"}
+    t = tch.load_teacher(f)
+    assert t.model_id == "openai:http://localhost:8010/qwen2.5-72b-instruct" and t.backend["timeout_s"] == 300

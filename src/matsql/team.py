@@ -27,7 +27,8 @@ from typing import Any
 from matsql.records import AGENTS
 
 DECODING_KEYS = ("temperature", "max_tokens", "stop", "n")
-TOP_KEYS = ("defaults", "agents")
+# teacher: the LLM teacher of `matsql train sft-data --teacher` (checked by matsql.train.teacher)
+TOP_KEYS = ("defaults", "agents", "teacher")
 
 
 def backend_keys(kind: str) -> set[str] | None:

@@ -42,7 +42,7 @@ from matsql.agents.templates import Template
 from matsql.agents.validator import render_target
 from matsql.backends.base import Backend, ChatPrompt
 from matsql.records import ExecInfo, Question
-from matsql.team import AgentSpec
+from matsql.team import AgentSpec, _stop_list, _unknown_key_error, backend_keys
 from matsql.train.sqlparts import Item, Parts, aggregate_of, parse_parts
 
 AGENTS = ("val-sel", "val-cond")
@@ -411,8 +411,9 @@ def _secret(key: str) -> bool:
 
 
 def load_teacher(path: str | Path, *, resamples: int = 3, seed: int = 0) -> LLMTeacher:
-    """The teacher of a team file: ``agents: {teacher: {...}}`` or a top-level ``teacher:`` entry
-    (which leaves the file usable as a rollout team), merged over the file's ``defaults``."""
+    """The teacher of a team file: a top-level ``teacher:`` entry (the file stays a valid team
+    for rollouts) or, in a teacher-only file, ``agents: {teacher: {...}}``; merged over the
+    file's ``defaults`` and key-checked like an agent entry."""
     from matsql.fileio import read_yaml
 
     path = Path(path)
@@ -425,12 +426,21 @@ def load_teacher(path: str | Path, *, resamples: int = 3, seed: int = 0) -> LLMT
         raise ValueError(
             f"{path}: name the teacher once, as `agents: {{teacher: ...}}` or a top-level `teacher:` entry"
         )
-    merged = {**(data.get("defaults") or {}), **(in_agents or top or {})}
+    entry = in_agents if top is None else top
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path}: the teacher entry must be a mapping, got {entry!r:.60}")
+    merged = {**(data.get("defaults") or {}), **entry}
     if "n" in merged:
         raise ValueError(
             f"{path}: the teacher writes one critique per candidate; set --teacher-resamples, not n"
         )
-    decoding = {k: merged.pop(k) for k in ("temperature", "max_tokens", "stop") if k in merged}
+    decoding_keys = ("temperature", "max_tokens", "stop")
+    allowed = backend_keys(str(merged.get("backend", "local")))  # None: make_backend names the kind
+    if allowed is not None:
+        for key in merged:
+            if key not in allowed | set(decoding_keys):
+                raise _unknown_key_error(f"{path}: teacher", str(key), allowed | set(decoding_keys))
+    decoding = {k: merged.pop(k) for k in decoding_keys if k in merged}
     for key in ("adapter", "model"):
         v = merged.get(key)
         if isinstance(v, str) and v.startswith(("./", "../")):
@@ -445,7 +455,7 @@ def load_teacher(path: str | Path, *, resamples: int = 3, seed: int = 0) -> LLMT
         model_id=ident,
         temperature=float(decoding.get("temperature", 0.7)),
         max_tokens=int(decoding.get("max_tokens", 256)),
-        stop=tuple(decoding.get("stop") or ()),
+        stop=tuple(_stop_list(decoding.get("stop"), f"{path}: teacher")),
         resamples=resamples,
         seed=seed,
         source=str(path),
