@@ -222,7 +222,9 @@ def sft_data(
             llm = (make_backend(spec.backend, agent="teacher"), spec)
         except ValueError as e:
             raise typer.BadParameter(str(e), param_hint="--teacher") from None
-        _console.print(f"teacher: {spec.model_id} (up to {spec.resamples} resamples per critique)")
+        _console.print(
+            f"teacher: {spec.model_id} (up to {spec.resamples} resamples per critique)", soft_wrap=True
+        )
     cap = max_per_question or None
     summary: dict[str, dict] = {}
     try:
