@@ -39,7 +39,7 @@ def test_reads_records_and_headers_across_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("line", "match"),
     [
-        ("{not json", r"b\.jsonl:2: not valid JSON"),
+        ("{not json", r"b\.jsonl:2: invalid JSON"),
         ("[1, 2]", r"b\.jsonl:2: expected a JSON object"),
         (json.dumps({"question": {}}), r"b\.jsonl:2: not a rollout record \(question\.question_id"),
     ],

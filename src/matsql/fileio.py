@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 import shutil
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,22 +21,61 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def is_gzip_path(path: str | Path) -> bool:
+    return Path(path).suffix == ".gz"
+
+
+def _decode_line(raw: bytes, path: Path, lineno: int, error: type[Exception]) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(
+            f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+        ) from None
+
+
+def iter_lines(path: str | Path, error: type[Exception] = ValueError) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line of a UTF-8 text file (``.gz``: gzip). A byte that is not
+    UTF-8, or a damaged gzip stream, raises ``error`` naming ``path:line`` in one line."""
+    path = Path(path)
+    lineno = 0
+    try:
+        with (gzip.open(path, "rb") if is_gzip_path(path) else path.open("rb")) as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                yield lineno, _decode_line(raw, path, lineno, error)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        where = f"{path}:{lineno + 1}" if lineno else str(path)
+        raise error(f"{where}: not a valid gzip file ({e or type(e).__name__})") from None
+
+
+def read_text(path: str | Path, error: type[Exception] = ValueError) -> str:
+    """A whole UTF-8 text file (``.gz``: gzip); decoding errors name ``path:line``."""
+    return "".join(text for _, text in iter_lines(path, error))
+
+
 def iter_jsonl(path: str | Path, error: type[Exception] = ValueError) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line of a JSONL file (``.gz`` too). A line that is
-    not a JSON object raises ``error`` naming ``path:line``."""
+    not UTF-8 or not a JSON object raises ``error`` naming ``path:line``."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise error(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise error(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+    for lineno, line in iter_lines(path, error):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise error(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise error(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
+
+
+def open_text_out(path: str | Path):  # type: ignore[no-untyped-def]
+    """A text file for writing: gzip when the name ends in ``.gz`` (an output named ``X.gz`` is
+    always gzip), else plain UTF-8."""
+    path = Path(path)
+    if is_gzip_path(path):
+        return gzip.open(path, "wt", encoding="utf-8")
+    return path.open("w", encoding="utf-8")
 
 
 def replace_dataset_dir(tmp: str | Path, dest: str | Path) -> None:

@@ -25,7 +25,7 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 Verdict = Literal["correct", "incorrect", "unknown"]
 ExecStatus = Literal["ok", "error", "timeout", "no_sql", "missing_db"]
@@ -139,6 +139,17 @@ class RolloutRecord(_Model):
     candidates: list[Candidate]
     config_hash: str = ""
     models: dict[str, str] = Field(default_factory=dict)
+    # An error record: the question could not be processed (a generation request that failed
+    # for good, e.g. HTTP 400; a corrupt database). It has no candidates, is scored wrong on every
+    # metric and counted apart; the reason names the stage ("planner: HTTP 400: ...").
+    error: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_no_error(self, handler: Any) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("error") is None:
+            data.pop("error", None)  # ordinary records keep the bytes they always had
+        return data
 
     @property
     def question_id(self) -> str:

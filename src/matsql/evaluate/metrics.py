@@ -20,6 +20,8 @@ Metrics (per question):
 
 Questions whose database is missing are never dropped silently: they are flagged, counted, and
 scored wrong by default (``missing="wrong"``) or left out of the denominator (``"skip"``).
+Error records (a question whose generation failed for good, or whose database is corrupt) are
+counted (``n_error``) and always scored wrong.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class QuestionOutcome:
     sample_at_1: float | None
     pass_at_k: bool
     majority: bool
+    error: bool = False  # an error record: scored wrong everywhere
 
     def value(self, metric: str) -> float | None:
         """The metric as a number in [0, 1] (None when undefined for this question).
@@ -81,7 +84,7 @@ class QuestionOutcome:
         if m is None:
             raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)} or pass@<int>")
         k = int(m.group(1))
-        if self.missing_db:
+        if self.missing_db or self.error:
             return 0.0
         if k < 1 or k > self.n_candidates:
             raise ValueError(
@@ -145,6 +148,21 @@ def question_outcome(record: RolloutRecord) -> QuestionOutcome:
             pass_at_k=False,
             majority=False,
         )
+    if record.error is not None:
+        return QuestionOutcome(
+            question_id=q.question_id,
+            db_id=q.db_id,
+            difficulty=q.difficulty,
+            missing_db=False,
+            n_candidates=len(cands),
+            n_final_correct=0,
+            planner_at_1=False,
+            pipeline_at_1=False,
+            sample_at_1=0.0,
+            pass_at_k=False,
+            majority=False,
+            error=True,
+        )
     greedy = greedy_candidate(cands)
     sampled = [c for c in cands if not c.greedy] or cands
     pick = majority_pick(cands)
@@ -175,6 +193,7 @@ class MetricSummary:
     k: int | None  # the common number of candidates K (None when it varies)
     values: dict[str, float | None]
     n_defined: dict[str, int]
+    n_error: int = 0  # error records (scored wrong)
 
     @property
     def pass_label(self) -> str:
@@ -193,7 +212,7 @@ def summarize(
     if missing not in ("wrong", "skip"):
         raise ValueError(f"missing must be 'wrong' or 'skip', got {missing!r}")
     scored = [o for o in outs if not (missing == "skip" and o.missing_db)]
-    sizes = {o.n_candidates for o in outs if not o.missing_db}
+    sizes = {o.n_candidates for o in outs if not (o.missing_db or o.error)}
     names = [*METRICS, *(f"pass@{k}" for k in ks)]
     values: dict[str, float | None] = {}
     n_defined: dict[str, int] = {}
@@ -208,6 +227,7 @@ def summarize(
         k=sizes.pop() if len(sizes) == 1 else None,
         values=values,
         n_defined=n_defined,
+        n_error=sum(o.error for o in outs),
     )
 
 

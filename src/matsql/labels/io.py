@@ -6,13 +6,12 @@ error rather than a silent overwrite: pairs of one question must come from one r
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
+from matsql.fileio import iter_jsonl
 from matsql.records import RolloutHeader, RolloutRecord
 
 
@@ -28,32 +27,23 @@ def read_rollouts(paths: Sequence[str | Path]) -> tuple[list[RolloutRecord], lis
     for p in map(Path, paths):
         if not p.is_file():
             raise RolloutReadError(f"rollout file not found: {p}")
-        with p.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
+        for lineno, obj in iter_jsonl(p, RolloutReadError):
+            where = f"{p}:{lineno}"
+            try:
+                if obj.get("kind") == "header":
+                    headers.append(RolloutHeader.model_validate(obj))
                     continue
-                where = f"{p}:{lineno}"
-                try:
-                    obj: Any = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise RolloutReadError(f"{where}: not valid JSON ({e.msg})") from e
-                if not isinstance(obj, dict):
-                    raise RolloutReadError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-                try:
-                    if obj.get("kind") == "header":
-                        headers.append(RolloutHeader.model_validate(obj))
-                        continue
-                    rec = RolloutRecord.model_validate(obj)
-                except ValidationError as e:
-                    first = e.errors()[0]
-                    loc = ".".join(str(x) for x in first["loc"])
-                    raise RolloutReadError(f"{where}: not a rollout record ({loc}: {first['msg']})") from e
-                if rec.question_id in seen:
-                    raise RolloutReadError(
-                        f"{where}: question {rec.question_id} already read at {seen[rec.question_id]}"
-                    )
-                seen[rec.question_id] = where
-                records.append(rec)
+                rec = RolloutRecord.model_validate(obj)
+            except ValidationError as e:
+                first = e.errors()[0]
+                loc = ".".join(str(x) for x in first["loc"])
+                raise RolloutReadError(f"{where}: not a rollout record ({loc}: {first['msg']})") from None
+            if rec.question_id in seen:
+                raise RolloutReadError(
+                    f"{where}: question {rec.question_id} already read at {seen[rec.question_id]}"
+                )
+            seen[rec.question_id] = where
+            records.append(rec)
     return records, headers
 
 

@@ -2,20 +2,29 @@
 
 Each record is written as one ``write`` of a complete line followed by flush+fsync, so a kill
 loses at most the question in flight. On restart, a torn last line (no trailing newline) is
-cut off, finished question ids are skipped, and the header must match the run's config hash.
+cut off, finished question ids are skipped, and the header is checked on every resume: a file
+whose header is torn or missing but which holds records is refused (its settings cannot be
+checked), a file left empty by the repair starts over with a fresh header, and a header of
+other settings is refused naming the settings that differ.
+
+A path ending in ``.gz`` is written as gzip: each line is its own gzip member (a multi-member
+file, which every gzip reader reads as one stream), so appending and the torn-tail repair work
+the same way as for plain text.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from matsql import __version__
-from matsql.fileio import iter_jsonl
+from matsql.fileio import is_gzip_path, iter_jsonl
 from matsql.records import RolloutHeader, RolloutRecord, dumps
 
 
@@ -25,6 +34,9 @@ class RolloutFileError(ValueError):
 
 def _repair_tail(path: Path) -> None:
     """Drop a torn final line left by a kill mid-write."""
+    if is_gzip_path(path):
+        _repair_gzip_tail(path)
+        return
     with path.open("rb+") as f:
         f.seek(0, os.SEEK_END)
         size = f.tell()
@@ -48,17 +60,49 @@ def _repair_tail(path: Path) -> None:
         f.truncate(0)
 
 
+def _repair_gzip_tail(path: Path) -> None:
+    """Cut a multi-member gzip file after its last complete member that ends a line."""
+    data = path.read_bytes()
+    pos, keep = 0, 0
+    while pos < len(data):
+        d = zlib.decompressobj(wbits=31)
+        try:
+            text = d.decompress(data[pos:])
+        except zlib.error:
+            break
+        if not d.eof:
+            break  # a member cut short by a kill
+        end = len(data) - len(d.unused_data)
+        if text.endswith(b"\n"):
+            keep = end
+        pos = end
+    if keep != len(data):
+        with path.open("rb+") as f:
+            f.truncate(keep)
+
+
 def iter_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Rollout files may be gzipped (``.jsonl.gz``) for archiving in results/."""
     yield from iter_jsonl(path, RolloutFileError)
 
 
 def read_header(path: Path) -> RolloutHeader | None:
-    for _, obj in iter_lines(path):
+    for lineno, obj in iter_lines(path):
         if obj.get("kind") == "header":
-            return RolloutHeader.model_validate(obj)
+            try:
+                return RolloutHeader.model_validate(obj)
+            except ValueError as e:
+                raise RolloutFileError(f"{path}:{lineno}: not a rollout header: {_first_error(e)}") from None
         return None
     return None
+
+
+def _first_error(e: Exception) -> str:
+    errors = getattr(e, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        return f"{'.'.join(str(x) for x in first['loc'])}: {first['msg']}"
+    return str(e).splitlines()[0]
 
 
 def read_records(path: str | Path) -> list[RolloutRecord]:
@@ -72,13 +116,21 @@ def read_records(path: str | Path) -> list[RolloutRecord]:
             continue
         try:
             rec = RolloutRecord.model_validate(obj)
-        except Exception as e:
-            raise RolloutFileError(f"{path}:{lineno}: not a rollout record: {e}") from e
+        except ValueError as e:
+            raise RolloutFileError(f"{path}:{lineno}: not a rollout record ({_first_error(e)})") from None
         if rec.question_id in seen:
             raise RolloutFileError(f"{path}:{lineno}: duplicate record for question {rec.question_id}")
         seen.add(rec.question_id)
         out.append(rec)
     return out
+
+
+def _config_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k != "agents")
+    parts = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:6]]
+    if old.get("agents") != new.get("agents"):
+        parts.append("agents differ")
+    return "; ".join(parts)
 
 
 class RolloutWriter:
@@ -87,24 +139,34 @@ class RolloutWriter:
     def __init__(self, path: str | Path, config: dict[str, Any], config_hash: str, resume: bool = True):
         self.path = Path(path)
         self.config_hash = config_hash
+        self.gzip = is_gzip_path(self.path)
         self.done: set[str] = set()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = True
         if self.path.exists() and self.path.stat().st_size > 0:
             if not resume:
                 raise RolloutFileError(
                     f"{self.path} exists; pass --resume to continue it or choose another --out"
                 )
             _repair_tail(self.path)
+            fresh = self.path.stat().st_size == 0  # only a torn first line was there
+        if not fresh:
             header = read_header(self.path)
-            if header is not None and header.config_hash != config_hash:
+            if header is None:
                 raise RolloutFileError(
-                    f"{self.path} was written with config {header.config_hash}, this run is {config_hash}; "
-                    "use another --out or the same settings"
+                    f"{self.path}: the first line is not a rollout header, so the settings that wrote "
+                    "this file cannot be checked; use another --out"
+                )
+            if header.config_hash != config_hash:
+                diff = _config_diff(header.config, config)
+                raise RolloutFileError(
+                    f"{self.path} was written with config {header.config_hash}, this run is {config_hash}"
+                    f"{f' ({diff})' if diff else ''}; use another --out or the same settings"
                 )
             self.done = {r.question_id for r in read_records(self.path)}
-            self._f = self.path.open("a", encoding="utf-8")
+            self._f = self.path.open("ab")
         else:
-            self._f = self.path.open("w", encoding="utf-8")
+            self._f = self.path.open("wb")
             header = RolloutHeader(
                 matsql_version=__version__,
                 config_hash=config_hash,
@@ -114,7 +176,12 @@ class RolloutWriter:
             self._write_line(dumps(header))
 
     def _write_line(self, line: str) -> None:
-        self._f.write(line + "\n")
+        # backslashreplace: a lone surrogate can only sit in a JSON string, where "\udxxx" is a
+        # valid escape, so the line stays valid UTF-8 JSON whatever text it carries
+        data = (line + "\n").encode("utf-8", "backslashreplace")
+        if self.gzip:
+            data = gzip.compress(data, mtime=0)
+        self._f.write(data)
         self._f.flush()
         os.fsync(self._f.fileno())
 
@@ -168,8 +235,9 @@ def merge_rollouts(shards: list[Path], out: Path, order: list[str] | None = None
     else:
         ids = sorted(lines, key=lambda q: position[q])
     header = headers[0]
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    tmp = out.with_name(out.name + ".tmp")
+    opener = gzip.open if is_gzip_path(out) else open
+    with opener(tmp, "wt", encoding="utf-8", errors="backslashreplace") as f:
         if header is not None:
             cfg = dict(header.config)
             cfg.pop("shard", None)

@@ -11,9 +11,16 @@ from matsql.team import Team
 
 
 def make_backends(team: Team, needed: list[str]) -> dict:
+    """One backend per needed agent; a backend that can check its server (an HTTP backend's
+    model or LoRA adapter is served) does so now, before any work, and refuses clearly."""
     from matsql.backends.registry import make_backend
 
-    return {name: make_backend(team[name].backend) for name in needed}
+    backends = {name: make_backend(team[name].backend, agent=name) for name in needed}
+    for b in {id(b): b for b in backends.values()}.values():
+        check = getattr(b, "check_served", None)
+        if check is not None:
+            check()
+    return backends
 
 
 @contextmanager
@@ -29,7 +36,8 @@ def real_services(
         needed.remove("planner")
     if backends is None:
         backends = make_backends(team, needed)
-    with Executor(timeout_s=cfg.exec_timeout_s) as ex:
+    # keep_rows=False: workers send digests and previews, and compare with gold themselves
+    with Executor(timeout_s=cfg.exec_timeout_s, keep_rows=False) as ex:
         yield Services(
             team=team,
             backends=backends,
@@ -40,4 +48,5 @@ def real_services(
             ex_match=lambda p, g: ex_match(p, g, mode=ex_mode),
             # timings vary run to run; records stay reproducible without them
             to_exec_info=lambda r: to_exec_info(r).model_copy(update={"elapsed_s": None}),
+            judge=lambda items: [(j.pred, j.gold, j.correct) for j in ex.judge_many(items, ex_mode)],
         )
