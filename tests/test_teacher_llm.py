@@ -404,3 +404,26 @@ def test_the_shipped_teacher_team_file_is_a_team_and_names_a_served_teacher():
     assert set(load_team(f).agents) == {"planner", "val-sel", "val-cond", "fixer", "selector"}
     t = tch.load_teacher(f)
     assert t.model_id == "openai:http://localhost:8010/qwen2.5-72b-instruct" and t.backend["timeout_s"] == 300
+
+
+def test_teacher_on_the_local_cpu_backend_falls_back_when_the_model_never_concludes(tiny_chat_model_dir):
+    """The in-process transformers backend as teacher (through make_backend, as the CLI does): a
+    random tiny model writes no verdict, so each critique is resampled once, then replaced."""
+    pytest.importorskip("torch")
+    cfg = {"backend": "local", "model": str(tiny_chat_model_dir), "device": "cpu"}
+    spec = tch.LLMTeacher(backend=cfg, model_id="local:tiny", max_tokens=6, resamples=1)
+    built = sd.validator_examples(
+        [record()], schema, "val-cond", max_per_question=None, llm=(make_backend(cfg, agent="teacher"), spec)
+    )
+    assert built.teacher is not None
+    assert built.teacher.as_dict() == {
+        "critiques": 3,
+        "first_try": 0,
+        "resamples": 3,
+        "recovered": 0,
+        "fallbacks": 3,
+        "rejected": {"no_verdict": 6},
+    }
+    plain = sd.validator_examples([record()], schema, "val-cond", max_per_question=None)
+    assert [r["completion"] for r in built.rows] == [r["completion"] for r in plain.rows]
+    assert {r["teacher"] for r in built.rows} == {tch.RULE_TEACHER}
