@@ -2,12 +2,18 @@
 
 Command bodies live next to the code they drive (``<package>/commands.py``); this file only
 wires them together, so it stays import-light.
+
+A missing optional dependency or model package ends a command with one line that names what is
+missing and the exact install command, never a traceback (:class:`HintingGroup`).
 """
 
 from __future__ import annotations
 
+import click
 import typer
+from typer.core import TyperGroup
 
+import matsql
 from matsql.benchmarks.commands import data_app
 from matsql.evaluate.commands import compare, metrics, report
 from matsql.evaluate.diagnose_cmd import diagnose_app
@@ -18,12 +24,70 @@ from matsql.rollout.commands import rollout, rollout_merge
 from matsql.sql.commands import eval_sql
 from matsql.train.commands import train_app
 
+#: Optional module -> the command that installs it (pyproject extras).
+INSTALL_HINTS = {
+    **dict.fromkeys(
+        ("torch", "transformers", "accelerate", "peft", "trl", "datasets", "gguf", "safetensors"),
+        "pip install 'matsql[ml]'",
+    ),
+    **dict.fromkeys(("submitit", "huggingface_hub"), "pip install 'matsql[cluster]'"),
+    "vllm": "pip install vllm",
+    "statsmodels": "pip install 'matsql[dev]'",
+}
+
+
+def missing_dependency_message(e: ModuleNotFoundError) -> str | None:
+    """One line for a missing third-party module: what is missing and how to install it."""
+    name = (e.name or "").split(".")[0]
+    if not name or name == "matsql":
+        return None  # a bug in matsql itself: keep the traceback
+    hint = INSTALL_HINTS.get(name, f"pip install {name.replace('_', '-')}")
+    return f"error: the optional dependency {name!r} is not installed; install it with: {hint}"
+
+
+class HintingGroup(TyperGroup):
+    """Turns a missing optional dependency or model package into one line and exit code 1."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        from matsql.models import ModelIntegrityError, ModelResolutionError
+
+        try:
+            return super().invoke(ctx)
+        except ModuleNotFoundError as e:
+            msg = missing_dependency_message(e)
+            if msg is None:
+                raise
+        except (ModelResolutionError, ModelIntegrityError) as e:
+            msg = f"error: {e}"
+        click.echo(msg, err=True)
+        raise typer.Exit(1)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"matsql {matsql.__version__}")
+        raise typer.Exit()
+
+
 app = typer.Typer(
     name="matsql",
     help="Multi-agent text-to-SQL: rollouts, preference labels, SFT/ORPO training, selection and paired statistics.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    cls=HintingGroup,
 )
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print matsql's version and exit"
+    ),
+) -> None:
+    """Multi-agent text-to-SQL: rollouts, preference labels, SFT/ORPO training, selection and
+    paired statistics."""
+
+
 app.add_typer(data_app, name="data")
 app.command("eval-sql")(eval_sql)
 app.command("rollout")(rollout)

