@@ -158,3 +158,21 @@ def test_unknown_trainer_keys_fail_when_the_trl_config_is_built(tmp_path):
     r = load_recipe(write(tmp_path, BASE), ["trainer.not_a_trl_arg=1"])
     with pytest.raises(RecipeError, match="not_a_trl_arg"):
         trainer_args(r, "sft", has_eval=False, valid=sft.config_fields())
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "trainer.learning_rat=1e-4",
+            r"trainer\.learning_rat: unknown key \(did you mean 'learning_rate'\?\)",
+        ),
+        ("peft.alhpa=8", r"invalid recipe: peft\.alhpa: unknown key \(did you mean 'alpha'\?\)"),
+        ("data.sources.0.wieght=2", r"data\.sources\.0\.wieght: unknown key \(did you mean 'weight'\?\)"),
+    ],
+)
+def test_recipe_typos_are_one_line_errors_naming_the_file_and_key(override, message):
+    path = RECIPES / "qwen0.5b" / "sft-planner.v1.yaml"
+    with pytest.raises(RecipeError, match=message) as err:
+        load_recipe(path, [override])
+    assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)

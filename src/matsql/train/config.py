@@ -220,10 +220,53 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise RecipeError(f"{path}: a recipe must be a mapping, got {type(raw).__name__}")
     raw = apply_overrides(raw, parse_overrides(overrides or []))
     try:
-        return Recipe.model_validate(raw)
+        recipe = Recipe.model_validate(raw)
     except ValidationError as e:
-        lines = [f"{path}: invalid recipe"]
+        problems = []
         for err in e.errors():
             key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            lines.append(f"  {key}: {err['msg']}")
-        raise RecipeError("\n".join(lines)) from None
+            if err["type"] == "extra_forbidden":
+                problems.append(f"{key}: unknown key{_did_you_mean(err['loc'])}")
+            else:
+                problems.append(f"{key}: {err['msg']}")
+        if len(problems) == 1:
+            raise RecipeError(f"{path}: invalid recipe: {problems[0]}") from None
+        raise RecipeError("\n".join([f"{path}: invalid recipe", *(f"  {x}" for x in problems)])) from None
+    typos = _trainer_typos(recipe.trainer)
+    if typos:
+        raise RecipeError(f"{path}: " + "; ".join(typos))
+    return recipe
+
+
+_MODELS: dict[str, type[BaseModel]] = {
+    "": Recipe,
+    "model": ModelSpec,
+    "peft": PeftSpec,
+    "data": DataSpec,
+    "trainer": TrainerSpec,
+}
+
+
+def _did_you_mean(loc: tuple[Any, ...]) -> str:
+    import difflib
+
+    parent = "data" if len(loc) > 1 and loc[0] == "data" and loc[1] in ("sources", "eval_sources") else None
+    model = Source if parent else _MODELS.get(".".join(str(x) for x in loc[:-1]))
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), sorted(model.model_fields), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _trainer_typos(trainer: TrainerSpec) -> list[str]:
+    """Extra trainer keys go to TRL unchanged (checked when the run is built), but a key within a
+    letter or two of one of matsql's named keys (``learning_rat``) is a typo, not a TRL argument."""
+    import difflib
+
+    named = sorted(TrainerSpec.model_fields)
+    out = []
+    for key in trainer.extras():
+        close = difflib.get_close_matches(key, named, n=1, cutoff=0.88)
+        if close:
+            out.append(f"trainer.{key}: unknown key (did you mean {close[0]!r}?)")
+    return out
