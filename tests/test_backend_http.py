@@ -269,3 +269,161 @@ def test_fault_schedule_is_deterministic() -> None:
 def test_echo_backend_encodes_prompt_and_sample() -> None:
     out = EchoBackend().generate(PROMPTS[:2], n=2)
     assert out[0][0] != out[0][1] != out[1][1] and out[0][1].endswith(":1")
+
+
+# ------------------------------------------------------------------ issue 17: deadlines, rejects, text
+
+
+@pytest.fixture()
+def inproc() -> Iterator:
+    """An in-process echo server with marker faults: 'REJECT' -> HTTP 400, 'DRIP' -> dripped."""
+    from matsql.backends.server import OpenAIServer
+
+    server = OpenAIServer(
+        EchoBackend(),
+        model_name="echo",
+        faults=FaultConfig(reject_marker="REJECT", drip_marker="DRIP", drip_s=0.05),
+    )
+    server.start_in_thread()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _p(text: str) -> ChatPrompt:
+    return ChatPrompt.of([{"role": "user", "content": text}])
+
+
+def test_total_deadline_stops_a_dripping_server(inproc) -> None:
+    """Each dripped byte comes well within a read timeout; the total deadline still ends it."""
+    import time
+
+    with client(inproc.url, model="echo", timeout_s=0.5, max_retries=1) as c:
+        assert c.generate([_p("fine")]) == [[echo_text(_p("fine"), 0)]]
+        start = time.monotonic()
+        with pytest.raises(BackendError, match="deadline"):
+            c.generate([_p("DRIP me")])
+        assert time.monotonic() - start < 0.5 * 2 + 1.0  # 2 attempts of 0.5 s, plus backoff
+    assert sum(e["fault"] == "drip" for e in inproc.request_log) == 2
+
+
+def test_rejected_prompt_is_a_permanent_failure(inproc) -> None:
+    from matsql.backends.openai_http import RequestRejected
+
+    with client(inproc.url, model="echo", max_retries=3) as c:
+        with pytest.raises(RequestRejected, match="HTTP 400") as err:
+            c.generate([_p("REJECT this")])
+        assert err.value.permanent
+        assert c.stats.extra.get("retries", 0) == 0
+
+
+class _Surrogates:
+    name = "surrogates"
+
+    def __init__(self) -> None:
+        from matsql.backends.base import GenerationStats
+
+        self.stats = GenerationStats()
+
+    def generate(self, prompts, n=1, **kw):
+        return [["bad \ud800 text\x00"] * n for _ in prompts]
+
+
+def test_surrogate_in_a_completion_is_sanitised_and_can_be_sent_again() -> None:
+    from matsql.backends.server import OpenAIServer
+
+    server = OpenAIServer(_Surrogates(), model_name="s")
+    server.start_in_thread()
+    try:
+        with client(server.url, model="s") as c:
+            ((text,),) = c.generate([_p("hi")])
+            assert text == "bad \ufffd text\ufffd"
+            again = c.generate([_p(text)])  # a sanitised text goes into the next prompt
+            assert again == [["bad \ufffd text\ufffd"]]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# ------------------------------------------------------------------ issue 15 item 5: adapters -> LoRA modules
+
+
+@pytest.fixture()
+def lora_server() -> Iterator:
+    from matsql.backends.server import AdapterEcho, OpenAIServer
+
+    modules = {
+        "val-sel-collab": ("runs/collab/val-sel", AdapterEcho("runs/collab/val-sel")),
+        "val-sel-indep": ("runs/indep/val-sel", AdapterEcho("runs/indep/val-sel")),
+    }
+    server = OpenAIServer(EchoBackend(), model_name="validator", lora_modules=modules)
+    server.start_in_thread()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _team_backend(url: str, adapter: str | None, **entry):
+    """The path of `matsql rollout -a AGENTS --adapter val-sel=PATH`: team file, override, registry."""
+    from matsql.backends.registry import make_backend
+    from matsql.team import apply_adapters, parse_team
+
+    team = parse_team(
+        {"agents": {"val-sel": {"backend": "openai", "base_url": url + "/v1", "model": "validator", **entry}}}
+    )
+    if adapter is not None:
+        team = apply_adapters(team, [f"val-sel={adapter}"])
+    return make_backend(team["val-sel"].backend, agent="val-sel")
+
+
+@pytest.mark.parametrize(
+    "mapping", [{"val-sel-collab": "runs/collab/val-sel"}, None], ids=["lora_modules", "by-root"]
+)
+def test_a_served_lora_module_is_used_for_an_adapter(lora_server, mapping) -> None:
+    entry = {"lora_modules": mapping} if mapping else {}
+    b = _team_backend(lora_server.url, "runs/collab/val-sel", **entry)
+    assert b.check_served() == "val-sel-collab"
+    ((text,),) = b.generate([_p("q")])
+    assert text.startswith("lora:runs/collab/val-sel:")
+    assert lora_server.request_log[-1]["model"] == "val-sel-collab"
+    b.close()
+
+
+def test_no_adapter_goes_to_the_base_model(lora_server) -> None:
+    b = _team_backend(lora_server.url, None)
+    ((text,),) = b.generate([_p("q")])
+    assert text == echo_text(_p("q"), 0)
+    assert lora_server.request_log[-1]["model"] == "validator"
+    b.close()
+
+
+def test_an_unserved_adapter_is_refused(lora_server) -> None:
+    from matsql.backends.openai_http import AdapterNotServed
+
+    b = _team_backend(lora_server.url, "runs/other/val-sel")
+    with pytest.raises(AdapterNotServed, match=r"runs/other/val-sel is not served.*val-sel-collab"):
+        b.generate([_p("q")])
+    mapped = _team_backend(lora_server.url, "runs/x", lora_modules={"val-sel-x": "runs/x"})
+    with pytest.raises(
+        AdapterNotServed, match=r"'val-sel-x'.*does not list it.*--lora-modules val-sel-x=runs/x"
+    ):
+        mapped.check_served()
+    assert not any(e["path"] == "/v1/chat/completions" for e in lora_server.request_log)  # nothing was sent
+
+
+def test_server_cli_serves_lora_modules() -> None:
+    for srv in start_server("--model", "echo", "--served-model-name", "base", "--lora-modules", "m1=/a/b"):
+        models = httpx.get(f"{srv.url}/v1/models").json()["data"]
+        assert [(m["id"], m["root"], m["parent"]) for m in models] == [
+            ("base", None, None),
+            ("m1", "/a/b", "base"),
+        ]
+        r = httpx.post(
+            f"{srv.url}/v1/chat/completions",
+            json={"model": "nope", "messages": [{"role": "user", "content": "x"}]},
+        )
+        assert r.status_code == 404

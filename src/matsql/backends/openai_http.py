@@ -5,6 +5,19 @@ flight. A request that times out, fails to connect, gets 429/5xx, or returns a b
 not JSON or lacks exactly ``n`` choices is retried with exponential backoff and jitter; a
 prompt's completions always come from one successful response, in choice order, so nothing
 is lost or duplicated. After ``max_retries`` the whole call raises: never a partial result.
+``timeout_s`` is a total deadline per attempt (connect, send, wait and read together): a server
+that drips its answer byte by byte cannot keep a request alive past it. A request the server
+rejects (a 4xx other than 408/409/425/429, e.g. 400 for a prompt longer than the context)
+raises :class:`RequestRejected` (``permanent``): the rollout makes that question an error
+record instead of stopping. Completion texts are sanitised (lone surrogates, NUL -> U+FFFD).
+
+Adapters map to served LoRA modules (``vllm serve ... --enable-lora --lora-modules NAME=PATH``).
+An agent with ``adapter: PATH`` is sent to the served name of that adapter: the one its
+``lora_modules: {NAME: PATH}`` entry names (the agents file mirrors the serve command), else a
+served model whose id is the adapter string itself, else the served LoRA module whose root
+(``GET /v1/models`` reports it) is that path. The server must list the name; otherwise the
+backend refuses (:class:`AdapterNotServed`) before any request, never silently sending the
+request to the base model.
 
 The prefix goes as a final assistant message with vLLM's ``continue_final_message: true,
 add_generation_prompt: false`` extension, so the server's own chat template renders it.
@@ -19,7 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import re
 import threading
 import time
 from collections.abc import Coroutine, Sequence
@@ -38,8 +53,26 @@ class BackendError(RuntimeError):
     """A request failed for good (non-retryable status, or retries exhausted)."""
 
 
+class RequestRejected(BackendError):
+    """The server rejected the request itself (4xx): retrying it cannot help."""
+
+    permanent = True
+
+
+class AdapterNotServed(ValueError):
+    """An adapter (or model) the server does not serve: refused, never sent to another model."""
+
+
 class MalformedResponse(ValueError):
     """A 200 response whose body is not a valid completion with the expected choices."""
+
+
+_UNSAFE_TEXT = re.compile("[\ud800-\udfff\x00]")
+
+
+def sanitize_text(text: str) -> str:
+    """Lone surrogates (JSON may carry "\\ud800"; no UTF-8 encoder takes them) and NUL -> U+FFFD."""
+    return _UNSAFE_TEXT.sub("\ufffd", text)
 
 
 def parse_choices(
@@ -63,7 +96,7 @@ def parse_choices(
         text = (c.get("message") or {}).get("content") if kind == "chat" else c.get("text")
         if not isinstance(text, str):
             raise MalformedResponse(f"choice without text: {str(c)[:200]}")
-        texts.append(text)
+        texts.append(sanitize_text(text))
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     return texts, usage
 
@@ -98,6 +131,8 @@ class OpenAIBackend:
         top_p: float | None = None,
         extra_body: dict[str, Any] | None = None,
         name: str | None = None,
+        adapter: str | None = None,
+        lora_modules: dict[str, str] | None = None,
     ) -> None:
         if concurrency < 1 or max_retries < 0 or timeout_s <= 0:
             raise ValueError("need concurrency >= 1, max_retries >= 0 and timeout_s > 0")
@@ -124,7 +159,11 @@ class OpenAIBackend:
         self.tokenizer = tokenizer
         self.top_p = top_p
         self.extra_body = dict(extra_body or {})
-        self.name = name or f"openai:{model}@{self.root}"
+        self.adapter = adapter
+        self.lora_modules = dict(lora_modules or {})
+        self.served: str | None = None  # the model name requests carry, once checked
+        self._name = name
+        self.name = name or f"openai:{model}{f'+{adapter}' if adapter else ''}@{self.root}"
         self.stats = GenerationStats()
         self._jitter = random.Random()  # backoff jitter only; never affects outputs
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -178,6 +217,76 @@ class OpenAIBackend:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # ------------------------------------------------------------------ served models
+
+    def check_served(self) -> str:
+        """Resolve and check the served model name requests will carry (see the module doc);
+        raises :class:`AdapterNotServed` naming the adapter, the server and what it serves.
+        Without an adapter the name is ``model``, unchecked (the server answers for it)."""
+        if self.served is None:
+            if self.adapter is None:
+                self.served = self.model
+            else:
+                self._run(self._resolve_served())
+        assert self.served is not None
+        return self.served
+
+    async def _served_models(self) -> dict[str, dict[str, Any]]:
+        url = f"{self.root}/v1/models"
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                resp = await self._http().get(url)
+        except (TimeoutError, httpx.HTTPError) as e:
+            raise BackendError(
+                f"{self.name}: cannot list served models at {url}: {type(e).__name__}: {e}"
+            ) from e
+        if resp.status_code != 200:
+            raise BackendError(f"{self.name}: GET {url}: HTTP {resp.status_code}: {resp.text[:200]}")
+        try:
+            data = resp.json()["data"]
+            return {str(m["id"]): m for m in data if isinstance(m, dict) and "id" in m}
+        except (ValueError, KeyError, TypeError) as e:
+            raise BackendError(f"{self.name}: GET {url}: not a model list: {resp.text[:200]}") from e
+
+    async def _resolve_served(self) -> None:
+        if self.adapter is None:  # the base model: the server answers for it (vLLM: 404 if unknown)
+            self.served = self.model
+            return
+        served = await self._served_models()
+        listing = ", ".join(sorted(served)) or "nothing"
+        where = f"{self.root}/v1/models"
+        adapter = self.adapter
+        named = [n for n, p in self.lora_modules.items() if _same_path(p, adapter)]
+        if len(named) > 1:
+            raise AdapterNotServed(f"adapter {adapter}: lora_modules maps it to several names {named}")
+        if named:
+            name = named[0]
+            if name not in served:
+                raise AdapterNotServed(
+                    f"adapter {adapter} maps to LoRA module {name!r} (lora_modules), but {where} does not "
+                    f"list it (it serves: {listing}); start the server with --enable-lora "
+                    f"--lora-modules {name}={adapter}"
+                )
+        elif adapter in served and adapter != self.model:
+            name = adapter
+        else:
+            by_root = [
+                i
+                for i, m in served.items()
+                if m.get("root") and i != self.model and _same_path(str(m["root"]), adapter)
+            ]
+            if len(by_root) != 1:
+                raise AdapterNotServed(
+                    f"adapter {adapter} is not served by {self.root} (it serves: {listing}); serve it with "
+                    f"--enable-lora --lora-modules NAME={adapter} and map it in the agents file with "
+                    f"lora_modules: {{NAME: {adapter}}}"
+                    + (f" (several served modules have this root: {by_root})" if by_root else "")
+                )
+            name = by_root[0]
+        self.served = name
+        if self._name is None:
+            self.name = f"openai:{name}({adapter})@{self.root}"
+
     # ------------------------------------------------------------------ protocol
 
     def generate(
@@ -191,6 +300,8 @@ class OpenAIBackend:
     ) -> list[list[str]]:
         if not prompts:
             return []
+        if self.served is None:
+            self.check_served()
         return self._run(self.agenerate(prompts, n, temperature, max_tokens, stop, seed))
 
     async def agenerate(
@@ -234,7 +345,7 @@ class OpenAIBackend:
     ) -> dict[str, Any]:
         """The JSON body for one prompt (public so tests and logs can show what is sent)."""
         body: dict[str, Any] = {
-            "model": self.model,
+            "model": self.served or (self.model if self.adapter is None else self.adapter),
             "n": n,
             "temperature": temperature,
             "max_tokens": max_tokens,
@@ -273,7 +384,8 @@ class OpenAIBackend:
             retry_after: float | None = None
             async with sem:
                 try:
-                    resp = await self._http().post(url, json=body)
+                    async with asyncio.timeout(self.timeout_s):  # total: a dripping answer cannot outlast it
+                        resp = await self._http().post(url, json=body)
                     if resp.status_code == 200:
                         texts, usage = parse_choices(resp.content, n, self.mode)
                         self.stats.prompt_tokens += int(usage.get("prompt_tokens") or 0)
@@ -281,8 +393,10 @@ class OpenAIBackend:
                         return [truncate_at_stop(t, stop) for t in texts]
                     last = f"HTTP {resp.status_code}: {resp.text[:300]}"
                     if resp.status_code < 500 and resp.status_code not in RETRY_STATUS:
-                        raise BackendError(f"{self.name}: prompt {index}: {last} (not retryable)")
+                        raise RequestRejected(f"{self.name}: prompt {index}: {last} (not retryable)")
                     retry_after = _retry_after(resp)
+                except TimeoutError:
+                    last = f"no complete answer within the {self.timeout_s:g} s deadline"
                 except (httpx.TimeoutException, httpx.TransportError, MalformedResponse) as e:
                     last = f"{type(e).__name__}: {e}"
             if attempt == self.max_retries:
@@ -293,6 +407,16 @@ class OpenAIBackend:
         raise BackendError(
             f"{self.name}: prompt {index} failed after {self.max_retries + 1} attempts; last: {last}"
         )
+
+
+def _same_path(a: str, b: str) -> bool:
+    """The same adapter path: equal strings, or equal once resolved on this machine."""
+    if a == b:
+        return True
+    try:
+        return os.path.realpath(a) == os.path.realpath(b)
+    except (OSError, ValueError):
+        return False
 
 
 def _retry_after(resp: httpx.Response) -> float | None:

@@ -52,6 +52,10 @@ class OpenAIConfig(_Cfg):
     tokenizer: str | None = None  # model spec, for mode=completions
     top_p: float | None = None
     extra_body: dict[str, Any] | None = None
+    # A LoRA adapter goes to the server's LoRA module of that path (never silently to `model`):
+    # lora_modules mirrors `vllm serve --lora-modules NAME=PATH` as {NAME: PATH}; see openai_http.
+    adapter: str | None = None
+    lora_modules: dict[str, str] | None = None
 
 
 class VLLMConfig(_Cfg):
@@ -165,6 +169,8 @@ def make_backend(cfg: Mapping[str, Any], *, agent: str | None = None) -> Backend
                 tokenizer=o.tokenizer,
                 top_p=o.top_p,
                 extra_body=o.extra_body,
+                adapter=o.adapter,
+                lora_modules=o.lora_modules,
             )
         if kind == "vllm":
             v = VLLMConfig.model_validate(dict(cfg))

@@ -5,13 +5,20 @@ Serves ``POST /v1/chat/completions`` (honouring vLLM's ``continue_final_message`
 ``GET /v1/models``, ``GET /health`` and ``GET /debug/requests`` (the request log). It lets
 several processes share one loaded model, and lets tests exercise the HTTP client against
 real sockets, with deterministic fault injection (500s, 429s, dropped connections, slow
-answers past the client's timeout, malformed or short bodies).
+answers past the client's timeout, malformed or short bodies, answers dripped byte by byte,
+and 400s or drips for prompts that contain a marker text).
+
+Named LoRA modules are served as vLLM serves them (``--lora-modules NAME=PATH``): listed by
+``/v1/models`` (``id`` NAME, ``root`` PATH, ``parent`` the base model), a request whose
+``model`` is NAME runs on that module's backend (the base model with adapter PATH), and, once
+modules are served, a request for a name the server does not serve gets 404 as from vLLM.
 
 Requests run one at a time on the backend (generic backends need not be thread-safe), so
 throughput comes from the prompts and ``n`` inside a request; use vLLM for serving at scale.
 
     python -m matsql.backends.server --model qwen2.5-coder-0.5b-instruct --port 8000
-    python -m matsql.backends.server --model echo --port 0 --fail-rate 0.3   # prints the port
+    python -m matsql.backends.server --model echo --port 0 --error500-rate 0.3   # prints the port
+    python -m matsql.backends.server --model echo --lora-modules val-sel=runs/a/val-sel
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from matsql.backends.chat import prompt_digest
 
 log = logging.getLogger(__name__)
 
-FAULTS = ("error500", "rate_limit", "drop", "slow", "malformed", "short")
+FAULTS = ("error500", "rate_limit", "drop", "slow", "malformed", "short", "drip")
 
 
 @dataclass(frozen=True)
@@ -47,11 +54,15 @@ class FaultConfig:
     slow: float = 0.0  # answer correctly but only after slow_s (past the client's timeout)
     malformed: float = 0.0  # 200 with a truncated JSON body
     short: float = 0.0  # 200 with valid JSON but one choice missing
+    drip: float = 0.0  # a correct answer sent one byte every drip_s (each read is quick)
     slow_s: float = 5.0
+    drip_s: float = 0.05
     seed: int = 0
+    reject_marker: str | None = None  # a prompt containing this text gets HTTP 400
+    drip_marker: str | None = None  # a prompt containing this text is always dripped
 
     def __post_init__(self) -> None:
-        total = sum(getattr(self, f) for f in FAULTS)
+        total = sum(getattr(self, f) for f in FAULTS)  # rates only
         if any(getattr(self, f) < 0 for f in FAULTS) or total > 1.0:
             raise ValueError(f"fault rates must be >= 0 and sum to <= 1, got {asdict(self)}")
 
@@ -66,6 +77,10 @@ class FaultConfig:
 
 
 class BadRequest(ValueError):
+    pass
+
+
+class UnknownModel(ValueError):
     pass
 
 
@@ -131,10 +146,12 @@ class OpenAIServer(ThreadingHTTPServer):
         model_name: str | None = None,
         faults: FaultConfig | None = None,
         log_size: int = 100_000,
+        lora_modules: dict[str, tuple[str, Backend]] | None = None,
     ) -> None:
         super().__init__((host, port), _Handler)
         self.backend = backend
         self.model_name = model_name or backend.name
+        self.lora_modules = dict(lora_modules or {})  # NAME -> (PATH, backend with that adapter)
         self.faults = faults or FaultConfig()
         self.backend_lock = threading.Lock()
         self.counter_lock = threading.Lock()
@@ -156,30 +173,49 @@ class OpenAIServer(ThreadingHTTPServer):
         t.start()
         return t
 
+    def models(self) -> list[dict[str, Any]]:
+        """The ``/v1/models`` entries: the base model, then each LoRA module (as vLLM lists them)."""
+        out = [{"id": self.model_name, "object": "model", "owned_by": "matsql", "root": None, "parent": None}]
+        out += [
+            {"id": name, "object": "model", "owned_by": "matsql", "root": path, "parent": self.model_name}
+            for name, (path, _) in self.lora_modules.items()
+        ]
+        return out
+
+    def backend_for(self, req: dict[str, Any]) -> Backend:
+        """The backend a request's ``model`` names: a LoRA module, or the base model."""
+        name = req.get("model")
+        if name in self.lora_modules:
+            return self.lora_modules[name][1]
+        if self.lora_modules and name not in (None, self.model_name):
+            raise UnknownModel(f"The model `{name}` does not exist.")
+        return self.backend
+
     def run(self, kind: str, req: dict[str, Any]) -> tuple[list[str], dict[str, int], str]:
-        """Run one request on the backend: (texts, usage, prompt digest)."""
+        """Run one request on the backend its ``model`` names: (texts, usage, prompt digest)."""
+        backend = self.backend_for(req)
         args = sampling_args(req)
         if kind == "chat":
             prompt = chat_prompt_from_request(req)
             digest = prompt_digest(prompt)
-            call = lambda: self.backend.generate([prompt], **args)[0]  # noqa: E731
+            call = lambda: backend.generate([prompt], **args)[0]  # noqa: E731
         else:
             text = req.get("prompt")
             if not isinstance(text, str):
                 raise BadRequest("'prompt' must be one string")
-            gen_text = getattr(self.backend, "generate_text", None)
+            gen_text = getattr(backend, "generate_text", None)
             if gen_text is None:
                 raise BadRequest(
-                    f"backend {self.backend.name} does not take raw prompts; use /v1/chat/completions"
+                    f"backend {backend.name} does not take raw prompts; use /v1/chat/completions"
                 )
             digest = prompt_digest(text)
             call = lambda: gen_text([text], **args)[0]  # noqa: E731
         with self.backend_lock:
-            before = (self.backend.stats.prompt_tokens, self.backend.stats.completion_tokens)
+            before = (backend.stats.prompt_tokens, backend.stats.completion_tokens)
             texts = call()
             usage = {
-                "prompt_tokens": self.backend.stats.prompt_tokens - before[0],
-                "completion_tokens": self.backend.stats.completion_tokens - before[1],
+                "prompt_tokens": backend.stats.prompt_tokens - before[0],
+                "completion_tokens": backend.stats.completion_tokens - before[1],
             }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         return texts, usage, digest
@@ -244,13 +280,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path == "/health":
             self._json(200, {"status": "ok"})
         elif self.path == "/v1/models":
-            self._json(
-                200,
-                {
-                    "object": "list",
-                    "data": [{"id": self.server.model_name, "object": "model", "owned_by": "matsql"}],
-                },
-            )
+            self._json(200, {"object": "list", "data": self.server.models()})
         elif self.path == "/debug/requests":
             self._json(200, list(self.server.request_log))
         else:
@@ -287,7 +317,15 @@ class _Handler(BaseHTTPRequestHandler):
             req = json.loads(raw)
             if not isinstance(req, dict):
                 raise BadRequest("body must be a JSON object")
+            entry["model"] = req.get("model")
+            marker = self.server.faults.reject_marker
+            if marker and marker in json.dumps(req.get("messages") or req.get("prompt"), ensure_ascii=False):
+                raise BadRequest(f"injected fault: this prompt is rejected (contains {marker!r})")
             texts, usage, entry["digest"] = self.server.run(kind, req)
+        except UnknownModel as e:
+            entry["status"] = 404
+            self._error(404, str(e))
+            return
         except (json.JSONDecodeError, BadRequest) as e:
             entry["status"] = 400
             self._error(400, str(e))
@@ -306,12 +344,53 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "slow":
             time.sleep(self.server.faults.slow_s)
         entry["status"] = 200
+        drip_marker = self.server.faults.drip_marker
+        if fault == "drip" or (drip_marker and drip_marker in json.dumps(req, ensure_ascii=False)):
+            entry["fault"] = "drip"
+            self._drip(payload)
+            return
         self._send(200, payload)
+
+    def _drip(self, payload: bytes) -> None:
+        """A right answer, one byte at a time: each read is quick, the whole takes long."""
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.flush()
+            for i in range(len(payload)):
+                self.wfile.write(payload[i : i + 1])
+                self.wfile.flush()
+                time.sleep(self.server.faults.drip_s)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+
+class AdapterEcho:
+    """The echo backend "with an adapter": completions carry the adapter path, so a test sees
+    which LoRA module answered."""
+
+    def __init__(self, adapter: str) -> None:
+        from matsql.backends.base import GenerationStats
+
+        self.adapter = adapter
+        self.name = f"echo+{adapter}"
+        self.stats = GenerationStats()
+
+    def generate(self, prompts: list[ChatPrompt], n: int = 1, **kw: Any) -> list[list[str]]:
+        from matsql.backends.echo import echo_text
+
+        self.stats.calls += 1
+        return [[f"lora:{self.adapter}:{echo_text(p, s)}" for s in range(n)] for p in prompts]
 
 
 def make_server_backend(spec: str, **kwargs: Any) -> Backend:
-    """``echo`` gives the fake EchoBackend; anything else a LocalBackend on that model spec."""
+    """``echo`` gives the fake EchoBackend (``AdapterEcho`` with an adapter); anything else a
+    LocalBackend on that model spec."""
     if spec == "echo":
+        if kwargs.get("adapter"):
+            return AdapterEcho(kwargs["adapter"])
         from matsql.backends.echo import EchoBackend
 
         return EchoBackend()
@@ -337,6 +416,16 @@ def main(argv: list[str] | None = None) -> None:
             f"--{f.replace('_', '-')}-rate", type=float, default=0.0, dest=f, help=f"fault: {f} probability"
         )
     ap.add_argument("--slow-s", type=float, default=5.0)
+    ap.add_argument("--drip-s", type=float, default=0.05, help="seconds between dripped bytes")
+    ap.add_argument("--reject-marker", default=None, help="HTTP 400 for prompts containing this text")
+    ap.add_argument("--drip-marker", default=None, help="drip the answers of prompts containing this text")
+    ap.add_argument(
+        "--lora-modules",
+        nargs="*",
+        default=[],
+        metavar="NAME=PATH",
+        help="serve adapter PATH on the base model under the name NAME (as vllm serve does)",
+    )
     ap.add_argument("--fault-seed", type=int, default=0)
     ap.add_argument("--log-level", default="INFO")
     a = ap.parse_args(argv)
@@ -347,8 +436,28 @@ def main(argv: list[str] | None = None) -> None:
         else {"adapter": a.adapter, "device": a.device, "dtype": a.dtype, "batch_size": a.batch_size}
     )
     backend = make_server_backend(a.model, **kwargs)
-    faults = FaultConfig(**{f: getattr(a, f) for f in FAULTS}, slow_s=a.slow_s, seed=a.fault_seed)
-    server = OpenAIServer(backend, a.host, a.port, model_name=a.served_model_name or a.model, faults=faults)
+    modules: dict[str, tuple[str, Backend]] = {}
+    for item in a.lora_modules:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            ap.error(f"--lora-modules expects NAME=PATH, got {item!r}")
+        modules[name] = (path, make_server_backend(a.model, **(kwargs | {"adapter": path})))
+    faults = FaultConfig(
+        **{f: getattr(a, f) for f in FAULTS},
+        slow_s=a.slow_s,
+        drip_s=a.drip_s,
+        seed=a.fault_seed,
+        reject_marker=a.reject_marker,
+        drip_marker=a.drip_marker,
+    )
+    server = OpenAIServer(
+        backend,
+        a.host,
+        a.port,
+        model_name=a.served_model_name or a.model,
+        faults=faults,
+        lora_modules=modules,
+    )
     print(f"matsql server listening on {server.url}", flush=True)
     try:
         server.serve_forever()
