@@ -283,7 +283,7 @@ def test_outcomes_file_is_what_compare_reads(spider: Benchmark, tmp_path: Path) 
     with gzip.open(picks, "wt") as fh:
         for i, sql in enumerate(["SELECT name FROM p ORDER BY age DESC", "SELECT 0"]):
             fh.write(json.dumps({"question_id": f"spider-dev-{i}", "sql": sql, "candidate_index": 0}) + "\n")
-    out = tmp_path / "outcomes.jsonl"
+    out = tmp_path / "outcomes.jsonl.gz"
     res = CliRunner().invoke(cli(), ["eval-sql", str(picks), "--out", str(out)])
     assert res.exit_code == 0, res.output
     rows = {r.question_id: r for r in load_rows(out)}

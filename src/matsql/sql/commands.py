@@ -176,20 +176,29 @@ def eval_sql(
     if out is not None:
         from matsql.evaluate.outcomes import write_outcomes
 
-        write_outcomes(
-            out,
-            (
-                {
-                    "question_id": q.question_id,
-                    "db_id": q.db_id,
-                    "difficulty": q.difficulty,
-                    "correct": summary.per_question[q.question_id] == "correct",
-                    "outcome": summary.per_question[q.question_id],
-                    "rule": mode,
-                }
-                for q in questions
-            ),
-        )
+        rows = [
+            {
+                "question_id": q.question_id,
+                "db_id": q.db_id,
+                "difficulty": q.difficulty,
+                "correct": summary.per_question[q.question_id] == "correct",
+                "outcome": summary.per_question[q.question_id],
+                "rule": mode,
+            }
+            for q in questions
+        ]
+        if out.suffix == ".gz":  # written plain, then gzipped (mtime 0: the same bytes every run)
+            import gzip
+            import os
+
+            plain = write_outcomes(out.with_name(f".{out.name}.tmp"), rows)
+            packed = out.with_name(f".{out.name}.gz.tmp")
+            with packed.open("wb") as fh, gzip.GzipFile(filename="", fileobj=fh, mode="wb", mtime=0) as gz:
+                gz.write(plain.read_bytes())
+            os.replace(packed, out)
+            plain.unlink()
+        else:
+            write_outcomes(out, rows)
         err_console.print(f"wrote {len(questions)} question outcome(s) to {out}", highlight=False)
     if json_out:
         typer.echo(json.dumps(summary.to_json(), indent=2))
