@@ -289,3 +289,18 @@ def test_outcomes_file_is_what_compare_reads(spider: Benchmark, tmp_path: Path) 
     rows = {r.question_id: r for r in load_rows(out)}
     assert {q: r.correct for q, r in rows.items()} == {"spider-dev-0": 1.0, "spider-dev-1": 0.0}
     assert rows["spider-dev-1"].db_id == "people" and rows["spider-dev-1"].extra["rule"] == "spider"
+
+
+def test_limit_scores_the_first_questions_and_refuses_predictions_beyond(
+    spider: Benchmark, tmp_path: Path
+) -> None:
+    one = _jsonl(
+        tmp_path / "one.jsonl",
+        [{"question_id": "spider-dev-0", "sql": "SELECT name FROM p ORDER BY age DESC"}],
+    )
+    res = CliRunner().invoke(cli(), ["eval-sql", str(one), "--limit", "1", "--json"])
+    out = json.loads(res.output)
+    assert (out["overall"]["n"], out["overall"]["correct"], out["n_skipped_missing_db"]) == (1, 1, 0)
+    two = _jsonl(tmp_path / "two.jsonl", [{"question_id": "spider-dev-1", "sql": "SELECT 1"}])
+    res = CliRunner().invoke(cli(), ["eval-sql", str(two), "--limit", "1"])
+    assert res.exit_code == 2 and "beyond the first 1 questions" in " ".join(res.output.split())

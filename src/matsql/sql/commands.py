@@ -98,6 +98,9 @@ def eval_sql(
         None, "--exec-timeout", help="seconds per query [default: 30, as BIRD's script]"
     ),
     workers: int = typer.Option(0, "--workers", help="SQLite worker processes (0: min(4, CPUs))"),
+    limit: int | None = typer.Option(
+        None, "--limit", min=1, help="score the first N questions of the benchmark only (as rollout --limit)"
+    ),
     out: Path | None = typer.Option(
         None,
         "--out",
@@ -147,6 +150,15 @@ def eval_sql(
         if strict:
             got.refuse_bad_lines(predictions)
         questions = bench.select(missing)  # type: ignore[arg-type]
+        if limit is not None:
+            first = {q.question_id for q in bench.questions[:limit]}
+            questions = [q for q in questions if q.question_id in first]
+            extra = sorted(set(got.sql) - first)
+            if extra:
+                raise PredictionError(
+                    f"{predictions}: {len(extra)} prediction(s) beyond the first {limit} questions "
+                    f"(e.g. {extra[0]}); raise --limit or drop them"
+                )
     except (PredictionError, ValueError, FileNotFoundError, RuntimeError) as e:
         raise _fail(str(e)) from None
     for _, why in got.bad_lines[:20]:
@@ -170,7 +182,7 @@ def eval_sql(
             runner,
             benchmark=bench.name,
             mode=mode,
-            n_questions=len(bench.questions),
+            n_questions=len(bench.questions) if limit is None else min(limit, len(bench.questions)),
         )
     summary.bad_lines = [why for _, why in got.bad_lines]
     if out is not None:
