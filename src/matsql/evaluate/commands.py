@@ -87,6 +87,9 @@ def metrics(
         if by_difficulty:
             _difficulty_rows(table, r)
     _console().print(table)
+    for r in rows:
+        if r.summary.n_error:
+            err_console.print(f"{r.name}: {r.summary.n_error} error record(s), scored wrong", highlight=False)
 
 
 def _difficulty_rows(table: Table, r: RunRow) -> None:

@@ -64,6 +64,22 @@ def rollout(
     resume: bool = typer.Option(True, "--resume/--no-resume"),
 ) -> None:
     """Run planner -> validators -> gate -> fixer over K candidates per question."""
+    try:
+        _rollout(**locals())
+    except typer.Exit:
+        raise
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+        # one clear line (file:line, the adapter, the backend), no traceback; the file stays resumable
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        console.print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+
+
+def _rollout(
+    benchmark, agents, adapters, out, k, temperature, greedy_first, gate, branches, fix_all,
+    fixer_samples, fixer_temperature, validators, planner_from, seed, batch_questions, limit,
+    sample, offset, shard, data, missing, exec_timeout, ex_mode, resume,
+) -> None:  # fmt: skip
     from matsql.benchmarks import load_benchmark
     from matsql.rollout.config import RolloutConfig
     from matsql.rollout.runner import run_rollout
@@ -110,6 +126,17 @@ def rollout(
         f"wrote {int(stats['written'])} record(s) to {out} in {stats['seconds']:.1f}s: "
         f"{stats['questions_per_s']:.2f} questions/s, {stats['tokens_per_s']:,.0f} generated tokens/s"
     )
+    _report_errors(stats["errors"])
+
+
+def _report_errors(errors: dict[str, int]) -> None:
+    """Error records written, one line per reason (a corrupt database: once, with its path)."""
+    if not errors:
+        return
+    n = sum(errors.values())
+    console.print(f"[yellow]{n} error record(s) (scored wrong; `matsql metrics` counts them):")
+    for reason, count in sorted(errors.items(), key=lambda kv: -kv[1]):
+        console.print(f"  {count} question(s): {reason}", highlight=False, soft_wrap=True)
 
 
 def rollout_merge(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.progress import (
     BarColumn,
@@ -73,8 +74,9 @@ def run_rollout(
     config_dump: dict,
     resume: bool = True,
     show_progress: bool = True,
-) -> dict[str, float]:
-    """Write one record per question to ``out``; return throughput numbers."""
+) -> dict[str, Any]:
+    """Write one record per question to ``out``; return throughput numbers and the error records
+    written (reason -> count)."""
     problems = sampling_problems(cfg, svc.team)
     if problems:
         raise ValueError("rollout settings: " + "; ".join(problems))
@@ -86,6 +88,7 @@ def run_rollout(
     start = time.perf_counter()
     tok0 = total_tokens(svc.backends)
     n_done_now = 0
+    errors: dict[str, int] = {}  # reason -> error records written now
     with RolloutWriter(out, config_dump, chash, resume=resume) as writer:
         todo = [
             b for b in batches(qs, cfg.batch_questions) if any(q.question_id not in writer.done for q in b)
@@ -108,6 +111,8 @@ def run_rollout(
                     if r.question_id not in writer.done:
                         writer.write(r)
                         n_done_now += 1
+                        if r.error is not None:
+                            errors[r.error] = errors.get(r.error, 0) + 1
                 progress.update(task, advance=len(batch))
     dt = time.perf_counter() - start
     toks = total_tokens(svc.backends) - tok0
@@ -118,6 +123,8 @@ def run_rollout(
         "questions_per_s": n_done_now / dt if dt > 0 else 0.0,
         "tokens_per_s": toks / dt if dt > 0 else 0.0,
         "generated_tokens": float(toks),
+        "error_records": float(sum(errors.values())),
+        "errors": errors,  # type: ignore[dict-item]
     }
 
 

@@ -581,6 +581,8 @@ class Executor:
                     f"SQLite worker processes fail to start ({sys.executable} -m matsql.sql.worker)"
                 )
         self._retire(w)
+        if len(self._pool) < self.workers:  # replace it now: it starts while others work
+            self._spawn()
         if why == "deadline":
             self.stats.deadline_kills += 1
         elif why == "memory":
