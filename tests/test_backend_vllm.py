@@ -50,7 +50,9 @@ class FakeLLM:
     kwargs: dict[str, Any] = field(default_factory=dict)
     calls: list[dict[str, Any]] = field(default_factory=list)
 
-    def generate(self, prompts: list[dict], params: list[dict], use_tqdm: bool, lora_request: Any) -> list[Output]:
+    def generate(
+        self, prompts: list[dict], params: list[dict], use_tqdm: bool, lora_request: Any
+    ) -> list[Output]:
         self.calls.append({"prompts": prompts, "params": params, "lora": lora_request})
         outs = []
         for p, sp in zip(prompts, params, strict=True):
@@ -184,7 +186,7 @@ def test_no_adapter_no_lora(engine: VLLMEngine) -> None:
 
 
 def test_adapter_folder_checks(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+    with pytest.raises(FileNotFoundError, match=r"adapter_config\.json"):
         adapter_rank(tmp_path)
     (tmp_path / "adapter_config.json").write_text("{bad")
     with pytest.raises(ValueError, match="line 1"):
@@ -233,7 +235,9 @@ def test_vllm_engine_on_gpu(tiny_chat_model_dir: Path) -> None:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tiny_chat_model_dir))
-    eng = VLLMEngine(tiny_chat_model_dir, tok, "tiny", EngineSettings(gpu_memory_utilization=0.2, max_model_len=512))
+    eng = VLLMEngine(
+        tiny_chat_model_dir, tok, "tiny", EngineSettings(gpu_memory_utilization=0.2, max_model_len=512)
+    )
     b = VLLMBackend(eng)
     g1 = b.generate(PROMPTS, n=2, temperature=0.0, max_tokens=8)
     assert all(len(set(o)) == 1 for o in g1)

@@ -1,0 +1,139 @@
+"""Does the vllm backend compute what the transformers backend computes?
+
+``--mode greedy``: the planner prompts of the first ``--questions`` runnable spider-dev
+questions, decoded greedily by both backends with the same LoRA adapter; prints the share of
+identical completions and of identical parsed SQL, and where the first differing completion
+parts. ``--adapter random`` builds a rank-8 LoRA on all seven projections with small random
+weights (a stand-in for a trained adapter when none is at hand; both backends load the same
+folder), ``--adapter PATH`` uses a trained one, ``--adapter none`` the base model.
+
+``--mode sampled``: K=8 samples at T=1.0 with a fixed seed through the vllm backend, twice in
+one process; writes the completions' sha256 to ``--out`` so that a second process's run can be
+compared (two runs of this script with the same arguments must print the same digest).
+
+    python benchmarks/vllm_parity.py --mode greedy --questions 200 --adapter random
+    python benchmarks/vllm_parity.py --mode sampled --questions 50 --out a.json   # run twice, compare
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def random_adapter(model_dir: Path, out: Path, r: int = 8, std: float = 0.02, seed: int = 0) -> Path:
+    """A PEFT LoRA folder with random A and B (B is zero in a fresh adapter: no effect)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    peft = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, lora_dropout=0.0))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, std)
+    peft.save_pretrained(str(out))
+    return out
+
+
+def planner_prompts(n: int) -> list[Any]:
+    from matsql.agents import planner
+    from matsql.benchmarks.registry import load_benchmark
+
+    bench = load_benchmark("spider-dev")
+    return [planner.build(q, bench.schema_text(q.db_id)) for q in bench.runnable[:n]]
+
+
+def vllm_backend(model: str, adapter: str | None, gmu: float) -> Any:
+    from matsql.backends.vllm_local import EngineSettings, VLLMBackend, VLLMEngine
+    from matsql.models import dense_folder, load_tokenizer
+
+    folder, digest = dense_folder(model)
+    eng = VLLMEngine(
+        folder, load_tokenizer(folder), f"{model}|{digest[:16]}", EngineSettings(gpu_memory_utilization=gmu)
+    )
+    return VLLMBackend(eng, adapter=adapter)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mode", choices=("greedy", "sampled"), default="greedy")
+    ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
+    ap.add_argument("--questions", type=int, default=200)
+    ap.add_argument("--adapter", default="random", help="random, none or a PEFT folder")
+    ap.add_argument("--max-tokens", type=int, default=320)
+    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--gpu-memory-utilization", type=float, default=0.35)
+    ap.add_argument("--out", default=None, help="write the summary (and sampled digests) here")
+    args = ap.parse_args()
+
+    from matsql.agents import planner
+    from matsql.models import dense_folder
+
+    prompts = planner_prompts(args.questions)
+    folder, _ = dense_folder(args.model)
+    adapter = None
+    if args.adapter == "random":
+        adapter = str(random_adapter(folder, Path(tempfile.mkdtemp(prefix="lora-")) / "random-r8"))
+    elif args.adapter != "none":
+        adapter = args.adapter
+    res: dict[str, Any] = {"mode": args.mode, "questions": len(prompts), "adapter": args.adapter}
+    vb = vllm_backend(args.model, adapter, args.gpu_memory_utilization)
+    if args.mode == "greedy":
+        t0 = time.perf_counter()
+        v = [o[0] for o in vb.generate(prompts, temperature=0.0, max_tokens=args.max_tokens)]
+        res["vllm_s"] = time.perf_counter() - t0
+        from matsql.backends.transformers_local import LocalBackend, LocalEngine
+
+        lb = LocalBackend(LocalEngine.load(args.model), adapter=adapter, batch_size=256)
+        t0 = time.perf_counter()
+        t = [o[0] for o in lb.generate(prompts, temperature=0.0, max_tokens=args.max_tokens)]
+        res["transformers_s"] = time.perf_counter() - t0
+        same = [a == b for a, b in zip(v, t, strict=True)]
+        same_sql = [planner.parse(a) == planner.parse(b) for a, b in zip(v, t, strict=True)]
+        res["identical_text"] = sum(same) / len(same)
+        res["identical_sql"] = sum(same_sql) / len(same_sql)
+        diffs = []
+        for a, b in zip(v, t, strict=True):
+            if a != b:
+                k = next(
+                    (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+                )
+                diffs.append(k)
+        res["first_difference_chars"] = sorted(diffs)
+        print(
+            f"greedy, {len(prompts)} planner prompts, adapter {args.adapter}: identical completions "
+            f"{res['identical_text']:.1%}, identical parsed SQL {res['identical_sql']:.1%}; first differing "
+            f"character of the others at {diffs[:20]} (vllm {res['vllm_s']:.1f} s, transformers {res['transformers_s']:.1f} s)"
+        )
+    else:
+        runs = []
+        for _ in range(2):
+            out = vb.generate(prompts, n=args.k, temperature=1.0, max_tokens=args.max_tokens, seed=args.seed)
+            runs.append(hashlib.sha256(json.dumps(out).encode()).hexdigest())
+            distinct = sum(len(set(o)) for o in out) / len(out)
+        res["digests"] = runs
+        res["repeat_in_process"] = runs[0] == runs[1]
+        res["mean_distinct_samples"] = distinct
+        print(
+            f"sampled, {len(prompts)} prompts x K={args.k}, seed {args.seed}, adapter {args.adapter}: "
+            f"two runs in one process identical: {runs[0] == runs[1]}; digest {runs[0][:16]}; "
+            f"{distinct:.2f} distinct samples per prompt"
+        )
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=1))
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
