@@ -161,8 +161,10 @@ def sft_data(
     ),
     fixer_critiques: str = typer.Option("rollout", help="Fixer critiques: rollout (sampled) | teacher."),
     selector_verdicts: bool = typer.Option(False, help="Selector options carry validator verdicts."),
-    test_frac: float = typer.Option(0.05, help="Share of questions written to the test split (eval)."),
-    seed: int = typer.Option(0),
+    test_frac: float = typer.Option(
+        0.1, "--test-frac", help="Share of questions written to the test split (eval); as labels build."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Random seed: train/test split, down-sampling, teacher sampling."),
     teacher_file: Path | None = typer.Option(
         None,
         "--teacher",
