@@ -164,7 +164,9 @@ def sft_data(
     test_frac: float = typer.Option(
         0.1, "--test-frac", help="Share of questions written to the test split (eval); as labels build."
     ),
-    seed: int = typer.Option(0, "--seed", help="Random seed: train/test split, down-sampling, teacher sampling."),
+    seed: int = typer.Option(
+        0, "--seed", help="Random seed: train/test split, down-sampling, teacher sampling."
+    ),
     teacher_file: Path | None = typer.Option(
         None,
         "--teacher",
