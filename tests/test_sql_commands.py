@@ -304,3 +304,46 @@ def test_limit_scores_the_first_questions_and_refuses_predictions_beyond(
     two = _jsonl(tmp_path / "two.jsonl", [{"question_id": "spider-dev-1", "sql": "SELECT 1"}])
     res = CliRunner().invoke(cli(), ["eval-sql", str(two), "--limit", "1"])
     assert res.exit_code == 2 and "beyond the first 1 questions" in " ".join(res.output.split())
+
+
+def test_a_rollout_file_is_rescored_by_its_greedy_candidate(spider: Benchmark, tmp_path: Path) -> None:
+    from matsql.records import dumps
+    from tests.record_builders import cand, ok, record
+
+    recs = [
+        record(  # planner SQL orders the wrong way; the fixer repairs it
+            "spider-dev-0",
+            [
+                cand(
+                    0,
+                    "SELECT name FROM p ORDER BY age ASC",
+                    ok("a"),
+                    True,  # what BIRD's set rule said
+                    verdicts=("incorrect", "correct"),
+                    fix=("SELECT name FROM p ORDER BY age DESC", ok("a"), True),
+                    gate=True,
+                    greedy=True,
+                ),
+                cand(1, "SELECT 0", ok("b"), False),
+            ],
+            db="people",
+        ),
+        record("spider-dev-1", [cand(0, "SELECT 1", ok("c"), False)], db="people"),  # no greedy one
+    ]
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(dumps(r) + "\n" for r in recs[:1]))
+
+    def run(metric: str) -> dict:
+        res = CliRunner().invoke(
+            cli(), ["eval-sql", str(path), "-b", "spider-dev", "--rollout-metric", metric, "--json"]
+        )
+        assert res.exit_code == 0, res.output
+        return json.loads(res.output)["per_question"]
+
+    assert run("planner@1") == {"spider-dev-0": "wrong", "spider-dev-1": "no_prediction"}
+    assert run("pipeline@1")["spider-dev-0"] == "correct"
+    path.write_text("".join(dumps(r) + "\n" for r in recs))
+    res = CliRunner().invoke(
+        cli(), ["eval-sql", str(path), "-b", "spider-dev", "--rollout-metric", "planner@1"]
+    )
+    assert res.exit_code == 2 and "spider-dev-1 has no greedy candidate" in " ".join(res.output.split())

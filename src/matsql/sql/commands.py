@@ -18,7 +18,13 @@ from rich.table import Table
 from matsql.sql.compare import MODES
 from matsql.sql.ex_eval import ExSummary, evaluate_predictions, official_rule
 from matsql.sql.executor import Executor
-from matsql.sql.predictions import PredictionError, read_prediction_file, sniff_benchmark
+from matsql.sql.predictions import (
+    PredictionError,
+    Predictions,
+    read_prediction_file,
+    rollout_predictions,
+    sniff_benchmark,
+)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -108,6 +114,12 @@ def eval_sql(
         help="write one outcome line per question (question_id, db_id, difficulty, correct, outcome, "
         "rule): what `matsql compare` reads",
     ),
+    rollout_metric: str | None = typer.Option(
+        None,
+        "--rollout-metric",
+        help="PREDICTIONS is a rollout file: score its planner@1 (greedy planner SQL) or pipeline@1 "
+        "(the greedy candidate's final SQL)",
+    ),
     strict: bool = typer.Option(
         False, "--strict", help="refuse a file with bad lines instead of scoring the rest"
     ),
@@ -134,7 +146,14 @@ def eval_sql(
         raise _fail(f"--missing must be wrong, skip or error, got {missing!r}")
     if not predictions.is_file():
         raise _fail(f"{predictions}: no such file")
-    named = sniff_benchmark(predictions, BENCHMARKS)
+    from_rollout: dict[str, str] | None = None
+    if rollout_metric is not None:
+        try:
+            from_rollout, named = rollout_predictions(predictions, rollout_metric)
+        except PredictionError as e:
+            raise _fail(str(e)) from None
+    else:
+        named = sniff_benchmark(predictions, BENCHMARKS)
     if benchmark is None:
         if named is None:
             raise _fail(
@@ -146,7 +165,14 @@ def eval_sql(
         raise _fail(f"{predictions}: its question ids are {named}'s, but -b {benchmark} was given")
     try:
         bench = load_benchmark(benchmark, root=data)
-        got = read_prediction_file(predictions, bench.questions, bench.name)
+        if from_rollout is not None:
+            known = {q.question_id for q in bench.questions}
+            stray = sorted(set(from_rollout) - known)
+            if stray:
+                raise PredictionError(f"{predictions}: question {stray[0]} is not in {bench.name}")
+            got = Predictions(from_rollout)
+        else:
+            got = read_prediction_file(predictions, bench.questions, bench.name)
         if strict:
             got.refuse_bad_lines(predictions)
         questions = bench.select(missing)  # type: ignore[arg-type]

@@ -197,3 +197,35 @@ def _read_jsonl(
         if sql is not None:  # null = no SQL produced: scored like a missing prediction
             out[qid] = sql
     return Predictions(out, sorted(bad))
+
+
+ROLLOUT_SQL = ("planner@1", "pipeline@1")
+
+
+def rollout_predictions(path: Path, metric: str) -> tuple[dict[str, str], str | None]:
+    """The SQL a rollout file scored for ``metric`` (``planner@1``: the greedy candidate's planner
+    SQL; ``pipeline@1``: its final SQL after validators and fixer), and the benchmark its
+    questions name. A record without a greedy candidate is an error naming the question."""
+    from matsql.evaluate.metrics import greedy_candidate
+    from matsql.rollout.io import read_records
+
+    if metric not in ROLLOUT_SQL:
+        raise PredictionError(f"rollout metric must be one of {', '.join(ROLLOUT_SQL)}, got {metric!r}")
+    try:
+        records = read_records(path)
+    except (OSError, ValueError) as e:
+        raise PredictionError(str(e)) from None
+    out: dict[str, str] = {}
+    benches = {r.question.benchmark for r in records if r.question.benchmark}
+    for r in records:
+        if r.gold_exec.status == "missing_db":
+            continue  # scored wrong by the missing-database policy
+        g = greedy_candidate(r.candidates)
+        if g is None:
+            raise PredictionError(
+                f"{path}: question {r.question_id} has no greedy candidate ({metric} is undefined)"
+            )
+        sql = g.planner.sql if metric == "planner@1" else g.final_sql
+        if sql is not None:
+            out[r.question_id] = sql
+    return out, (benches.pop() if len(benches) == 1 else None)
