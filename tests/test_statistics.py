@@ -264,7 +264,7 @@ def test_compare_arms_requires_matching_questions() -> None:
         (0.8, 0.4, 5.0, True, "by more than 5 pp"),
         (0.8, 0.4, 90.0, False, "but not by more than 90 pp"),
         (0.4, 0.8, None, False, "B beats A"),
-        (0.6, 0.6, None, False, "tie"),
+        (0.6, 0.6, None, False, "too few questions to tell"),  # 80% discordant: MDE ~12 pp
     ],
 )
 def test_verdict_and_claim(p_a: float, p_b: float, gap: float | None, claim: bool, phrase: str) -> None:
@@ -277,6 +277,40 @@ def test_verdict_and_claim(p_a: float, p_b: float, gap: float | None, claim: boo
     assert res.claim is claim
     assert phrase in res.verdict
     assert res.claim is (res.ci_low * 100 > (gap or 0.0))
+
+
+def test_tie_needs_a_design_that_could_see_an_effect() -> None:
+    """Same accuracy: a tie when the MDE is small (many questions, few discordant ones), but
+    "too few questions to tell", with the MDE, when it is far above the observed gap."""
+    n = 2000
+    a = (np.arange(n) < 0.6 * n).astype(float)
+    b = a.copy()
+    b[:40], b[-40:] = 0.0, 1.0  # 80 discordant questions (4%), 40 each way
+    res = compare_arms(_as_dict(a), _as_dict(b), n_resamples=1000, seed=0)
+    assert res.diff == 0.0 and res.mde is not None and 100 * res.mde < 5.0
+    assert res.verdict.startswith("no clear difference (tie)")
+    sa, sb = np.zeros(20), np.zeros(20)
+    sa[:4], sb[4:7] = 1.0, 1.0  # 20 questions: A right alone on 4, B on 3
+    small = compare_arms(_as_dict(sa), _as_dict(sb), n_resamples=1000, seed=0)
+    assert small.ci_low < 0 < small.ci_high and small.mde is not None
+    assert small.verdict.startswith("too few questions to tell")
+    assert f"{100 * small.mde:.1f} pp" in small.verdict
+    same = compare_arms({"q1": 0.0, "q2": 0.0}, {"q1": 0.0, "q2": 0.0}, n_resamples=100)
+    assert same.mde is None and same.verdict.startswith("too few questions to tell")
+    assert same.claim is False
+
+
+def test_large_gap_with_wide_ci_is_not_too_few() -> None:
+    """A gap of the MDE's order whose CI spans 0 is "no clear difference", not "too few"."""
+    n = 60
+    a = np.zeros(n)
+    b = np.zeros(n)
+    a[:9] = 1.0  # A right alone on 9, B right alone on 3: gap +10 pp
+    b[9:12] = 1.0
+    res = compare_arms(_as_dict(a), _as_dict(b), n_resamples=2000, seed=0)
+    assert res.ci_low <= 0 <= res.ci_high  # neither bound clears 0
+    assert res.mde is not None and res.mde < 3 * res.diff
+    assert res.verdict.startswith("no clear difference")
 
 
 def test_seed_spread_and_seed_means() -> None:

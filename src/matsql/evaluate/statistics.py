@@ -209,8 +209,28 @@ class ComparisonResult(BaseModel):
     boot: np.ndarray | None = Field(default=None, exclude=True, repr=False)
 
 
-def _verdict(name_a: str, name_b: str, lo: float, hi: float, gap_pp: float | None) -> tuple[bool, str]:
-    """(claim, sentence): the claim holds only when the CI lower bound clears the margin."""
+# "Too few questions to tell" instead of "tie": a tie is only called by a design that could see a
+# moderate effect. When the CI spans 0 and the minimum detectable effect is both above
+# TIE_MAX_MDE_PP and at least TOO_FEW_RATIO times the observed gap, the data cannot tell a tie
+# from a real difference of the MDE's size (e.g. 20 questions: MDE ~25 pp).
+TIE_MAX_MDE_PP = 5.0
+TOO_FEW_RATIO = 3.0
+
+
+def _verdict(
+    name_a: str,
+    name_b: str,
+    lo: float,
+    hi: float,
+    gap_pp: float | None,
+    *,
+    diff: float = 0.0,
+    mde: float | None = None,
+    n: int | None = None,
+) -> tuple[bool, str]:
+    """(claim, sentence): the claim holds only when the CI lower bound clears the margin. When
+    nothing is clear and the MDE is far above the observed gap, the sentence says so (with the MDE)
+    rather than calling a tie; the claim is the same either way."""
     margin = (gap_pp or 0.0) / 100.0
     ci = f"CI [{100 * lo:+.2f}, {100 * hi:+.2f}] pp"
     by = f" by more than {gap_pp:g} pp" if gap_pp else ""
@@ -222,6 +242,17 @@ def _verdict(name_a: str, name_b: str, lo: float, hi: float, gap_pp: float | Non
         return False, f"{name_a} better than {name_b}, but not by more than {gap_pp:g} pp: {ci}"
     if hi < 0:
         return False, f"{name_b} better than {name_a}, but not by more than {gap_pp:g} pp: {ci}"
+    questions = f"{n} questions" if n is not None else "these questions"
+    if n is not None and mde is None:
+        return False, (
+            f"too few questions to tell: the arms differ on none of {questions}, so no effect size "
+            f"is detectable (MDE undefined): {ci}"
+        )
+    if mde is not None and 100 * mde > TIE_MAX_MDE_PP and mde >= TOO_FEW_RATIO * abs(diff):
+        return False, (
+            f"too few questions to tell: with {questions} the minimum detectable effect is "
+            f"{100 * mde:.1f} pp (80% power), far above the observed {100 * diff:+.2f} pp: {ci}"
+        )
     return False, f"no clear difference (tie): {ci}"
 
 
@@ -269,7 +300,8 @@ def compare_arms(
         c_lo, c_hi = percentile_ci(cluster_bootstrap(d, labels, n_resamples=n_resamples, seed=seed), level)
     binary = bool(np.isin(xa, (0.0, 1.0)).all() and np.isin(xb, (0.0, 1.0)).all())
     mc = mcnemar_exact(xa, xb)
-    claim, verdict = _verdict(name_a, name_b, lo, hi, min_gap_pp)
+    mde = mde_paired(len(qids), float(np.mean(d**2)))
+    claim, verdict = _verdict(name_a, name_b, lo, hi, min_gap_pp, diff=float(d.mean()), mde=mde, n=len(qids))
     return ComparisonResult(
         name_a=name_a,
         name_b=name_b,
@@ -289,7 +321,7 @@ def compare_arms(
         mcnemar_c=mc.c,
         mcnemar_p=mc.p_value,
         mcnemar_kind="exact McNemar" if binary else "exact sign test on seed-mean differences",
-        mde=mde_paired(len(qids), float(np.mean(d**2))),
+        mde=mde,
         n_resamples=n_resamples,
         seed=seed,
         min_gap_pp=min_gap_pp,
