@@ -62,9 +62,14 @@ def test_compare_clear_win_passes_min_gap_and_writes_artefacts(tmp_path: Path) -
     assert payload["claim"] is True and payload["min_gap_pp"] == 5.0
     assert payload["ci_low"] * 100 > 5.0
     assert payload["n"] == 200 and payload["n_clusters"] == 7
-    for name in ("compare.json", "compare.md", "bootstrap.png"):
-        assert (out / name).is_file(), name
-    assert (out / "bootstrap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for stem in ("difference", "bootstrap"):
+        assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", stem
+        assert (out / f"{stem}.pdf").read_bytes()[:5] == b"%PDF-", stem
+        assert "<svg" in (out / f"{stem}.svg").read_text(), stem
+    assert (out / "compare.md").is_file()
+    sources = json.loads((out / "compare.json").read_text())["sources"]
+    assert sources["A"] == f"{tmp_path.name}/{pa.name}"  # portable: from the folder shared with OUT
+    assert str(tmp_path) not in (out / "compare.md").read_text()
     assert json.loads((out / "compare.json").read_text())["ci_low"] == payload["ci_low"]
     md = (out / "compare.md").read_text()
     assert "A beats B by more than 5 pp" in md and "exact McNemar" in md

@@ -6,6 +6,7 @@ import gzip
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -124,13 +125,64 @@ def test_markdown_and_files(tmp_path: Path) -> None:
     assert lines[2].startswith("| collab | ") and lines[3].endswith("| - | - |")
     assert "7 questions scored, 1 with a missing database (scored wrong)" in md
     assert "planner@1/pipeline@1 over 5 questions with a greedy candidate" in md
-    paths = write_report(rows, tmp_path / "out")
-    assert [p.name for p in paths] == ["report.md", "report.png", "report.json"]
-    assert (tmp_path / "out" / "report.md").read_text() == md
-    assert (tmp_path / "out" / "report.png").read_bytes()[:8] == PNG_MAGIC
-    js = json.loads((tmp_path / "out" / "report.json").read_text())
+    out = tmp_path / "out"
+    paths = write_report(rows, out)
+    assert [p.name for p in paths] == [
+        "report.md",
+        "report.csv",
+        "report.tex",
+        "report.json",
+        "report.png",
+        "report.pdf",
+        "report.svg",
+    ]
+    written = (out / "report.md").read_text()
+    assert written == to_markdown(rows, base=out)
+    assert written.splitlines()[:4] == lines[:4]  # the table itself does not depend on the folder
+    assert (out / "report.png").read_bytes()[:8] == PNG_MAGIC
+    assert (out / "report.pdf").read_bytes()[:5] == b"%PDF-"
+    assert "<svg" in (out / "report.svg").read_text()
+    js = json.loads((out / "report.json").read_text())
     assert js[0]["selector_ex"] == pytest.approx(rows[0].selector_ex) and js[1]["selector_ex"] is None
     assert js[0]["n_missing_db"] == 1
+    # portable: the run folders are named from the folder they share with OUT, never absolutely
+    assert str(tmp_path) not in written and str(tmp_path) not in (out / "report.json").read_text()
+    assert js[0]["rollout"] == f"{tmp_path.name}/collab/rollout.jsonl"
+    # CSV and LaTeX carry the same cells as the Markdown table
+    csv_lines = (out / "report.csv").read_text().splitlines()
+    assert csv_lines[0] == "config,planner@1,pipeline@1,pass@K,majority,selector EX,pick rate"
+    assert csv_lines[2].endswith(",,")  # no picks: empty, not '-'
+    md_cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert csv_lines[1].split(",") == md_cells
+    tex = (out / "report.tex").read_text()
+    assert "\\begin{tabular}{lrrrrrr}" in tex and "\\toprule" in tex
+    assert f"collab & {' & '.join(md_cells[1:5])} & {md_cells[5]} {{\\scriptsize [" in tex
+    # intervals: the point value is the table's, the interval contains it
+    iv = js[0]["intervals_95"]
+    assert set(iv) == {"selector EX", "majority", "pass@K"} and set(js[1]["intervals_95"]) == {
+        "majority",
+        "pass@K",
+    }
+    assert iv["selector EX"]["value"] == pytest.approx(rows[0].selector_ex)
+    assert iv["pass@K"]["value"] == pytest.approx(rows[0].summary.values["pass@K"])
+    for e in iv.values():
+        assert e["low"] <= e["value"] <= e["high"] and e["n"] == 7
+
+
+def test_estimates_are_bootstrap_intervals_of_the_table_values(tmp_path: Path) -> None:
+    from matsql.evaluate.report import estimates
+    from matsql.evaluate.statistics import paired_bootstrap, percentile_ci
+
+    row = build_row(_run_folder(tmp_path / "collab", _records(), PICKS))
+    ests = {e.metric: e for e in estimates([row], n_resamples=500, seed=3)}
+    sel = [1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0]  # PICKS in question order, q-d (missing db) wrong
+    assert sorted(row.per_question["selector EX"]) == sorted(sel)
+    lo, hi = percentile_ci(
+        paired_bootstrap(np.asarray(row.per_question["selector EX"]), n_resamples=500, seed=3)
+    )
+    assert (ests["selector EX"].low, ests["selector EX"].high) == (lo, hi)
+    assert ests["selector EX"].value == pytest.approx(3 / 7)
+    assert ests["majority"].value == pytest.approx(row.summary.values["majority"])
 
 
 def test_report_cli(tmp_path: Path) -> None:
@@ -141,7 +193,8 @@ def test_report_cli(tmp_path: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     assert "| COLLAB | " in res.stdout and "| INDEP | " in res.stdout
-    assert (tmp_path / "rep" / "report.png").is_file()
+    for suffix in ("md", "csv", "tex", "json", "png", "pdf", "svg"):
+        assert (tmp_path / "rep" / f"report.{suffix}").is_file(), suffix
     res = runner.invoke(app, ["report", str(a), str(b), "--name", "only-one"])
     assert res.exit_code == 2 and "2 runs" in res.stderr
     res = runner.invoke(app, ["report", str(tmp_path / "missing")])

@@ -17,7 +17,8 @@ from rich.table import Table
 
 from matsql.evaluate.metrics import METRICS, MetricSummary
 from matsql.evaluate.outcomes import OutcomeError, load_arm
-from matsql.evaluate.plots import bootstrap_png
+from matsql.evaluate.plots import bootstrap_figure, difference_figure
+from matsql.evaluate.portable import portable_path
 from matsql.evaluate.report import (
     RunRow,
     build_row,
@@ -115,10 +116,14 @@ def compare(
     n_resamples: int = typer.Option(DEFAULT_RESAMPLES, "--n-resamples", min=1, help="bootstrap resamples"),
     seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
     min_gap: float | None = typer.Option(None, "--min-gap", help="percentage points"),
-    out: Path | None = typer.Option(None, "--out", help="folder for compare.json, compare.md, bootstrap.png"),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="folder for compare.json, compare.md, difference.png/.pdf/.svg (the paired difference and its CI) and bootstrap.png/.pdf/.svg",
+    ),
     json_out: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
-    name_a: str = typer.Option("A", "--name-a"),
-    name_b: str = typer.Option("B", "--name-b"),
+    name_a: str = typer.Option("A", "--name-a", help="name of arm A in the report"),
+    name_b: str = typer.Option("B", "--name-b", help="name of arm B in the report"),
     intersect: bool = typer.Option(
         False, "--intersect", help="compare only shared questions (reports how many were dropped)"
     ),
@@ -152,13 +157,18 @@ def compare(
         )
     except (OutcomeError, ValueError) as e:
         raise _fail(str(e)) from None
-    sources = {name_a: ", ".join(map(str, files_a)), name_b: ", ".join(map(str, files_b)), "metric": metric}
+
+    def show(files: list[Path]) -> str:
+        return ", ".join(portable_path(f, out) for f in files)
+
+    sources = {name_a: show(files_a), name_b: show(files_b), "metric": metric}
     payload = {**result.model_dump(mode="json"), "sources": sources}
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "compare.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         (out / "compare.md").write_text(comparison_markdown(result, sources), encoding="utf-8")
-        bootstrap_png(result, out / "bootstrap.png")
+        difference_figure(result, out / "difference")
+        bootstrap_figure(result, out / "bootstrap")
     if json_out:
         typer.echo(json.dumps(payload, indent=2))
     else:
@@ -171,18 +181,22 @@ def report(
     runs: list[Path] = typer.Argument(
         ..., help="run folders (rollout.jsonl [+ picks.jsonl]) or rollout files"
     ),
-    out: Path | None = typer.Option(None, "--out", help="folder for report.md, report.png, report.json"),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="folder for report.md/.csv/.tex (the table), report.json and report.png/.pdf/.svg (EX per team with 95% intervals)",
+    ),
     names: list[str] = typer.Option([], "--name", help="config name per run, in order (repeat the option)"),
     missing: Missing = typer.Option(Missing.wrong, "--missing", help=_MISSING_HELP),
 ) -> None:
-    """The DESIGN.md results table: config | planner@1 | pipeline@1 | pass@K | majority | selector EX | pick rate."""
+    """The results table: config | planner@1 | pipeline@1 | pass@K | majority | selector EX | pick rate."""
     if names and len(names) != len(runs):
         raise _fail(f"{len(names)} --name values for {len(runs)} runs")
     try:
         rows = [build_row(r, names[i] if names else None, missing=missing.value) for i, r in enumerate(runs)]
     except (OutcomeError, ValueError) as e:
         raise _fail(str(e)) from None
-    typer.echo(to_markdown(rows, missing.value))
+    typer.echo(to_markdown(rows, missing.value, out))
     if out is not None:
         for path in write_report(rows, out, missing.value):
             err_console.print(f"wrote {path}", highlight=False)

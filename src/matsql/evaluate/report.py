@@ -7,19 +7,27 @@ selector's picks: question_id, correct, ...), either of them gzipped as committe
 or a rollout file on its own. Selector EX and pick
 rate (selector EX / pass@K) are "-" without picks. Numbers are percentages over every scored
 question; missing-database questions are counted in a note under the table.
+
+``write_report`` writes the table as Markdown, CSV and LaTeX (tables are never pictures), the
+numbers with 95% bootstrap intervals over questions as JSON, and a figure of selector EX, majority
+and pass@K per team with those intervals (PNG, PDF, SVG; one paper column wide). Paths in the
+outputs are portable (:mod:`matsql.evaluate.portable`).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from matsql.evaluate.metrics import MetricSummary, MissingPolicy, QuestionOutcome, summarize, summarize_by
 from matsql.evaluate.outcomes import OutcomeError, OutcomeRow, read_outcome_rows, score_rollout
-from matsql.evaluate.plots import table_png
-from matsql.evaluate.statistics import ComparisonResult, show_ids
+from matsql.evaluate.plots import Estimate, teams_figure
+from matsql.evaluate.portable import portable_path
+from matsql.evaluate.statistics import ComparisonResult, paired_bootstrap, percentile_ci, show_ids
 
 ROLLOUT_NAME = "rollout.jsonl"
 PICKS_NAME = "picks.jsonl"
@@ -37,6 +45,7 @@ class RunRow:
     selector_ex: float | None
     pick_rate: float | None
     selector_by_difficulty: dict[str, float | None]
+    per_question: dict[str, tuple[float, ...]] = field(default_factory=dict)  # metric -> values
 
 
 def locate_run(path: Path) -> tuple[Path, Path | None]:
@@ -134,6 +143,12 @@ def _row(
                 groups.setdefault(o.difficulty, []).append(hits[o.question_id])
         sel_by = {d: _mean(v) for d, v in groups.items()}
     default_name = Path(path).name if Path(path).is_dir() else rollout.stem
+    kept = [o for o in outcomes if not (missing == "skip" and o.missing_db)]
+    per_question = {  # the values summarize() averages, one per scored question
+        m: tuple(v for o in kept if (v := o.value(m)) is not None) for m in ("pass@K", "majority")
+    }
+    if picks_path is not None:
+        per_question["selector EX"] = tuple(hits[o.question_id] for o in kept if o.question_id in hits)
     return RunRow(
         name=name or default_name,
         rollout=rollout,
@@ -143,6 +158,7 @@ def _row(
         selector_ex=sel,
         pick_rate=pick,
         selector_by_difficulty=sel_by,
+        per_question=per_question,
     )
 
 
@@ -171,16 +187,17 @@ def table(rows: Sequence[RunRow]) -> tuple[list[str], list[list[str]]]:
     return headers, cells
 
 
-def notes(rows: Sequence[RunRow], missing: MissingPolicy = "wrong") -> list[str]:
-    """One line per run: denominators, missing databases, undefined metrics, sources."""
+def notes(rows: Sequence[RunRow], missing: MissingPolicy = "wrong", base: Path | None = None) -> list[str]:
+    """One line per run: denominators, missing databases, undefined metrics, sources (portable
+    paths; ``base`` is the folder written to)."""
     policy = "scored wrong" if missing == "wrong" else "left out"
     out = []
     for r in rows:
         s = r.summary
         line = (
             f"{r.name}: {s.n_scored} questions scored, {s.n_missing_db} with a missing database ({policy}), "
-            f"K={s.k if s.k is not None else 'mixed'}; rollout {r.rollout}"
-            + (f", picks {r.picks}" if r.picks else ", no picks")
+            f"K={s.k if s.k is not None else 'mixed'}; rollout {portable_path(r.rollout, base)}"
+            + (f", picks {portable_path(r.picks, base)}" if r.picks else ", no picks")
         )
         undefined = s.n_scored - s.n_defined["planner@1"]
         if undefined:
@@ -191,21 +208,88 @@ def notes(rows: Sequence[RunRow], missing: MissingPolicy = "wrong") -> list[str]
     return out
 
 
-def to_markdown(rows: Sequence[RunRow], missing: MissingPolicy = "wrong") -> str:
+FIGURE_METRICS = ("selector EX", "majority", "pass@K")
+
+
+def estimates(
+    rows: Sequence[RunRow], *, level: float = 0.95, n_resamples: int = 10_000, seed: int = 0
+) -> list[Estimate]:
+    """Selector EX, majority and pass@K of each row with a percentile bootstrap interval over
+    its questions (seeded; the point value is the table's). Metrics a row lacks are left out."""
+    out = []
+    for r in rows:
+        for metric in FIGURE_METRICS:
+            vals = r.per_question.get(metric)
+            if not vals:
+                continue
+            x = np.asarray(vals, dtype=np.float64)
+            lo, hi = percentile_ci(paired_bootstrap(x, n_resamples=n_resamples, seed=seed), level)
+            label = r.summary.pass_label if metric == "pass@K" else metric
+            out.append(Estimate(r.name, label, float(x.mean()), lo, hi, int(x.size)))
+    return out
+
+
+def to_csv(rows: Sequence[RunRow]) -> str:
+    """The table as CSV (percentages, empty where the Markdown shows '-')."""
+    import csv
+    import io
+
+    headers, cells = table(rows)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(headers)
+    w.writerows([["" if c == "-" else c for c in row] for row in cells])
+    return buf.getvalue()
+
+
+def _tex(text: str) -> str:
+    for a, b in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("_", "\\_"), ("#", "\\#")):
+        text = text.replace(a, b)
+    return text
+
+
+def to_latex(rows: Sequence[RunRow], ests: Sequence[Estimate] = ()) -> str:
+    """The table as a LaTeX ``tabular`` (booktabs); with ``ests``, selector EX carries its
+    interval as ``54.84 {\\scriptsize [51.8, 57.9]}``."""
+    headers, cells = table(rows)
+    ci = {(e.config, e.metric): e for e in ests}
+    body = []
+    for r, row in zip(rows, cells, strict=True):
+        row = list(row)
+        e = ci.get((r.name, "selector EX"))
+        if e is not None:
+            row[5] += f" {{\\scriptsize [{100 * e.low:.1f}, {100 * e.high:.1f}]}}"
+        body.append(" & ".join(_tex(row[0]) if i == 0 else c for i, c in enumerate(row)) + " \\\\")
+    return "\n".join(
+        [
+            "% matsql report: EX in %; pick rate = selector EX / pass@K; [95% bootstrap CI over questions]",
+            "\\begin{tabular}{l" + "r" * (len(headers) - 1) + "}",
+            "\\toprule",
+            " & ".join(_tex(h) for h in headers) + " \\\\",
+            "\\midrule",
+            *body,
+            "\\bottomrule",
+            "\\end{tabular}",
+            "",
+        ]
+    )
+
+
+def to_markdown(rows: Sequence[RunRow], missing: MissingPolicy = "wrong", base: Path | None = None) -> str:
     headers, cells = table(rows)
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(c) + " |" for c in cells]
     lines += ["", "EX in % (BIRD set semantics); pick rate = selector EX / pass@K, in %.", ""]
-    lines += [f"- {n}" for n in notes(rows, missing)]
+    lines += [f"- {n}" for n in notes(rows, missing, base)]
     return "\n".join(lines) + "\n"
 
 
-def to_json(rows: Sequence[RunRow]) -> list[dict]:
+def to_json(rows: Sequence[RunRow], base: Path | None = None, ests: Sequence[Estimate] = ()) -> list[dict]:
     return [
         {
             "config": r.name,
-            "rollout": str(r.rollout),
-            "picks": str(r.picks) if r.picks else None,
+            "rollout": portable_path(r.rollout, base),
+            "picks": portable_path(r.picks, base) if r.picks else None,
             "n_total": r.summary.n_total,
             "n_scored": r.summary.n_scored,
             "n_missing_db": r.summary.n_missing_db,
@@ -217,22 +301,32 @@ def to_json(rows: Sequence[RunRow]) -> list[dict]:
             "by_difficulty": {
                 d: {"n_scored": s.n_scored, "metrics": s.values} for d, s in r.by_difficulty.items()
             },
+            "intervals_95": {
+                e.metric: {"value": e.value, "low": e.low, "high": e.high, "n": e.n}
+                for e in ests
+                if e.config == r.name
+            },
         }
         for r in rows
     ]
 
 
 def write_report(rows: Sequence[RunRow], out: Path, missing: MissingPolicy = "wrong") -> list[Path]:
-    """report.md, report.png and report.json in ``out``."""
+    """report.md, report.csv, report.tex (the table), report.json (with 95% intervals) and
+    report.png/.pdf/.svg (selector EX, majority and pass@K per team with intervals) in ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    ests = estimates(rows)
     md = out / "report.md"
-    md.write_text(to_markdown(rows, missing), encoding="utf-8")
+    md.write_text(to_markdown(rows, missing, out), encoding="utf-8")
+    csv_path = out / "report.csv"
+    csv_path.write_text(to_csv(rows), encoding="utf-8")
+    tex = out / "report.tex"
+    tex.write_text(to_latex(rows, ests), encoding="utf-8")
     js = out / "report.json"
-    js.write_text(json.dumps(to_json(rows), indent=2) + "\n", encoding="utf-8")
-    headers, cells = table(rows)
-    png = table_png(headers, cells, out / "report.png", title="EX (%)")
-    return [md, png, js]
+    js.write_text(json.dumps(to_json(rows, out, ests), indent=2) + "\n", encoding="utf-8")
+    figures = teams_figure(ests, out / "report") if ests else []
+    return [md, csv_path, tex, js, *figures]
 
 
 def comparison_markdown(result: ComparisonResult, sources: dict[str, object] | None = None) -> str:
