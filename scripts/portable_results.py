@@ -1,0 +1,58 @@
+"""Rewrite machine-absolute paths in committed results to repo-relative ones (issue 20).
+
+    python scripts/portable_results.py [results] [--check]
+
+Text files only (gzipped rollouts and images are left alone). The runs behind the committed
+results were made in a checkout at /root/matsql/repo (device machines) with scratch folders under
+/root/matsql/, /root/ and /tmp/; their paths become relative to the repo ("runs/study-spider/...")
+or start at the scratch folder's name ("demo-run4/...", "site/trl/..."). New reports, compares
+and collected runs are written portable by matsql itself (matsql.evaluate.portable).
+--check lists the files that still hold such paths and exits 1 if any do.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+# Longest prefix first; each maps a machine's folder to what a reader of the results can follow.
+REWRITES = (
+    ("/root/matsql/repo/", ""),
+    ("/root/matsql/repo", "."),
+    ("/root/matsql/", ""),
+    ("/root/", ""),
+    ("/tmp/", ""),
+)
+ABSOLUTE = re.compile(r"/root/|/tmp/")
+BINARY_SUFFIXES = {".gz", ".png", ".pdf", ".safetensors", ".bin", ".arrow"}
+
+
+def rewrite(text: str) -> str:
+    for old, new in REWRITES:
+        text = text.replace(old, new)
+    return text
+
+
+def main(argv: list[str]) -> int:
+    check = "--check" in argv
+    roots = [Path(a) for a in argv if a != "--check"] or [Path("results")]
+    hits = []
+    for root in roots:
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix not in BINARY_SUFFIXES):
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                continue
+            if not ABSOLUTE.search(text):
+                continue
+            hits.append(path)
+            if not check:
+                path.write_text(rewrite(text), encoding="utf-8")
+    for p in hits:
+        print(("holds absolute paths: " if check else "rewrote ") + str(p))
+    return 1 if (check and hits) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
