@@ -28,10 +28,14 @@ def fixer_cmd(
         "flip,swap", "--counterfactual", help="flip (verdicts reversed), swap (another candidate's critiques)"
     ),
     max_probes: int = typer.Option(200, "--max-probes", help="branches probed per counterfactual"),
-    benchmark: str | None = typer.Option(None, "--benchmark"),
-    data: Path | None = typer.Option(None, "--data"),
+    benchmark: str | None = typer.Option(
+        None, "--benchmark", help="benchmark of the rollout (default: the one its header names)"
+    ),
+    data: Path | None = typer.Option(None, "--data", help="benchmark root (default MATSQL_DATA)"),
     out: Path | None = typer.Option(None, "--out", help="write the diagnostics JSON here"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(
+        0, "--seed", help="seed passed to the fixer backend for the counterfactual probe"
+    ),
 ) -> None:
     """Does the critique reach the fixer, and does the fixer act on it?"""
     from matsql.agents import fixer

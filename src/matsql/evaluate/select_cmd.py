@@ -44,7 +44,9 @@ def select(
         [], "--adapter", help="AGENT=PATH override, e.g. selector=runs/x/selector"
     ),
     method: str = typer.Option(
-        "knockout", "--method", help="knockout (selector model, chunks of 3) or majority"
+        "knockout",
+        "--method",
+        help="knockout (the selector model picks among 3 candidates per round until one is left) or majority (vote by execution result)",
     ),
     with_verdicts: bool = typer.Option(
         False, "--with-verdicts", help="feedback-aware: show validator verdicts"
@@ -53,8 +55,10 @@ def select(
     benchmark: str | None = typer.Option(
         None, "--benchmark", help="for schema text; default: from the rollout header"
     ),
-    data: Path | None = typer.Option(None, "--data"),
-    batch_questions: int = typer.Option(64, "--batch-questions"),
+    data: Path | None = typer.Option(None, "--data", help="benchmark root (default MATSQL_DATA)"),
+    batch_questions: int = typer.Option(
+        64, "--batch-questions", help="questions per selector generation batch"
+    ),
 ) -> None:
     """Drop failing candidates, dedupe by result, let the selector pick; report selector EX,
     pass@K, pick rate and majority EX, overall and by difficulty."""

@@ -199,7 +199,7 @@ def publish(
     ),
     out: Path | None = typer.Option(None, "--out", help="folder to assemble in (default RUN_DIR/publish)"),
     no_weights: bool = typer.Option(False, "--no-weights", help="cards and results only"),
-    private: bool = typer.Option(True, "--private/--public"),
+    private: bool = typer.Option(True, "--private/--public", help="visibility of the Hub repository"),
 ) -> None:
     """Model cards for each trained agent and a README with the results, pushed with huggingface_hub."""
     from matsql.experiment.publish import build_folder, push

@@ -116,14 +116,22 @@ def build(
         None, "--benchmark", help="for schema text; default: the rollout header's"
     ),
     data: Path | None = typer.Option(None, "--data", help="benchmark root (default MATSQL_DATA)"),
-    max_pairs_per_prompt: int = typer.Option(DEFAULT_MAX_PAIRS_PER_PROMPT, "--max-pairs-per-prompt", min=1),
-    max_pairs_per_question: int | None = typer.Option(None, "--max-pairs-per-question", min=1),
-    test_frac: float = typer.Option(0.1, "--test-frac", min=0.0, max=0.99),
-    seed: int = typer.Option(0, "--seed"),
+    max_pairs_per_prompt: int = typer.Option(
+        DEFAULT_MAX_PAIRS_PER_PROMPT, "--max-pairs-per-prompt", min=1, help="cap of pairs sharing one prompt"
+    ),
+    max_pairs_per_question: int | None = typer.Option(
+        None, "--max-pairs-per-question", min=1, help="cap of pairs per question (default: none)"
+    ),
+    test_frac: float = typer.Option(
+        0.1, "--test-frac", min=0.0, max=0.99, help="share of questions written to the test split"
+    ),
+    seed: int = typer.Option(0, "--seed", help="random seed: pair sampling and the train/test split"),
     with_verdicts: bool = typer.Option(
         False, "--with-verdicts", help="selector options show validator verdicts"
     ),
-    sft_max_per_question: int | None = typer.Option(None, "--sft-max-per-question", min=1),
+    sft_max_per_question: int | None = typer.Option(
+        None, "--sft-max-per-question", min=1, help="fixer SFT rows per question (default: all)"
+    ),
     check: bool = typer.Option(
         True, "--check-prompts/--no-check-prompts", help="rebuilt prompts must match the rollout's digests"
     ),
@@ -177,9 +185,13 @@ def build(
 def yield_cmd(
     rollouts: list[Path] = typer.Argument(..., help="rollout JSONL files"),
     agent: str = typer.Option(..., "--agent", help=AGENT_HELP),
-    max_pairs_per_prompt: int = typer.Option(DEFAULT_MAX_PAIRS_PER_PROMPT, "--max-pairs-per-prompt", min=1),
-    max_pairs_per_question: int | None = typer.Option(None, "--max-pairs-per-question", min=1),
-    seed: int = typer.Option(0, "--seed"),
+    max_pairs_per_prompt: int = typer.Option(
+        DEFAULT_MAX_PAIRS_PER_PROMPT, "--max-pairs-per-prompt", min=1, help="cap of pairs sharing one prompt"
+    ),
+    max_pairs_per_question: int | None = typer.Option(
+        None, "--max-pairs-per-question", min=1, help="cap of pairs per question (default: none)"
+    ),
+    seed: int = typer.Option(0, "--seed", help="random seed of pair sampling"),
     json_out: Path | None = typer.Option(None, "--json", help="also write the yields as JSON"),
 ) -> None:
     """Print the pair yield of every mode of an agent, side by side (no schema needed: prompts
