@@ -303,3 +303,26 @@ def test_a_corrupt_database_is_named_once_and_its_questions_counted(tmp_path, mi
     assert len(bad) == n_victim and all(db_file.name in r.error for r in bad)
     res = runner.invoke(app, ["metrics", str(out)])
     assert f"{n_victim} error record(s)" in " ".join(res.output.split())
+
+
+def test_an_undecodable_agents_file_is_named_with_its_line(tmp_path, minibench):
+    from matsql.cli import app
+
+    agents = tmp_path / "agents.yaml"
+    agents.write_bytes(b"defaults: {backend: echo}\n# caf\xe9\nagents: {planner: {}}\n")
+    res = runner.invoke(
+        app,
+        [
+            "rollout",
+            "-b",
+            "minibench",
+            "--data",
+            str(minibench),
+            "-a",
+            str(agents),
+            "-o",
+            str(tmp_path / "r.jsonl"),
+        ],
+    )
+    assert res.exit_code == 2
+    assert "agents.yaml:2: not UTF-8 text (byte 0xe9" in " ".join(res.output.split())

@@ -131,3 +131,13 @@ def test_hostile_corpus_is_refused_or_bounded(ex: Executor, db: Path, kind: str)
         if kind in ("write", "escape"):
             assert res.status == "error", (sql, res)
     assert tree_digest(db.parent) == before
+
+
+def test_workers_together_stay_within_the_memory_budget(db: Path) -> None:
+    """Two workers each under their own cap, together past the budget: the larger busy one goes."""
+    sql = "SELECT length(group_concat(x)) FROM (SELECT randomblob(50000000) AS x UNION ALL SELECT randomblob(50000000)) -- {i}"
+    with Executor(workers=2, timeout_s=10, worker_max_rss=10 * 2**30, memory_budget=200 * 2**20) as ex:
+        res = ex.run_many([(db, sql.format(i=i)) for i in range(2)])
+        assert ex.stats.memory_kills >= 1
+        assert any("memory budget of 200 MiB" in (r.error or "") for r in res), res
+        assert ex.run(db, "SELECT 1").rows == [(1,)]

@@ -99,8 +99,10 @@ def read_yaml(
 
     path = Path(path)
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = read_text(path, error)
     except FileNotFoundError as e:
         raise (missing or error)(f"{what} not found: {path}") from e
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise error(f"{path}: invalid YAML: {e}") from e

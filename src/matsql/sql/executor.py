@@ -18,8 +18,10 @@ Bounds that hold whatever the SQL does (issue 17):
   (``timeout_s + grace_s``, restarted at each message a worker sends) and SIGKILLs a worker
   that overruns; the query is a "timeout", the worker is replaced, the rest of its task re-run;
 - **memory**: rows are counted against the byte cap as they arrive; each worker has a SQLite
-  heap limit, and the parent kills a worker whose resident memory passes ``worker_max_rss``
-  (the query is an error); workers send digests, row counts and previews, not rows, unless
+  heap limit; the parent samples resident memory every 20 ms and kills a worker past
+  ``worker_max_rss``, or the largest busy worker while all workers together are past
+  ``memory_budget`` (1 GiB by default); the query is an error; an idle worker left large by a
+  big result is replaced; workers send digests, row counts and previews, not rows, unless
   ``keep_rows``; :meth:`Executor.judge_many` compares prediction and gold inside the worker;
 - **processes**: workers are plain subprocesses (``python -m matsql.sql.worker``, no forkserver,
   no resource tracker) that die with the parent (``PR_SET_PDEATHSIG``), even after SIGKILL.
@@ -40,6 +42,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, Pipe, wait
 from pathlib import Path
@@ -63,6 +66,8 @@ DbId = tuple[str, int, int, int]  # db_identity()
 
 WORKER_HEAP_LIMIT = 384 * 2**20  # SQLite heap per worker
 WORKER_MAX_RSS = 768 * 2**20  # resident memory per worker before the parent kills it
+MEMORY_BUDGET = 2**30  # all workers together: past it, the largest busy worker is killed
+WORKER_IDLE_RSS = 256 * 2**20  # an idle worker larger than this is replaced (its memory returns)
 RSS_POLL_S = 0.02
 
 
@@ -155,17 +160,36 @@ def _rss_bytes(pid: int) -> int:
         return 0
 
 
+_SPAWNER: ThreadPoolExecutor | None = None
+_SPAWNER_LOCK = threading.Lock()
+
+
+def _spawner() -> ThreadPoolExecutor:
+    global _SPAWNER
+    with _SPAWNER_LOCK:
+        if _SPAWNER is None:
+            _SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="matsql-sqlite-spawner")
+        return _SPAWNER
+
+
 class _Worker:
     """One worker process and its end of the pipe (parent side)."""
 
     def __init__(self, init: tuple[Any, ...]) -> None:
         parent_end, child_end = Pipe(duplex=True)
         fd = child_end.fileno()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "matsql.sql.worker", str(fd), str(os.getpid())],
-            pass_fds=(fd,),
-            stdin=subprocess.DEVNULL,
-            close_fds=True,
+        # Started from one long-lived thread: PR_SET_PDEATHSIG fires when the *thread* that
+        # forked the worker ends, so a worker started by a short-lived thread would die with it.
+        self.proc = (
+            _spawner()
+            .submit(
+                subprocess.Popen,
+                [sys.executable, "-m", "matsql.sql.worker", str(fd), str(os.getpid())],
+                pass_fds=(fd,),
+                stdin=subprocess.DEVNULL,
+                close_fds=True,
+            )
+            .result()
         )
         child_end.close()
         self.conn: Connection = parent_end
@@ -237,6 +261,7 @@ class Executor:
         max_open_dbs: int = 16,
         grace_s: float = 0.5,
         worker_max_rss: int = WORKER_MAX_RSS,
+        memory_budget: int | None = MEMORY_BUDGET,
         worker_heap_limit: int = WORKER_HEAP_LIMIT,
         gold_cache_bytes: int = 64 * 2**20,
     ) -> None:
@@ -248,6 +273,7 @@ class Executor:
         self.keep_rows = keep_rows
         self.grace_s = grace_s
         self.worker_max_rss = worker_max_rss
+        self.memory_budget = memory_budget
         self.stats = ExecutorStats()
         self.bad_databases: dict[str, str] = {}  # path -> error, for corrupt / non-database files
         self._cache: OrderedDict[tuple[Any, ...], ExecResult] | None = OrderedDict() if cache else None
@@ -534,17 +560,44 @@ class Executor:
             for w in list(self._pool):
                 if w.job is not None and now > w.clock + budget:
                     self._lost(w, queue, slots, "deadline")
-            if self.worker_max_rss and now >= next_rss:
+            if (self.worker_max_rss or self.memory_budget) and now >= next_rss:
                 next_rss = now + RSS_POLL_S
-                for w in list(self._pool):
-                    if w.job is not None and _rss_bytes(w.pid) > self.worker_max_rss:
-                        self._lost(w, queue, slots, "memory")
+                self._watch_memory(queue, slots)
             while len(self._pool) < min(self.workers, len(queue)):
                 self._spawn()
         out = []
         for t, off in zip(tasks, offsets, strict=True):
             out.append([slots[off + i] for i in range(len(t.queries))])  # type: ignore[misc]
         return out  # type: ignore[return-value]
+
+    def _watch_memory(self, queue: list[_Job], slots: list[Any]) -> None:
+        """Kill a busy worker past ``worker_max_rss``, and the largest busy one while the workers
+        together pass ``memory_budget`` (an idle one is just replaced)."""
+        rss = {id(w): _rss_bytes(w.pid) for w in self._pool}
+        for w in list(self._pool):
+            if w.job is not None and self.worker_max_rss and rss[id(w)] > self.worker_max_rss:
+                self._lost(w, queue, slots, "memory", f"the worker passed {self.worker_max_rss // 2**20} MiB")
+                rss.pop(id(w))
+        if not self.memory_budget or not self._pool:
+            return
+        # workers only: the caller's own memory (a loaded model, say) is not ours to police
+        total = sum(rss.get(id(w), 0) for w in self._pool)
+        if total <= self.memory_budget:
+            return
+        busy = [w for w in self._pool if w.job is not None]
+        if busy:
+            w = max(busy, key=lambda x: rss.get(id(x), 0))
+            self._lost(
+                w,
+                queue,
+                slots,
+                "memory",
+                f"the SQLite workers passed their memory budget of {self.memory_budget // 2**20} MiB",
+            )
+        else:
+            w = max(self._pool, key=lambda x: rss.get(id(x), 0))
+            self._retire(w)
+            self._spawn()
 
     def _on_message(self, w: _Worker, msg: tuple[Any, ...], slots: list[Any]) -> None:
         kind = msg[0]
@@ -568,8 +621,11 @@ class Executor:
             job.next = len(job.task.queries)
         elif kind == "done":
             w.job = None
+            if _rss_bytes(w.pid) > WORKER_IDLE_RSS:  # a big result left it large: start afresh
+                self._retire(w)
+                self._spawn()
 
-    def _lost(self, w: _Worker, queue: list[_Job], slots: list[Any], why: str) -> None:
+    def _lost(self, w: _Worker, queue: list[_Job], slots: list[Any], why: str, detail: str = "") -> None:
         """The worker is killed (deadline, memory) or died: its current query gets the verdict,
         the rest of its task goes back on the queue for a fresh worker."""
         job = w.job
@@ -602,9 +658,7 @@ class Executor:
                 f"timeout after {t:g} s (worker killed at the hard deadline)",
                 t + self.grace_s,
             ),
-            "memory": ExecResult(
-                "error", None, f"result too large: the worker passed {self.worker_max_rss // 2**20} MiB", 0.0
-            ),
+            "memory": ExecResult("error", None, f"result too large: {detail}", 0.0),
             "died": ExecResult("error", None, "the SQLite worker process died running this query", 0.0),
         }[why]
         if job.slots[i] is not None:
