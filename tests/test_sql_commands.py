@@ -347,3 +347,30 @@ def test_a_rollout_file_is_rescored_by_its_greedy_candidate(spider: Benchmark, t
         cli(), ["eval-sql", str(path), "-b", "spider-dev", "--rollout-metric", "planner@1"]
     )
     assert res.exit_code == 2 and "spider-dev-1 has no greedy candidate" in " ".join(res.output.split())
+
+
+def test_a_corrupt_database_is_named_once_and_its_questions_counted_wrong(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "dbs" / "bad").mkdir(parents=True)
+    (tmp_path / "dbs" / "bad" / "bad.sqlite").write_bytes(b"this is not a database" * 100)
+    qs = [
+        Question(
+            question_id=f"spider-dev-{i}",
+            db_id="bad",
+            question="q",
+            gold_sql="SELECT name FROM sqlite_master",
+            difficulty="easy",
+        )
+        for i in range(2)
+    ]
+    bench = Benchmark("spider-dev", qs, tmp_path / "dbs")
+    monkeypatch.setattr(matsql.benchmarks, "load_benchmark", lambda name, root=None: bench, raising=False)
+    preds = _jsonl(
+        tmp_path / "p.jsonl", [{"question_id": f"spider-dev-{i}", "sql": "SELECT 1"} for i in range(2)]
+    )
+    res = CliRunner().invoke(cli(), ["eval-sql", str(preds), "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert text.count("is corrupt") == 1 and "bad.sqlite" in text and "2 question(s) counted wrong" in text
+    assert "corrupt database │ 2" in text

@@ -35,6 +35,7 @@ OUTCOME_LABELS = {
     "no_prediction": "missing prediction",
     "pred_error": "prediction error",
     "pred_timeout": "prediction timeout",
+    "bad_db": "corrupt database",
     "gold_failed": "gold query failed",
     "wrong": "wrong result",
     "correct": "correct",
@@ -200,7 +201,8 @@ def eval_sql(
 
     mode = ex or official_rule(bench.name)
     db_paths = {db: bench.db_path(db) for db in {q.db_id for q in questions} if bench.has_db(db)}
-    with Executor(workers=workers, timeout_s=30.0 if exec_timeout is None else exec_timeout) as runner:
+    timeout_s = 30.0 if exec_timeout is None else exec_timeout
+    with Executor(workers=workers, timeout_s=timeout_s, keep_rows=False) as runner:
         summary = evaluate_predictions(
             questions,
             got.sql,
@@ -210,7 +212,17 @@ def eval_sql(
             mode=mode,
             n_questions=len(bench.questions) if limit is None else min(limit, len(bench.questions)),
         )
+        bad_dbs = dict(getattr(runner, "bad_databases", {}))
     summary.bad_lines = [why for _, why in got.bad_lines]
+    for path, error in sorted(bad_dbs.items()):
+        n = sum(
+            1
+            for q in questions
+            if summary.per_question[q.question_id] == "bad_db" and str(db_paths[q.db_id]) == path
+        )
+        err_console.print(
+            f"[red]database {path} is corrupt ({error}): {n} question(s) counted wrong[/red]", highlight=False
+        )
     if out is not None:
         from matsql.evaluate.outcomes import write_outcomes
 

@@ -37,7 +37,7 @@ def rule_label(mode: str, benchmark: str) -> str:
     return label
 
 
-Outcome = str  # "correct" | "wrong" | "pred_error" | "pred_timeout" | "gold_failed" | "no_prediction" | "missing_db"
+Outcome = str  # "correct" | "bad_db" | "wrong" | "pred_error" | "pred_timeout" | "gold_failed" | "no_prediction" | "missing_db"
 
 
 class RunsSql(Protocol):
@@ -80,7 +80,22 @@ class ExSummary:
         return d
 
 
+def _judged(pred: ExecResult, gold: ExecResult, correct: bool) -> Outcome:
+    """The outcome of an executor's judgement (its verdict already applies the EX rule)."""
+    if getattr(gold, "bad_db", False) or getattr(pred, "bad_db", False):
+        return "bad_db"
+    if not gold.ok:
+        return "gold_failed"
+    if pred.status == "timeout":
+        return "pred_timeout"
+    if not pred.ok:
+        return "pred_error"
+    return "correct" if correct else "wrong"
+
+
 def outcome_of(pred: ExecResult, gold: ExecResult, mode: str, gold_sql: str) -> Outcome:
+    if getattr(gold, "bad_db", False) or getattr(pred, "bad_db", False):
+        return "bad_db"
     if not gold.ok:
         return "gold_failed"
     if pred.status == "timeout":
@@ -113,11 +128,17 @@ def evaluate_predictions(
             outcome[q.question_id] = "no_prediction"
         else:
             jobs.append(q)
-    items = [(db_paths[q.db_id], predictions[q.question_id]) for q in jobs]
-    items += [(db_paths[q.db_id], q.gold_sql) for q in jobs]
-    results = runner.run_many(items)
-    for i, q in enumerate(jobs):
-        outcome[q.question_id] = outcome_of(results[i], results[len(jobs) + i], mode, q.gold_sql)
+    judge = getattr(runner, "judge_many", None)
+    if judge is not None:  # the executor compares inside its workers: rows never reach this process
+        triples = [(db_paths[q.db_id], predictions[q.question_id], q.gold_sql) for q in jobs]
+        for q, j in zip(jobs, judge(triples, mode), strict=True):
+            outcome[q.question_id] = _judged(j.pred, j.gold, j.correct)
+    else:
+        items = [(db_paths[q.db_id], predictions[q.question_id]) for q in jobs]
+        items += [(db_paths[q.db_id], q.gold_sql) for q in jobs]
+        results = runner.run_many(items)
+        for i, q in enumerate(jobs):
+            outcome[q.question_id] = outcome_of(results[i], results[len(jobs) + i], mode, q.gold_sql)
 
     overall, by_diff = Split(), {}
     for q in questions:
