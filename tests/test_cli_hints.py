@@ -115,3 +115,8 @@ def test_hub_id_substitution_is_named_in_the_model_identity(monkeypatch):
     assert ident["substitute_for"] == "Qwen/Qwen2.5-Coder-0.5B-Instruct" and len(ident["sha256"]) == 64
     (banner,) = team.model_banner()
     assert banner.startswith("SUBSTITUTED:") and "Q4_K_M" in banner and ident["sha256"] in banner
+    # the rollout header carries each agent's fields (vars): the weights are among them
+    assert vars(team["planner"])["weights"]["substitute_for"] == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
+    digest = team.digest()
+    team["planner"].weights = {}
+    assert team.digest() == digest  # identity is recorded, not part of the config hash

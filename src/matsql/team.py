@@ -74,6 +74,9 @@ class AgentSpec:
     temperature: float = 0.0
     max_tokens: int = 256
     stop: list[str] = field(default_factory=list)
+    # what the model spec resolves to (hub id or GGUF file, quantization, sha256; see
+    # matsql.models.describe_model): rollout headers carry it; outside the team digest
+    weights: dict[str, Any] = field(default_factory=dict)
 
     def model_id(self) -> str:
         b = self.backend
@@ -133,7 +136,10 @@ class Team:
         return lines
 
     def digest(self) -> str:
-        blob = json.dumps({k: vars(v) for k, v in sorted(self.agents.items())}, sort_keys=True, default=str)
+        agents = {
+            k: {f: x for f, x in vars(v).items() if f != "weights"} for k, v in sorted(self.agents.items())
+        }
+        blob = json.dumps(agents, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -171,6 +177,10 @@ def parse_team(data: dict[str, Any], source: str = "", base_dir: Path | None = N
             max_tokens=int(decoding.get("max_tokens", 256)),
             stop=_stop_list(decoding.get("stop"), f"{src}: agents.{name}"),
         )
+        if merged.get("backend", "local") == "local" and merged.get("model"):
+            from matsql.models import describe_model
+
+            agents[name].weights = describe_model(str(merged["model"]))
     return Team(agents=agents, source=source)
 
 
