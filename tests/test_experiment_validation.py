@@ -269,3 +269,19 @@ def test_slurm_options_reach_the_jobs_from_the_command_line(tmp_path, monkeypatc
     params = cluster.jobs[0][0]
     assert params["name"] == "vl-x" and params["slurm_partition"] == "p2" and params["slurm_qos"] == "q"
     assert params["slurm_additional_parameters"] == {"reservation": "r"}  # any other sbatch option
+
+
+def test_keep_going_is_spelled_out_and_k_is_a_hidden_alias(tmp_path):
+    import yaml
+
+    from matsql.cli import app
+
+    plan = _files_plan(tmp_path)
+    run_plan(plan, TouchExecutor())  # every stage done: the CLI run below only skips
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(yaml.safe_dump(plan.raw | {"run_dir": str(tmp_path / "run")}))
+    help_text = CliRunner().invoke(app, ["experiment", "run", "--help"], env={"COLUMNS": "200"}).output
+    assert "--keep-going" in help_text and " -k " not in help_text
+    res = CliRunner().invoke(app, ["experiment", "run", str(plan_file), "-k"])
+    assert res.exit_code == 0, res.output
+    assert "-k is deprecated" in res.output and "0 stage(s) ran, 5 skipped" in res.output

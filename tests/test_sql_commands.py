@@ -238,6 +238,9 @@ def test_spider_is_scored_by_its_official_rule_by_default(spider: Benchmark, tmp
     out = json.loads(res.output)
     assert out["per_question"]["spider-dev-0"] == "correct" and out["official_rule"] is False
     assert "NOT spider-dev's official rule" in out["rule"]
+    res = CliRunner().invoke(cli(), ["eval-sql", str(preds), "-b", "spider-dev", "--mode", "bird", "--json"])
+    assert "--mode is deprecated" in res.output  # the old spelling still works
+    assert json.loads(res.output[res.output.index("{") :])["mode"] == "bird"
     res = CliRunner().invoke(cli(), ["eval-sql", str(preds)])
     text = " ".join(res.output.split())
     assert "EX on spider-dev (spider rule)" in text and "EX rule: spider rule:" in text
