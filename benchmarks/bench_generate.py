@@ -143,6 +143,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256, help="rows per batch of the transformers paths")
     ap.add_argument("--device", default="auto", help="transformers paths' device")
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.35, help="vLLM's share of the card")
+    ap.add_argument("--max-num-seqs", type=int, default=512, help="vLLM's concurrent sequences")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
@@ -164,7 +165,9 @@ def main() -> None:
 
         t0 = time.perf_counter()
         folder, digest = dense_folder(args.model)
-        settings = EngineSettings(gpu_memory_utilization=args.gpu_memory_utilization)
+        settings = EngineSettings(
+            gpu_memory_utilization=args.gpu_memory_utilization, max_num_seqs=args.max_num_seqs
+        )
         vb = VLLMBackend(VLLMEngine(folder, load_tokenizer(folder), f"{args.model}|{digest[:16]}", settings))
         _ = vb.engine.llm
         res["vllm_start_s"] = time.perf_counter() - t0

@@ -66,7 +66,7 @@ def vllm_backend(model: str, adapter: str | None, gmu: float) -> Any:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mode", choices=("greedy", "sampled"), default="greedy")
+    ap.add_argument("--mode", choices=("greedy", "sampled", "all"), default="all")
     ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
     ap.add_argument("--questions", type=int, default=200)
     ap.add_argument("--adapter", default="random", help="random, none or a PEFT folder")
@@ -89,7 +89,7 @@ def main() -> None:
         adapter = args.adapter
     res: dict[str, Any] = {"mode": args.mode, "questions": len(prompts), "adapter": args.adapter}
     vb = vllm_backend(args.model, adapter, args.gpu_memory_utilization)
-    if args.mode == "greedy":
+    if args.mode in ("greedy", "all"):
         t0 = time.perf_counter()
         v = [o[0] for o in vb.generate(prompts, temperature=0.0, max_tokens=args.max_tokens)]
         res["vllm_s"] = time.perf_counter() - t0
@@ -116,7 +116,7 @@ def main() -> None:
             f"{res['identical_text']:.1%}, identical parsed SQL {res['identical_sql']:.1%}; first differing "
             f"character of the others at {diffs[:20]} (vllm {res['vllm_s']:.1f} s, transformers {res['transformers_s']:.1f} s)"
         )
-    else:
+    if args.mode in ("sampled", "all"):
         runs = []
         for _ in range(2):
             out = vb.generate(prompts, n=args.k, temperature=1.0, max_tokens=args.max_tokens, seed=args.seed)
