@@ -377,3 +377,33 @@ def test_a_corrupt_database_is_named_once_and_its_questions_counted_wrong(
     text = " ".join(res.output.split())
     assert text.count("is corrupt") == 1 and "bad.sqlite" in text and "2 question(s) counted wrong" in text
     assert "corrupt database │ 2" in text
+
+
+def test_rollout_majority_and_pass_at_k_are_rescored_from_every_candidate(
+    spider: Benchmark, tmp_path: Path
+) -> None:
+    from matsql.records import dumps
+    from tests.record_builders import cand, ok, record
+
+    rec = record(
+        "spider-dev-1",  # gold: SELECT count(*) FROM p (3 rows in p)
+        [
+            cand(0, "SELECT 0", ok("zero"), False, greedy=True),
+            cand(1, "SELECT 0 + 0", ok("zero"), False),  # the vote: two candidates return 0
+            cand(2, "SELECT count(*) FROM p", ok("three"), True),
+        ],
+        db="people",
+    )
+    path = tmp_path / "r.jsonl.gz"
+    import gzip
+
+    with gzip.open(path, "wt") as fh:
+        fh.write(dumps(rec) + "\n")
+
+    def outcome(metric: str) -> str:
+        args = ["eval-sql", str(path), "-b", "spider-dev", "--rollout-metric", metric, "--json"]
+        res = CliRunner().invoke(cli(), args)
+        assert res.exit_code == 0, res.output
+        return json.loads(res.output)["per_question"]["spider-dev-1"]
+
+    assert (outcome("pipeline@1"), outcome("majority"), outcome("pass@k")) == ("wrong", "wrong", "correct")

@@ -118,8 +118,9 @@ def eval_sql(
     rollout_metric: str | None = typer.Option(
         None,
         "--rollout-metric",
-        help="PREDICTIONS is a rollout file: score its planner@1 (greedy planner SQL) or pipeline@1 "
-        "(the greedy candidate's final SQL)",
+        help="PREDICTIONS is a rollout file: score its planner@1 (greedy planner SQL), pipeline@1 "
+        "(the greedy candidate's final SQL), majority (the voted candidate's final SQL) or pass@k "
+        "(right if any candidate's final SQL is)",
     ),
     strict: bool = typer.Option(
         False, "--strict", help="refuse a file with bad lines instead of scoring the rest"
@@ -147,7 +148,7 @@ def eval_sql(
         raise _fail(f"--missing must be wrong, skip or error, got {missing!r}")
     if not predictions.is_file():
         raise _fail(f"{predictions}: no such file")
-    from_rollout: dict[str, str] | None = None
+    from_rollout: dict[str, list[str]] | None = None
     if rollout_metric is not None:
         try:
             from_rollout, named = rollout_predictions(predictions, rollout_metric)

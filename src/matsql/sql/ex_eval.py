@@ -105,9 +105,13 @@ def outcome_of(pred: ExecResult, gold: ExecResult, mode: str, gold_sql: str) -> 
     return "correct" if results_match(pred, gold, mode, gold_sql) else "wrong"
 
 
+def _texts(value: str | Sequence[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
 def evaluate_predictions(
     questions: Sequence[Question],
-    predictions: Mapping[str, str],
+    predictions: Mapping[str, str | Sequence[str]],
     db_paths: Mapping[str, Any],
     runner: RunsSql,
     *,
@@ -128,17 +132,28 @@ def evaluate_predictions(
             outcome[q.question_id] = "no_prediction"
         else:
             jobs.append(q)
+    # a question may carry several SQL texts (a rollout's K candidates: pass@K): it is correct if
+    # any is; otherwise its outcome is its first text's
+    texts = {q.question_id: _texts(predictions[q.question_id]) for q in jobs}
+    pairs = [(q, sql) for q in jobs for sql in texts[q.question_id]]
     judge = getattr(runner, "judge_many", None)
+    got: list[Outcome] = []
     if judge is not None:  # the executor compares inside its workers: rows never reach this process
-        triples = [(db_paths[q.db_id], predictions[q.question_id], q.gold_sql) for q in jobs]
-        for q, j in zip(jobs, judge(triples, mode), strict=True):
-            outcome[q.question_id] = _judged(j.pred, j.gold, j.correct)
+        triples = [(db_paths[q.db_id], sql, q.gold_sql) for q, sql in pairs]
+        got = [_judged(j.pred, j.gold, j.correct) for j in judge(triples, mode)]
     else:
-        items = [(db_paths[q.db_id], predictions[q.question_id]) for q in jobs]
-        items += [(db_paths[q.db_id], q.gold_sql) for q in jobs]
+        items = [(db_paths[q.db_id], sql) for q, sql in pairs] + [
+            (db_paths[q.db_id], q.gold_sql) for q, _ in pairs
+        ]
         results = runner.run_many(items)
-        for i, q in enumerate(jobs):
-            outcome[q.question_id] = outcome_of(results[i], results[len(jobs) + i], mode, q.gold_sql)
+        n = len(pairs)
+        got = [outcome_of(results[i], results[n + i], mode, q.gold_sql) for i, (q, _) in enumerate(pairs)]
+    for (q, _), o in zip(pairs, got, strict=True):
+        prev = outcome.get(q.question_id)
+        if prev is None or (o == "correct" and prev != "correct"):
+            outcome[q.question_id] = o
+    for q in jobs:
+        outcome.setdefault(q.question_id, "no_prediction")  # an empty list of texts
 
     overall, by_diff = Split(), {}
     for q in questions:

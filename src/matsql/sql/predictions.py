@@ -41,7 +41,7 @@ class PredictionError(ValueError):
 class Predictions:
     """The predictions read from a file, and the lines that could not be used."""
 
-    sql: dict[str, str]  # question_id -> predicted SQL
+    sql: dict[str, str | list[str]]  # question_id -> predicted SQL (a list: right if any text is)
     bad_lines: list[tuple[int, str]] = field(default_factory=list)  # (line number, "path:line: why")
 
     def refuse_bad_lines(self, path: Path, limit: int = 20) -> None:
@@ -199,14 +199,16 @@ def _read_jsonl(
     return Predictions(out, sorted(bad))
 
 
-ROLLOUT_SQL = ("planner@1", "pipeline@1")
+ROLLOUT_SQL = ("planner@1", "pipeline@1", "majority", "pass@k")
 
 
-def rollout_predictions(path: Path, metric: str) -> tuple[dict[str, str], str | None]:
-    """The SQL a rollout file scored for ``metric`` (``planner@1``: the greedy candidate's planner
-    SQL; ``pipeline@1``: its final SQL after validators and fixer), and the benchmark its
-    questions name. A record without a greedy candidate is an error naming the question."""
-    from matsql.evaluate.metrics import greedy_candidate
+def rollout_predictions(path: Path, metric: str) -> tuple[dict[str, list[str]], str | None]:
+    """The SQL a rollout file scored for ``metric``, per question, and the benchmark its
+    questions name: ``planner@1`` the greedy candidate's planner SQL; ``pipeline@1`` its final
+    SQL (after validators and fixer); ``majority`` the final SQL of the candidate the vote by
+    execution result picked (the vote as the run cast it); ``pass@k`` every candidate's final SQL
+    (right if any is). A record without a greedy candidate is an error for the @1 metrics."""
+    from matsql.evaluate.metrics import greedy_candidate, majority_pick
     from matsql.rollout.io import read_records
 
     if metric not in ROLLOUT_SQL:
@@ -215,17 +217,24 @@ def rollout_predictions(path: Path, metric: str) -> tuple[dict[str, str], str | 
         records = read_records(path)
     except (OSError, ValueError) as e:
         raise PredictionError(str(e)) from None
-    out: dict[str, str] = {}
+    out: dict[str, list[str]] = {}
     benches = {r.question.benchmark for r in records if r.question.benchmark}
     for r in records:
         if r.gold_exec.status == "missing_db":
             continue  # scored wrong by the missing-database policy
-        g = greedy_candidate(r.candidates)
-        if g is None:
-            raise PredictionError(
-                f"{path}: question {r.question_id} has no greedy candidate ({metric} is undefined)"
-            )
-        sql = g.planner.sql if metric == "planner@1" else g.final_sql
-        if sql is not None:
-            out[r.question_id] = sql
+        if metric == "pass@k":
+            sqls = [c.final_sql for c in sorted(r.candidates, key=lambda c: c.index)]
+        elif metric == "majority":
+            pick = majority_pick(r.candidates)
+            sqls = [pick.final_sql] if pick is not None else []
+        else:
+            g = greedy_candidate(r.candidates)
+            if g is None:
+                raise PredictionError(
+                    f"{path}: question {r.question_id} has no greedy candidate ({metric} is undefined)"
+                )
+            sqls = [g.planner.sql if metric == "planner@1" else g.final_sql]
+        sqls = [x for x in sqls if x is not None]
+        if sqls:
+            out[r.question_id] = sqls
     return out, (benches.pop() if len(benches) == 1 else None)
