@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from matsql.evaluate.portable import portable_text
 from matsql.experiment.manifest import read_manifest
 from matsql.experiment.plan import Plan
 
-COPIED_SUFFIXES = {".md", ".json", ".png"}  # report / compare / yield outputs
+COPIED_SUFFIXES = {".md", ".json", ".png", ".pdf", ".svg", ".csv", ".tex"}  # report / compare / yield outputs
+TEXT_SUFFIXES = {".md", ".json", ".svg", ".csv", ".tex"}  # copied with portable paths
 ADAPTER_FILES = (
     "adapter_model.safetensors",
     "adapter_config.json",
@@ -98,7 +100,7 @@ def collect_run(
         if (out / "metrics.json").is_file():
             got.training[name] = training_summary(json.loads((out / "metrics.json").read_text()))
         if (out / "yield.json").is_file():
-            got.yields[name] = json.loads((out / "yield.json").read_text())
+            got.yields[name] = json.loads(portable_text((out / "yield.json").read_text(), run_dir))
         trained = (out / "adapter_config.json").exists()  # its metrics are summarised above
         for f in sorted(out.iterdir()):
             if f.is_file() and f.suffix == ".jsonl":
@@ -106,7 +108,10 @@ def collect_run(
                 got.files.append(f"{rel / f.name}.gz")
             elif f.is_file() and f.suffix in COPIED_SUFFIXES and not trained:
                 (dest / rel).mkdir(parents=True, exist_ok=True)
-                shutil.copy2(f, dest / rel / f.name)
+                if f.suffix in TEXT_SUFFIXES:  # no machine's absolute paths in committed results
+                    (dest / rel / f.name).write_text(portable_text(f.read_text(), run_dir), encoding="utf-8")
+                else:
+                    shutil.copy2(f, dest / rel / f.name)
                 got.files.append(str(rel / f.name))
     for name in adapters or []:
         if name not in plan.stages:
