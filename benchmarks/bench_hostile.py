@@ -160,6 +160,25 @@ def main() -> None:
                 )
             stats = ex.stats
         total_s = time.perf_counter() - t0
+        sequential_peak = sampler.peak
+        # the bombs again, all at once (every worker busy): what the memory budget is for
+        bombs = [
+            (db, sql.replace("{tmp}", str(folder)))
+            for k, sql in CASES
+            if k in ("memory", "cpu", "slow_builtin")
+        ]
+        sampler.peak = 0
+        with Executor(workers=a.workers, timeout_s=a.timeout, cache=False) as ex:
+            t = time.perf_counter()
+            together = ex.run_many(bombs)
+            conc = {
+                "queries": len(bombs),
+                "wall_s": time.perf_counter() - t,
+                "peak_rss_mib": sampler.peak / 2**20,
+                "statuses": dict(Counter(r.status for r in together)),
+                "memory_kills": ex.stats.memory_kills,
+                "deadline_kills": ex.stats.deadline_kills,
+            }
         after = tree_digest(folder)
     sampler.stop_flag.set()
     sampler.join()
@@ -174,7 +193,8 @@ def main() -> None:
         "total_s": total_s,
         "max_wall_s": worst["wall_s"],
         "max_over_deadline_s": max(0.0, worst["wall_s"] - a.timeout),
-        "peak_rss_whole_run_mib": sampler.peak / 2**20,
+        "peak_rss_whole_run_mib": sequential_peak / 2**20,
+        "concurrent_bombs": conc,
         "max_rss_parent_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "max_rss_one_child_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
         "files_identical": before == after,
@@ -209,6 +229,11 @@ def main() -> None:
         f"peak RSS of the whole run (this process + workers, sampled every 10 ms): "
         f"{report['peak_rss_whole_run_mib']:.0f} MiB; largest single process: parent "
         f"{report['max_rss_parent_mib']:.0f} MiB, one worker {report['max_rss_one_child_mib']:.0f} MiB"
+    )
+    print(
+        f"the {conc['queries']} memory/CPU/slow bombs at once on {a.workers} workers: {conc['wall_s']:.1f} s, "
+        f"peak RSS of the whole run {conc['peak_rss_mib']:.0f} MiB, {conc['statuses']}, "
+        f"{conc['memory_kills']} killed for memory, {conc['deadline_kills']} at the deadline"
     )
     print(f"database files byte-identical, no new file: {report['files_identical']}")
     s = stats
