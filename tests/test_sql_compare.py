@@ -180,3 +180,61 @@ def test_superhero_verdicts_match_official_rule(tmp_path: Path) -> None:
             assert ours is bool(bird_official(official_copy, pred, gold)), (pred, gold)
             verdicts[ours] += 1
     assert verdicts[True] >= 3 * len(golds) and verdicts[False] >= len(golds)  # all golds run
+
+
+def _brute_spider(gold: list, pred: list, order_matters: bool) -> bool:
+    """The official result_eq, trying every column permutation (the reference)."""
+    import itertools
+    from collections import Counter
+
+    from matsql.sql.compare import _quick_reject_passes
+
+    if not gold and not pred:
+        return True
+    if len(gold) != len(pred) or len(gold[0]) != len(pred[0]):
+        return False
+    if not _quick_reject_passes(gold, pred, order_matters):
+        return False
+    for perm in itertools.permutations(range(len(gold[0]))):
+        p = [tuple(r[i] for i in perm) for r in pred]
+        if (gold == p) if order_matters else Counter(gold) == Counter(p):
+            return True
+    return False
+
+
+def test_spider_column_matcher_equals_trying_every_permutation() -> None:
+    import random
+
+    rng = random.Random(17)
+    n_true = 0
+    for _ in range(3000):
+        n_cols, n_rows = rng.randint(1, 5), rng.randint(0, 5)
+        values = [0, 1, 2, 1.0, "a", None][: rng.randint(1, 6)]
+        gold = [tuple(rng.choice(values) for _ in range(n_cols)) for _ in range(n_rows)]
+        if rng.random() < 0.5:  # a column permutation of gold, maybe reordered, maybe one row changed
+            perm = rng.sample(range(n_cols), n_cols)
+            pred = [tuple(r[i] for i in perm) for r in gold]
+            if rng.random() < 0.5:
+                rng.shuffle(pred)
+            if pred and rng.random() < 0.3:
+                pred[0] = tuple(rng.choice(values) for _ in range(n_cols))
+        else:
+            pred = [tuple(rng.choice(values) for _ in range(n_cols)) for _ in range(n_rows)]
+        order = rng.random() < 0.5
+        got = ex_match(pred, gold, "spider", order_matters=order)
+        assert got is _brute_spider(gold, pred, order), (gold, pred, order)
+        n_true += got
+    assert 300 < n_true < 2700  # both verdicts well represented
+
+
+def test_spider_many_equal_columns_is_fast() -> None:
+    """Issue 17: a right answer with 10 equal columns took 76 s (permutations one by one)."""
+    import time
+
+    rows = [tuple([i % 50] * 10) for i in range(1000)]
+    start = time.perf_counter()
+    assert ex_match(list(reversed(rows)), rows, "spider")
+    assert ex_match([r[::-1] for r in rows], rows, "spider", order_matters=True)
+    wide = [tuple(range(i, i + 12)) for i in range(500)]
+    assert not ex_match([(*r[:-1], -1) for r in wide], wide, "spider")
+    assert time.perf_counter() - start < 2.0
