@@ -285,3 +285,36 @@ def test_keep_going_is_spelled_out_and_k_is_a_hidden_alias(tmp_path):
     res = CliRunner().invoke(app, ["experiment", "run", str(plan_file), "-k"])
     assert res.exit_code == 0, res.output
     assert "-k is deprecated" in res.output and "0 stage(s) ran, 5 skipped" in res.output
+
+
+def test_submitit_debug_executor_takes_the_parameters_and_runs_an_array(tmp_path):
+    """submitit's own debug executor accepts every parameter the SLURM executor sets (its
+    validation rejects unknown names) and runs the shards of an array; the commands are cheap
+    stand-ins for the rollout shards."""
+    import sys
+
+    from matsql.experiment.executors import SlurmExecutor
+
+    class CheapShards(SlurmExecutor):
+        def commands(self, stage):
+            n = int(stage.resources["shards"])
+            write = "import json,sys; open(sys.argv[1],'w').write(json.dumps({'question':{'question_id':sys.argv[2]}})+'\\n')"
+            return [[sys.executable, "-c", write, f"{stage.out}.shard{i}", f"q{i}"] for i in range(n)]
+
+    raw = {
+        "name": "dbg",
+        "slurm": {"account": "a", "partition": "p", "qos": "q", "reservation": "r"},
+        "stages": {
+            "eval": {
+                "resources": {"shards": 2, "gpus": 1, "cpus": 2, "mem_gb": 4, "time_min": 10},
+                "cmd": "rollout --out ${out}",
+                "out": "${run_dir}/eval.jsonl",
+            }
+        },
+    }
+    plan = parse_plan(raw, source="dbg.yaml", overrides={"run_dir": str(tmp_path / "run")})
+    ex = CheapShards(tmp_path / "slurm", cluster="debug", **plan.slurm)
+    assert run_plan(plan, ex) == {"eval": "ran"}
+    lines = (tmp_path / "run" / "eval.jsonl").read_text().splitlines()
+    assert sorted(json.loads(x)["question"]["question_id"] for x in lines) == ["q0", "q1"]
+    assert (tmp_path / "run" / "logs" / "eval.log").read_text().count("submitted job") == 2
