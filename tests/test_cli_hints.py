@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
+import typer
 from typer.testing import CliRunner
 
 import matsql
@@ -120,3 +122,40 @@ def test_hub_id_substitution_is_named_in_the_model_identity(monkeypatch):
     digest = team.digest()
     team["planner"].weights = {}
     assert team.digest() == digest  # identity is recorded, not part of the config hash
+
+
+# Options another engineer's files still lack help for (rollout/commands.py, issue 17); the test
+# holds every other command to the rule, and these go once that file is done.
+KNOWN_GAPS = {
+    ("rollout", "--seed"),
+    ("rollout", "--offset"),
+    ("rollout", "--resume"),
+    ("rollout", "--validators"),
+    ("rollout", "--exec-timeout"),
+    ("rollout", "--fixer-temperature"),
+}
+JARGON = re.compile(r"\bE[1-5]\b|\bMATS\b|DESIGN\.md|DEVICE\.md|VLLM\.md|KINDS\.md")
+
+
+def test_every_option_has_help_without_project_jargon():
+    cmd = typer.main.get_command(app)
+    stack, problems = [((), cmd)], []
+    while stack:
+        path, c = stack.pop()
+        if getattr(c, "commands", None):
+            stack += [((*path, n), sub) for n, sub in c.commands.items()]
+            continue
+        name = " ".join(path)
+        if JARGON.search(c.help or ""):
+            problems.append(f"{name}: jargon in its help")
+        for p in c.params:
+            if getattr(p, "hidden", False) or p.param_type_name != "option":
+                continue
+            opt = max(p.opts, key=len)
+            if (name, opt) in KNOWN_GAPS:
+                continue
+            if not getattr(p, "help", None):
+                problems.append(f"{name} {opt}: no help")
+            elif JARGON.search(p.help):
+                problems.append(f"{name} {opt}: jargon {JARGON.findall(p.help)}")
+    assert not problems, problems
