@@ -141,7 +141,8 @@ def summarize(result: ExecResult, keep_rows: bool = False) -> ExecResult:
     return replace(
         result,
         rows=result.rows if keep_rows else None,
-        digest=result.digest or rows_digest(result.rows),
+        # with the rows kept, the digest is computed where it is needed (ExecResult.rows_digest)
+        digest=result.digest or (None if keep_rows else rows_digest(result.rows)),
         n_rows=len(result.rows),
         preview=render_preview(result.columns, result.rows),
     )

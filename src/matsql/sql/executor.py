@@ -59,6 +59,7 @@ from matsql.sql.execute import (
     Limits,
     db_identity,
     result_bytes,
+    summarize,
 )
 from matsql.sql.worker import Task, WorkerState, run_task
 
@@ -349,7 +350,7 @@ class Executor:
             if mode == "bird":
                 res = self._fetch(keys, keep_rows=False)
                 return [
-                    Judgement(p, g, p.ok and g.ok and p.rows_digest() == g.rows_digest())
+                    Judgement(p, g, p.ok and g.ok and p.digest is not None and p.digest == g.digest)
                     for p, g in zip(res[:n], res[n:], strict=True)
                 ]
             pred_res: list[ExecResult | None] = [self._recall(k, False) for k in keys[:n]]
@@ -469,7 +470,7 @@ class Executor:
             return None  # a summary cannot answer a call that wants rows
         self._cache.move_to_end(key)
         if not need_rows and res.rows is not None:
-            return replace(res, rows=None)
+            return summarize(res, keep_rows=False)  # the digest from the rows, then no rows
         return res
 
     @property
