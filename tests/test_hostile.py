@@ -141,3 +141,19 @@ def test_workers_together_stay_within_the_memory_budget(db: Path) -> None:
         assert ex.stats.memory_kills >= 1
         assert any("memory budget of 200 MiB" in (r.error or "") for r in res), res
         assert ex.run(db, "SELECT 1").rows == [(1,)]
+
+
+def test_a_killed_prediction_keeps_the_verdicts_of_the_others(ex: Executor, db: Path) -> None:
+    """Gold, then predictions in one worker task: the slow one is killed, the gold is re-run on
+    a fresh worker for the predictions after it, and every verdict is right."""
+    gold = f"SELECT a FROM t WHERE a < 5 -- {time.time()}"
+    preds = [
+        "SELECT a FROM t WHERE a <= 4",
+        SLOW_STEPS[0] + f" -- {time.time()}",
+        "SELECT a FROM t WHERE a < 4",
+        "SELECT 4 UNION SELECT 3 UNION SELECT 2 UNION SELECT 1",
+    ]
+    judged = ex.judge_many([(db, p, gold) for p in preds], "spider")
+    assert [j.correct for j in judged] == [True, False, False, True]
+    assert [j.pred.status for j in judged] == ["ok", "timeout", "ok", "ok"]
+    assert all(j.gold.status == "ok" and j.gold.n_rows == 4 for j in judged)
