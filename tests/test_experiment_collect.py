@@ -106,3 +106,25 @@ def test_gzip_is_byte_stable(run, tmp_path):
 def test_training_summary_without_eval():
     row = training_summary({"train": {"train_runtime": 3.0}, "log_history": []})
     assert row == {"train_runtime_s": 3.0, "epochs": None}
+
+
+def test_collect_writes_portable_paths_and_every_figure_format(run, tmp_path):
+    """Yields and compare files that quote the run folder's absolute paths are committed with the
+    run folder's name instead (issue 20); the figure's PDF/SVG and the CSV/LaTeX tables come too."""
+    run_dir = run.run_dir
+    labels = Path(run.stages["labels"].out)
+    (labels / "yield.json").write_text(json.dumps({"pairs": 3, "rollouts": f"{run_dir}/rollout.jsonl"}))
+    cmp = Path(run.stages["compare"].out)
+    (cmp / "compare.md").write_text(f"- A: {run_dir}/eval/picks.jsonl\n")
+    for suffix in ("pdf", "svg", "csv", "tex"):
+        (cmp / f"difference.{suffix}").write_text("x")
+    dest = tmp_path / "results"
+    collect_run(run, dest)
+    name = run_dir.name
+    assert json.loads((dest / "labels" / "yield.json").read_text())["rollouts"] == f"{name}/rollout.jsonl"
+    assert json.loads((dest / "collect.json").read_text())["label_yield"]["labels"]["rollouts"] == (
+        f"{name}/rollout.jsonl"
+    )
+    assert (dest / "compare" / "compare.md").read_text() == f"- A: {name}/eval/picks.jsonl\n"
+    for suffix in ("pdf", "svg", "csv", "tex"):
+        assert (dest / "compare" / f"difference.{suffix}").is_file()
