@@ -1,18 +1,20 @@
 """Rewrite machine-absolute paths in committed results to repo-relative ones (issue 20).
 
-    python scripts/portable_results.py [results] [--check]
+    python scripts/portable_results.py [results] [--check] [--tracked]
 
 Text files only (gzipped rollouts and images are left alone). The runs behind the committed
 results were made in a checkout at /root/matsql/repo (device machines) with scratch folders under
 /root/matsql/, /root/ and /tmp/; their paths become relative to the repo ("runs/study-spider/...")
 or start at the scratch folder's name ("demo-run4/...", "site/trl/..."). New reports, compares
 and collected runs are written portable by matsql itself (matsql.evaluate.portable).
---check lists the files that still hold such paths and exits 1 if any do.
+--check lists the files that still hold such paths and exits 1 if any do; --tracked looks only
+at files git tracks (what is committed, not a run still being written).
 """
 
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -36,10 +38,18 @@ def rewrite(text: str) -> str:
 
 def main(argv: list[str]) -> int:
     check = "--check" in argv
-    roots = [Path(a) for a in argv if a != "--check"] or [Path("results")]
+    tracked = "--tracked" in argv
+    roots = [Path(a) for a in argv if not a.startswith("--")] or [Path("results")]
     hits = []
     for root in roots:
-        for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix not in BINARY_SUFFIXES):
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix not in BINARY_SUFFIXES)
+        if tracked:
+            listed = subprocess.run(
+                ["git", "ls-files", "-z", "--", "."], cwd=root, capture_output=True, text=True, check=True
+            ).stdout
+            keep = {(root / f).resolve() for f in listed.split("\0") if f}
+            files = [p for p in files if p.resolve() in keep]
+        for path in files:
             try:
                 text = path.read_text(encoding="utf-8")
             except UnicodeDecodeError:
