@@ -384,7 +384,8 @@ def test_registry_shares_one_engine_across_agents(tiny_chat_model_dir: Path, ada
 @pytest.mark.parametrize(
     ("cfg", "message"),
     [
-        ({"backend": "vllm", "model": "m"}, "unknown backend 'vllm'"),
+        ({"backend": "vlm", "model": "m"}, "unknown backend 'vlm'"),
+        ({"backend": "vllm", "model": "m", "max_model_len": "long"}, "max_model_len"),
         ({"backend": "openai", "model": "m"}, "base_url"),
         ({"backend": "local"}, "model"),
         ({"backend": "local", "model": "m", "batch_size": "many"}, "batch_size"),

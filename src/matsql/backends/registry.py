@@ -69,7 +69,7 @@ class VLLMConfig(_Cfg):
     enable_prefix_caching: bool = True
     max_num_seqs: int = 512
     max_num_batched_tokens: int | None = None
-    enforce_eager: bool = False
+    enforce_eager: bool | None = None
     max_loras: int | None = None
     max_lora_rank: int | None = None
 

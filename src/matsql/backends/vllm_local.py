@@ -21,6 +21,16 @@ its own LoRA adapter, sent per request (``LoRARequest``). The engine starts on t
 when every agent has registered its adapter, so LoRA support, the largest rank and the number of
 adapters are known; an adapter registered after the start must fit what it started with.
 
+Measured on the lent H100 (``results/vllm/README.md``), and why two settings are defaults:
+- Seeded samples repeat exactly from run to run only with the engine core in this process
+  (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, set unless the environment says otherwise); with the
+  default engine process, two runs with the same seed differed. Within one process a second
+  identical call can still differ: its prompts then hit the prefix cache, which changes bf16
+  rounding in prefill. A rollout asks each prompt once, so its records repeat.
+- With LoRA enabled and CUDA graphs captured, engine start hung for over 7 minutes (vLLM
+  0.26.0, V2 model runner); in eager mode it started in seconds. ``enforce_eager=None`` (the
+  default) therefore runs eagerly exactly when adapters are registered.
+
 Models load from a dense safetensors folder (``matsql.models.dense_folder``): a GGUF is
 dequantized once per machine and cached, so later stages load in seconds.
 """
@@ -62,7 +72,7 @@ class EngineSettings:
     enable_prefix_caching: bool = True
     max_num_seqs: int = 512
     max_num_batched_tokens: int | None = None
-    enforce_eager: bool = False
+    enforce_eager: bool | None = None  # None: eager only when LoRA is on (see module doc)
     dtype: str = "bfloat16"
     max_loras: int | None = None  # default: the number of registered adapters
     max_lora_rank: int | None = None  # default: the smallest accepted rank >= every adapter's
@@ -198,7 +208,7 @@ class VLLMEngine:
             "gpu_memory_utilization": s.gpu_memory_utilization,
             "max_model_len": s.max_model_len,
             "max_num_seqs": s.max_num_seqs,
-            "enforce_eager": s.enforce_eager,
+            "enforce_eager": bool(s.enforce_eager) if s.enforce_eager is not None else bool(self.adapters),
             "generation_config": "vllm",
         }
         if s.max_num_batched_tokens:
@@ -222,6 +232,8 @@ class VLLMEngine:
                             f"the vllm backend needs vLLM on a CUDA machine ({e}); install it with "
                             "`pip install vllm==0.26.0` (on the lent GPU: scripts/device/setup.sh vllm-join)"
                         ) from None
+                # in-process engine core: scheduling, and so seeded samples, repeat run to run
+                os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
                 t0 = time.perf_counter()
                 self._llm = factory(**kw)
                 if kw.get("enable_lora"):
@@ -299,7 +311,9 @@ class VLLMEngine:
             for comp in out.outputs:
                 kept, ended = cut_at_stop_ids(list(comp.token_ids), self.stop_ids)
                 made += len(kept) + int(ended)
-                texts_out.append(truncate_at_stop(self.tokenizer.decode(kept, skip_special_tokens=True), stop))
+                texts_out.append(
+                    truncate_at_stop(self.tokenizer.decode(kept, skip_special_tokens=True), stop)
+                )
             result.append(texts_out * n if greedy else texts_out)
         if stats is not None:
             stats.calls += 1
