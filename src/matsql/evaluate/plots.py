@@ -97,6 +97,9 @@ def teams_figure(estimates: Sequence[Estimate], stem: Path, *, level: float = 0.
     hi = max(100 * e.high for e in estimates)
     pad = max(2.0, 0.08 * (hi - lo))
     ax.set_xlim(max(0.0, lo - pad), min(100.0, hi + pad))
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10]))  # whole numbers, no crowding
     ax.grid(axis="x", lw=0.4, color="#dddddd")
     ax.set_axisbelow(True)
     ax.spines[["top", "right"]].set_visible(False)
