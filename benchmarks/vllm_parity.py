@@ -111,6 +111,13 @@ def main() -> None:
                 )
                 diffs.append(k)
         res["first_difference_chars"] = sorted(diffs)
+        res["empty"] = {"vllm": sum(not a for a in v), "transformers": sum(not b for b in t)}
+        if args.out:  # the texts, so that a failed check can be read without another lease
+            import gzip
+
+            with gzip.open(Path(args.out).with_suffix(".texts.jsonl.gz"), "wt", encoding="utf-8") as fh:
+                for i, (a, b) in enumerate(zip(v, t, strict=True)):
+                    fh.write(json.dumps({"i": i, "vllm": a, "transformers": b}) + "\n")
         print(
             f"greedy, {len(prompts)} planner prompts, adapter {args.adapter}: identical completions "
             f"{res['identical_text']:.1%}, identical parsed SQL {res['identical_sql']:.1%}; first differing "
