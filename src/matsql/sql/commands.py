@@ -27,7 +27,7 @@ from matsql.sql.predictions import (
 )
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # a path or a line number is never broken
 
 DIFFICULTY_ORDER = ("simple", "moderate", "challenging", "easy", "medium", "hard", "extra", "unknown")
 OUTCOME_LABELS = {
