@@ -15,10 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import vllm_parity as vp  # noqa: E402
+import vllm_parity as vp
 
-from matsql.backends.vllm_local import EngineSettings, VLLMBackend, VLLMEngine  # noqa: E402
-from matsql.models import dense_folder, load_tokenizer  # noqa: E402
+from matsql.backends.vllm_local import EngineSettings, VLLMBackend, VLLMEngine
+from matsql.models import dense_folder, load_tokenizer
 
 folder, digest = dense_folder("qwen2.5-coder-0.5b-instruct")
 adapter = vp.random_adapter(folder, Path(tempfile.mkdtemp()) / "r8")
