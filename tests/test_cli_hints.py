@@ -49,6 +49,10 @@ def test_train_dry_run_without_trl_is_one_line(tiny_chat_model_dir, tmp_path, mo
         if m == "trl" or m.startswith(("trl.", "matsql.train.sft", "matsql.train.orpo"))
     ]:
         monkeypatch.delitem(sys.modules, mod)
+    import matsql.train
+
+    for sub in ("sft", "orpo"):  # `from matsql.train import sft` finds the package attribute first
+        monkeypatch.delattr(matsql.train, sub, raising=False)
     monkeypatch.setitem(sys.modules, "trl", None)
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(4))
     args = [
