@@ -89,6 +89,7 @@ def test_status_names_a_version_change_and_the_cli_shows_why(tmp_path, monkeypat
         ({"stages": {"sft": {"cmd": "x"}, "b": {"cmd": "y", "needs": "sft"}}}, "needs must be a list"),
         ({"stages": {"a": {"cmd": "x"}}, "varz": {}}, "unknown key 'varz' \\(did you mean 'vars'"),
         ({"stages": {"a": {"cmd": "x", "resources": {"gpu": 1}}}}, "resources: unknown key 'gpu'"),
+        ({"stages": {"a": {"cmd": "x", "check": {"rol": "eval"}}}}, "check: unknown key 'rol'"),
     ],
 )
 def test_plan_typos_are_errors_naming_the_file_and_key(raw, message):

@@ -42,6 +42,7 @@ _REF = re.compile(r"\$\{([^${}]+)\}")
 
 PLAN_KEYS = ("name", "run_dir", "vars", "arms", "stages", "env", "extends", "slurm")
 STAGE_KEYS = ("cmd", "out", "needs", "foreach", "resources", "check")
+CHECK_KEYS = ("role",)  # study constraints (matsql.experiment.constraints)
 RESOURCE_KEYS = ("shards", "processes", "slots", "gpus", "cpus", "mem_gb", "time_min", "slurm")
 
 
@@ -231,6 +232,10 @@ def parse_plan(
         if res is not None and not isinstance(res, dict):
             raise PlanError(f"{source}: stage {sname}: resources must be a mapping, got {res!r:.60}")
         _check_keys(res or {}, RESOURCE_KEYS, f"{source}: stage {sname}: resources")
+        chk = spec.get("check")
+        if chk is not None and not isinstance(chk, dict):
+            raise PlanError(f"{source}: stage {sname}: check must be a mapping, e.g. check: {{role: eval}}")
+        _check_keys(chk or {}, CHECK_KEYS, f"{source}: stage {sname}: check")
         if spec.get("foreach") not in (None, "arm"):
             raise PlanError(f"{source}: stage {sname}: foreach must be 'arm', got {spec['foreach']!r}")
         if spec.get("foreach") == "arm":
