@@ -163,3 +163,15 @@ def test_every_option_has_help_without_project_jargon():
             elif JARGON.search(p.help):
                 problems.append(f"{name} {opt}: jargon {JARGON.findall(p.help)}")
     assert not problems, problems
+
+
+def test_a_typo_in_an_agents_file_is_one_line_in_every_command(tmp_path):
+    team = tmp_path / "team.yaml"
+    team.write_text("defaults: {backend: echo}\nagents:\n  selector: {temprature: 0.0}\n")
+    rollout_file = ROOT / "results" / "study-spider" / "eval-collab" / "rollout.jsonl.gz"
+    res = CliRunner().invoke(
+        app, ["select", str(rollout_file), "--agents", str(team), "--out", str(tmp_path / "p")]
+    )
+    assert res.exit_code == 2, res.output
+    (line,) = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert line == f"error: {team}: agents.selector: unknown key 'temprature' (did you mean 'temperature'?)"

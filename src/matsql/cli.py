@@ -4,7 +4,8 @@ Command bodies live next to the code they drive (``<package>/commands.py``); thi
 wires them together, so it stays import-light.
 
 A missing optional dependency or model package ends a command with one line that names what is
-missing and the exact install command, never a traceback (:class:`HintingGroup`).
+missing and the exact install command, and a bad agents file with one line naming the file and
+key, never a traceback (:class:`HintingGroup`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class HintingGroup(TyperGroup):
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         from matsql.models import ModelIntegrityError, ModelResolutionError
+        from matsql.team import TeamError
 
         try:
             return super().invoke(ctx)
@@ -59,6 +61,9 @@ class HintingGroup(TyperGroup):
                 raise
         except (ModelResolutionError, ModelIntegrityError) as e:
             msg = f"error: {e}"
+        except TeamError as e:  # a bad agents file: the file and key, not a traceback
+            click.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
         click.echo(msg, err=True)
         raise typer.Exit(1)
 

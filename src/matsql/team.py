@@ -31,6 +31,10 @@ DECODING_KEYS = ("temperature", "max_tokens", "stop", "n")
 TOP_KEYS = ("defaults", "agents", "teacher")
 
 
+class TeamError(ValueError):
+    """A bad agents file or adapter override; the message names the file and key (one line)."""
+
+
 def backend_keys(kind: str) -> set[str] | None:
     """The keys a backend of this kind accepts (its config model's fields), or None for an
     unknown kind (``make_backend`` names it). Found from the registry's config classes, so a
@@ -49,12 +53,12 @@ def backend_keys(kind: str) -> set[str] | None:
     return None
 
 
-def _unknown_key_error(where: str, key: str, allowed: set[str]) -> ValueError:
+def _unknown_key_error(where: str, key: str, allowed: set[str]) -> TeamError:
     import difflib
 
     close = difflib.get_close_matches(key, sorted(allowed), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else f"; expected one of: {', '.join(sorted(allowed))}"
-    return ValueError(f"{where}: unknown key {key!r}{hint}")
+    return TeamError(f"{where}: unknown key {key!r}{hint}")
 
 
 def _stop_list(value: Any, where: str) -> list[str]:
@@ -64,7 +68,7 @@ def _stop_list(value: Any, where: str) -> list[str]:
         return [value]
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return list(value)
-    raise ValueError(f"{where}: 'stop' must be a string or a list of strings, got {value!r}")
+    raise TeamError(f"{where}: 'stop' must be a string or a list of strings, got {value!r}")
 
 
 @dataclass
@@ -146,7 +150,7 @@ class Team:
 def parse_team(data: dict[str, Any], source: str = "", base_dir: Path | None = None) -> Team:
     src = source or "AGENTS.yaml"
     if not isinstance(data, dict) or "agents" not in data:
-        raise ValueError(f"{src}: expected a mapping with an 'agents' key")
+        raise TeamError(f"{src}: expected a mapping with an 'agents' key")
     for key in data:
         if key not in TOP_KEYS:
             raise _unknown_key_error(src, str(key), set(TOP_KEYS))
@@ -154,9 +158,9 @@ def parse_team(data: dict[str, Any], source: str = "", base_dir: Path | None = N
     agents: dict[str, AgentSpec] = {}
     for name, raw in (data["agents"] or {}).items():
         if name not in AGENTS:
-            raise ValueError(f"{src}: unknown agent {name!r}; expected one of {AGENTS}")
+            raise TeamError(f"{src}: unknown agent {name!r}; expected one of {AGENTS}")
         if raw is not None and not isinstance(raw, dict):
-            raise ValueError(f"{src}: agents.{name} must be a mapping, got {raw!r:.60}")
+            raise TeamError(f"{src}: agents.{name} must be a mapping, got {raw!r:.60}")
         merged = {**defaults, **(raw or {})}
         allowed = backend_keys(str(merged.get("backend", "local")))
         if allowed is not None:
@@ -196,7 +200,7 @@ def apply_adapters(team: Team, overrides: list[str]) -> Team:
     """Apply ``AGENT=PATH`` adapter overrides (how study arms differ: validators only)."""
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"--adapter expects AGENT=PATH, got {item!r}")
+            raise TeamError(f"--adapter expects AGENT=PATH, got {item!r}")
         name, path = item.split("=", 1)
         spec = team[name]
         spec.backend = {**spec.backend, "adapter": path or None}
