@@ -128,6 +128,19 @@ class ValidatorDiagnostics:
         return asdict(self) | {"rates": self.rates()}
 
 
+def tally(d: ValidatorDiagnostics, verdict: str, correct: bool) -> str:
+    """Count one verdict on a candidate of known correctness; returns its outcome's field name."""
+    d.critiques += 1
+    if verdict not in ("correct", "incorrect"):
+        field = "unknown"
+    elif verdict == "incorrect":
+        field = "false_alarm" if correct else "caught"
+    else:
+        field = "passed" if correct else "missed"
+    setattr(d, field, getattr(d, field) + 1)
+    return field
+
+
 def validator_diagnostics(records: list[RolloutRecord]) -> dict[str, ValidatorDiagnostics]:
     """Per validator, over every branch's critique (label-time branches included)."""
     out: dict[str, ValidatorDiagnostics] = {}
@@ -136,21 +149,9 @@ def validator_diagnostics(records: list[RolloutRecord]) -> dict[str, ValidatorDi
             for b in c.branches:
                 for agent, crit in b.critiques.items():
                     d = out.setdefault(agent, ValidatorDiagnostics(agent))
-                    d.critiques += 1
-                    if crit.verdict not in ("correct", "incorrect"):
-                        d.unknown += 1
-                    elif crit.verdict == "incorrect":
-                        if c.correct:
-                            d.false_alarm += 1
-                        else:
-                            d.caught += 1
-                            if b.fix is not None:
-                                d.caught_fixed_runs += 1
-                                d.caught_fixed_right += int(b.fix.correct)
-                    elif c.correct:
-                        d.passed += 1
-                    else:
-                        d.missed += 1
+                    if tally(d, crit.verdict, c.correct) == "caught" and b.fix is not None:
+                        d.caught_fixed_runs += 1
+                        d.caught_fixed_right += int(b.fix.correct)
     return dict(sorted(out.items()))
 
 

@@ -286,3 +286,81 @@ def sft_data(
         blob = json.dumps({**{k: v for k, v in meta.items() if k != "agents"}, **settings}, sort_keys=True)
         meta["config_hash"] = hashlib.sha256(blob.encode()).hexdigest()[:16]
     (out / "sft_data.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+@train_app.command("pick-checkpoint")
+def pick_checkpoint_cmd(
+    run_dir: Path = typer.Argument(
+        ..., help="An ORPO/SFT run folder of a validator (its checkpoints/ and final adapter)."
+    ),
+    agent: str = typer.Option(..., "--agent", help="The validator the run trained: val-sel | val-cond."),
+    rollouts: Path = typer.Option(
+        ..., "--rollouts", help="Held-out label rollouts (JSONL, plain or .gz) whose candidates are judged."
+    ),
+    agents: Path = typer.Option(
+        ..., "--agents", "-a", help="Agents file: the validator's backend and decoding."
+    ),
+    benchmark: str = typer.Option(
+        ..., "--benchmark", "-b", help="Benchmark the rollouts' questions come from (schemas)."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the chosen adapter and pick.json."),
+    limit: int | None = typer.Option(None, "--limit", help="Judge the first N questions only."),
+    samples: int = typer.Option(
+        1, "--samples", help="Critiques per candidate and checkpoint (averages sampling noise)."
+    ),
+    seed: int = typer.Option(
+        0, "--seed", help="Sampling seed, the same for every checkpoint (a paired comparison)."
+    ),
+    data: Path | None = typer.Option(None, "--data", help="Benchmark root (default MATSQL_DATA)."),
+) -> None:
+    """Keep the validator checkpoint with the best balanced accuracy on held-out candidates."""
+    from matsql.backends.registry import make_backend
+    from matsql.benchmarks.registry import load_benchmark
+    from matsql.rollout.io import read_records
+    from matsql.team import load_team
+    from matsql.train.checkpoints import heldout_items, list_checkpoints, pick_checkpoint, write_pick
+
+    if agent not in ("val-sel", "val-cond"):
+        raise typer.BadParameter(f"--agent {agent!r}: expected val-sel or val-cond")
+    try:
+        refs = list_checkpoints(run_dir)
+        team = load_team(agents)
+        spec = team[agent]
+        bench = load_benchmark(benchmark, data)
+        records = read_records(rollouts)[:limit]
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        _console.print(f"error: {e}")
+        raise typer.Exit(2) from None
+    items = heldout_items(records, agent, bench.schema_text)
+    chosen, scores = pick_checkpoint(
+        refs,
+        items,
+        lambda path: make_backend({**spec.backend, "adapter": str(path)}, agent=agent),
+        agent=agent,
+        temperature=spec.temperature,
+        max_tokens=spec.max_tokens,
+        stop=spec.stop or None,
+        seed=seed,
+        samples=samples,
+    )
+    ref = next(r for r in refs if r.name == chosen)
+    meta = {
+        "agent": agent,
+        "run_dir": run_dir.name,
+        "rollouts": rollouts.name,
+        "questions": len(records),
+        "candidates": len(items),
+        "samples": samples,
+        "seed": seed,
+        "temperature": spec.temperature,
+    }
+    write_pick(out, ref, scores, meta)
+    for r in refs:
+        rates = scores[r.name].rates()
+        ba, fa = rates["balanced_accuracy"], rates["false_alarm_rate"]
+        mark = "*" if r.name == chosen else " "
+        _console.print(
+            f"{mark} {r.name:>16s}  balanced accuracy {'-' if ba is None else f'{100 * ba:.1f}'}  "
+            f"false alarms {'-' if fa is None else f'{100 * fa:.1f}%'}  unknown {100 * (rates['unknown_rate'] or 0):.1f}%"
+        )
+    _console.print(f"{agent}: kept {chosen} of {len(refs)} ({len(items)} held-out candidates) -> {out}")

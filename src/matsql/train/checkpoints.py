@@ -1,0 +1,160 @@
+"""Pick a validator's ORPO checkpoint by how well it judges, not by its pair reward accuracy.
+
+Why: in the full study, ORPO raised every arm's pair reward accuracy while its validators
+flagged more and judged worse (false alarms 30% -> 39-83%, balanced accuracy down in every
+arm). The checkpoint worth keeping is the one whose verdicts best separate right from wrong
+candidates on questions it was not trained on. So each saved checkpoint (and the final
+adapter) critiques the candidates of held-out label rollouts, one or more samples per
+candidate at the agent's own temperature and one seed shared by all checkpoints (a paired
+comparison), and the one with the highest balanced accuracy, (catch rate + pass rate) / 2, is
+copied to the output folder. Ties go to fewer unknown verdicts, then to the earlier step.
+
+The scoring is pure (``score``, ``choose``); generation goes through any backend.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from matsql.agents import validator
+from matsql.backends.base import Backend, ChatPrompt
+from matsql.evaluate.diagnostics import ValidatorDiagnostics, tally
+from matsql.records import RolloutRecord
+
+PICK_FILE = "pick.json"
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    name: str  # checkpoint-N, or "final"
+    path: Path
+    step: int  # optimizer step; the final adapter sorts last
+
+
+@dataclass(frozen=True)
+class Item:
+    """One held-out candidate to judge."""
+
+    question_id: str
+    candidate: int
+    prompt: ChatPrompt
+    correct: bool
+
+
+def list_checkpoints(run_dir: str | Path) -> list[CheckpointRef]:
+    """TRL's ``checkpoints/*/checkpoint-N`` adapters of a run, then the final adapter."""
+    run = Path(run_dir)
+    refs = []
+    for p in run.glob("checkpoints/*/checkpoint-*"):
+        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+        if m and (p / "adapter_config.json").is_file():
+            refs.append(CheckpointRef(p.name, p, int(m.group(1))))
+    refs.sort(key=lambda r: r.step)
+    if (run / "adapter_config.json").is_file():
+        last = max((r.step for r in refs), default=0)
+        refs.append(CheckpointRef("final", run, last + 1))
+    if not refs:
+        raise FileNotFoundError(
+            f"{run}: no adapter checkpoints (checkpoints/*/checkpoint-N/adapter_config.json) and no final "
+            "adapter; train with --set trainer.save_strategy=steps --set trainer.save_steps=N "
+            "--set trainer.save_total_limit=null to keep checkpoints"
+        )
+    return refs
+
+
+def heldout_items(
+    records: Sequence[RolloutRecord], agent: str, schema_of: Callable[[str], str]
+) -> list[Item]:
+    """The validator prompt of every candidate that has SQL, with its correctness."""
+    items = []
+    for rec in records:
+        q = rec.question
+        for c in rec.candidates:
+            if not c.planner.sql:
+                continue
+            prompt = validator.build(agent, q, schema_of(q.db_id), c.planner.sql, c.exec)
+            items.append(Item(q.question_id, c.index, prompt, c.correct))
+    return items
+
+
+def score(agent: str, verdicts: Sequence[Sequence[str]], items: Sequence[Item]) -> ValidatorDiagnostics:
+    """Counts of catches, misses, passes, false alarms and unknowns over every sample."""
+    d = ValidatorDiagnostics(agent)
+    for samples, item in zip(verdicts, items, strict=True):
+        for v in samples:
+            tally(d, v, item.correct)
+    return d
+
+
+def choose(scores: dict[str, ValidatorDiagnostics], steps: dict[str, int]) -> str:
+    """The checkpoint with the highest balanced accuracy; fewer unknowns, then earlier, on ties."""
+
+    def key(name: str) -> tuple[float, float, int]:
+        r = scores[name].rates()
+        ba = r["balanced_accuracy"]
+        return (-(ba if ba is not None else -1.0), r["unknown_rate"] or 0.0, steps[name])
+
+    ranked = sorted(scores, key=key)
+    if scores[ranked[0]].rates()["balanced_accuracy"] is None:
+        raise ValueError(
+            "no checkpoint has a balanced accuracy: the held-out candidates need both right and wrong "
+            "ones, and verdicts other than unknown"
+        )
+    return ranked[0]
+
+
+def pick_checkpoint(
+    refs: Sequence[CheckpointRef],
+    items: Sequence[Item],
+    make_backend: Callable[[Path], Backend],
+    *,
+    agent: str,
+    temperature: float,
+    max_tokens: int,
+    stop: list[str] | None,
+    seed: int,
+    samples: int,
+) -> tuple[str, dict[str, ValidatorDiagnostics]]:
+    """Critique ``items`` with every checkpoint; returns the chosen name and every score.
+
+    Every backend is made before any generates, so an engine that sizes itself for its
+    adapters at its first call (vLLM) knows all of them."""
+    backends = {r.name: make_backend(r.path) for r in refs}
+    prompts = [it.prompt for it in items]
+    scores = {}
+    for r in refs:
+        texts = backends[r.name].generate(
+            prompts, n=samples, temperature=temperature, max_tokens=max_tokens, stop=stop, seed=seed
+        )
+        scores[r.name] = score(agent, [[validator.parse(t) for t in ts] for ts in texts], items)
+    return choose(scores, {r.name: r.step for r in refs}), scores
+
+
+def write_pick(
+    out: Path, chosen: CheckpointRef, scores: dict[str, ValidatorDiagnostics], meta: dict[str, Any]
+) -> Path:
+    """Copy the chosen adapter to ``out`` (a plain adapter folder later stages load) with
+    ``pick.json`` naming it and every checkpoint's scores; written to a temp folder, then renamed."""
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(
+        chosen.path, tmp, ignore=shutil.ignore_patterns("checkpoints", "optimizer.pt", "rng_state*")
+    )
+    body = meta | {
+        "chosen": chosen.name,
+        "chosen_step": chosen.step,
+        "scores": {k: v.as_dict() for k, v in scores.items()},
+    }
+    (tmp / PICK_FILE).write_text(json.dumps(body, indent=1, sort_keys=True, default=str), encoding="utf-8")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
