@@ -53,14 +53,13 @@ def planner_prompts(n: int) -> list[Any]:
     return [planner.build(q, bench.schema_text(q.db_id)) for q in bench.runnable[:n]]
 
 
-def vllm_backend(model: str, adapter: str | None, gmu: float) -> Any:
+def vllm_backend(model: str, adapter: str | None, gmu: float, dtype: str = "bfloat16") -> Any:
     from matsql.backends.vllm_local import EngineSettings, VLLMBackend, VLLMEngine
     from matsql.models import dense_folder, load_tokenizer
 
-    folder, digest = dense_folder(model)
-    eng = VLLMEngine(
-        folder, load_tokenizer(folder), f"{model}|{digest[:16]}", EngineSettings(gpu_memory_utilization=gmu)
-    )
+    folder, digest = dense_folder(model, dtype=dtype)
+    settings = EngineSettings(gpu_memory_utilization=gmu, dtype=dtype)
+    eng = VLLMEngine(folder, load_tokenizer(folder), f"{model}|{digest[:16]}", settings)
     return VLLMBackend(eng, adapter=adapter)
 
 
@@ -74,6 +73,11 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.35)
+    ap.add_argument(
+        "--dtype",
+        default="bfloat16",
+        help="both backends' weights and compute: float32 separates kernel rounding from real differences",
+    )
     ap.add_argument("--out", default=None, help="write the summary (and sampled digests) here")
     args = ap.parse_args()
 
@@ -81,21 +85,26 @@ def main() -> None:
     from matsql.models import dense_folder
 
     prompts = planner_prompts(args.questions)
-    folder, _ = dense_folder(args.model)
+    folder, _ = dense_folder(args.model, dtype=args.dtype)
     adapter = None
     if args.adapter == "random":
         adapter = str(random_adapter(folder, Path(tempfile.mkdtemp(prefix="lora-")) / "random-r8"))
     elif args.adapter != "none":
         adapter = args.adapter
-    res: dict[str, Any] = {"mode": args.mode, "questions": len(prompts), "adapter": args.adapter}
-    vb = vllm_backend(args.model, adapter, args.gpu_memory_utilization)
+    res: dict[str, Any] = {
+        "mode": args.mode,
+        "questions": len(prompts),
+        "adapter": args.adapter,
+        "dtype": args.dtype,
+    }
+    vb = vllm_backend(args.model, adapter, args.gpu_memory_utilization, args.dtype)
     if args.mode in ("greedy", "all"):
         t0 = time.perf_counter()
         v = [o[0] for o in vb.generate(prompts, temperature=0.0, max_tokens=args.max_tokens)]
         res["vllm_s"] = time.perf_counter() - t0
         from matsql.backends.transformers_local import LocalBackend, LocalEngine
 
-        lb = LocalBackend(LocalEngine.load(args.model), adapter=adapter, batch_size=256)
+        lb = LocalBackend(LocalEngine.load(args.model, dtype=args.dtype), adapter=adapter, batch_size=256)
         t0 = time.perf_counter()
         t = [o[0] for o in lb.generate(prompts, temperature=0.0, max_tokens=args.max_tokens)]
         res["transformers_s"] = time.perf_counter() - t0
