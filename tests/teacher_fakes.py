@@ -21,8 +21,8 @@ import re
 from collections import Counter
 
 from matsql.backends.base import ChatPrompt, GenerationStats
-from matsql.backends.chat import prompt_digest
 from matsql.backends.server import OpenAIServer
+from matsql.records import sampling_prompt_digest
 
 _SQL = re.compile(r"Candidate SQL:\n```sql\n(.*?)\n```", re.DOTALL)
 _VERDICT = re.compile(r"The candidate is (correct|incorrect)\.")
@@ -69,7 +69,7 @@ class ScriptedTeacher:
         if sql in self.script:
             actions = self.script[sql]
             return actions[min(k, len(actions) - 1)]
-        u = int(hashlib.sha256(f"{seed}|{prompt_digest(p)}".encode()).hexdigest()[:8], 16) / 16**8
+        u = int(hashlib.sha256(f"{seed}|{sampling_prompt_digest(p)}".encode()).hexdigest()[:8], 16) / 16**8
         return "disagree" if u < self.disagree_rate else "agree"
 
     def generate(

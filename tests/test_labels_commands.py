@@ -11,8 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from matsql.labels import commands
-from matsql.labels.common import prompt_digest
-from matsql.records import RolloutHeader, dumps
+from matsql.records import RolloutHeader, dumps, record_prompt_digest
 from tests.test_labels_records import PROMPT_FN, build_records, fake_schema, load_fixture
 
 runner = CliRunner()
@@ -118,7 +117,7 @@ def test_build_refuses_prompts_that_differ_from_the_rollout(rollout: Rollout, tm
     records = build_records(SPECS[:1])
     c0 = records[0].candidates[0]
     c0.branches[0].critiques["val-sel"].prompt_digest = (
-        prompt_digest(PROMPT_FN("val-sel", records[0], c0)) + "0"
+        record_prompt_digest(PROMPT_FN("val-sel", records[0], c0)) + "0"
     )
     bad = tmp_path / "bad.jsonl"
     bad.write_text(dumps(records[0]) + "\n", encoding="utf-8")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from matsql.labels.common import prompt_digest
 from matsql.labels.prompts import check_prompts, make_prompt_fn
 from matsql.labels.selector import selector_options
+from matsql.records import record_prompt_digest
+from matsql.rollout.io import read_records
+from matsql.rollout.runner import run_rollout
+from tests.rollout_fakes import CannedBackend, label_time_config, make_db, questions, sqlite_services
 from tests.test_labels_records import build_records, fake_schema
 
 RECS = build_records(
@@ -66,21 +69,38 @@ def test_missing_inputs_are_errors(agent: str, kwargs: dict) -> None:
         make_prompt_fn(fake_schema)(agent, RECS[0], **kwargs)
 
 
-def test_digest_matches_the_rollout_pipeline() -> None:
-    pipeline = pytest.importorskip("matsql.rollout.pipeline", reason="rollout pipeline not importable")
-    p = make_prompt_fn(fake_schema)(
-        "fixer", RECS[0], RECS[0].candidates[0], RECS[0].candidates[0].branches[0]
-    )
-    assert prompt_digest(p) == pipeline.prompt_digest(p)
+def test_prompts_rebuilt_from_a_real_rollout_match_its_recorded_digests(tmp_path) -> None:
+    """The pipeline records ``record_prompt_digest`` of each prompt it sent; the labelers'
+    prompt function, given the same schema lookup, must rebuild every one of them, and a wrong
+    schema must be caught on every agent."""
+    db = make_db(tmp_path / "music.sqlite")
+    svc = sqlite_services(db, CannedBackend())
+    cfg = label_time_config()
+    run_rollout(questions(), cfg, svc, tmp_path / "r.jsonl", cfg.model_dump(mode="json"), show_progress=False)
+    recs = [r for r in read_records(tmp_path / "r.jsonl") if r.candidates]
+    recorded = [c.planner.prompt_digest for r in recs for c in r.candidates]
+    recorded += [
+        x.prompt_digest for r in recs for c in r.candidates for b in c.branches for x in b.critiques.values()
+    ]
+    recorded += [f.prompt_digest for r in recs for c in r.candidates for b in c.branches for f in b.fixes]
+    assert len(recorded) > 50 and all(d and len(d) == 16 for d in recorded)
+    assert check_prompts(recs, make_prompt_fn(svc.schema_of), limit=10**6) == []
+    bad = check_prompts(recs, make_prompt_fn(lambda db_id: "another schema"), limit=10**6)
+    assert {b.split(": rebuilt")[0].split()[-1] for b in bad} == {
+        "planner",
+        "val-sel",
+        "val-cond",
+        "fixer",
+    }
 
 
 def test_check_prompts_finds_a_schema_mismatch() -> None:
     rec = RECS[0].model_copy(deep=True)
     right = make_prompt_fn(fake_schema)
     c0 = rec.candidates[0]
-    c0.planner.prompt_digest = prompt_digest(right("planner", rec))
-    c0.branches[0].critiques["val-sel"].prompt_digest = prompt_digest(right("val-sel", rec, c0))
-    c0.branches[0].fixes[0].prompt_digest = prompt_digest(right("fixer", rec, c0, c0.branches[0]))
+    c0.planner.prompt_digest = record_prompt_digest(right("planner", rec))
+    c0.branches[0].critiques["val-sel"].prompt_digest = record_prompt_digest(right("val-sel", rec, c0))
+    c0.branches[0].fixes[0].prompt_digest = record_prompt_digest(right("fixer", rec, c0, c0.branches[0]))
     assert check_prompts([rec], right) == []
     wrong = make_prompt_fn(lambda db: "another schema")
     bad = check_prompts([rec], wrong)

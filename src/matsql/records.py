@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
+
+if TYPE_CHECKING:
+    from matsql.backends.base import ChatPrompt
 
 Verdict = Literal["correct", "incorrect", "unknown"]
 ExecStatus = Literal["ok", "error", "timeout", "no_sql", "missing_db"]
@@ -36,6 +39,26 @@ AGENTS: tuple[str, ...] = ("planner", "val-sel", "val-cond", "fixer", "selector"
 def digest(text: str) -> str:
     """Short stable digest of a text (prompts, rows) for records and caches."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+# Two prompt digests, one per purpose. Their formulas differ and must stay as they are: the
+# first is written into committed rollout records, the second keys every sample's random stream.
+
+
+def record_prompt_digest(prompt: ChatPrompt) -> str:
+    """The ``prompt_digest`` a rollout record stores beside an agent's output (planner, critique,
+    fix): 16 hex digits over the messages and the assistant prefix. Labelers and diagnostics
+    rebuild a prompt and compare this digest to check it is the prompt that was sent."""
+    body = "\x1e".join(f"{r}\x1f{c}" for r, c in prompt.messages)
+    return digest(body + "\x1d" + prompt.prefix)
+
+
+def sampling_prompt_digest(prompt: ChatPrompt | str) -> str:
+    """The full sha256 of a prompt's content (messages + prefix, or a raw text) that keys
+    sampling (``backends.chat.derive_seed``), the echo backend's texts and the server's replies.
+    Changing it changes every sample, so it is not the record digest above."""
+    payload = prompt if isinstance(prompt, str) else json.dumps([prompt.messages, prompt.prefix])
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 class _Model(BaseModel):

@@ -6,11 +6,11 @@ Kept free of torch so the HTTP client and server can use them without loading a 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from matsql.backends.base import ChatPrompt
+from matsql.records import sampling_prompt_digest
 
 # Special tokens that end an assistant turn in common chat formats (Qwen/ChatML, Llama 3, Phi,
 # Gemma). Generation stops at any of them that the tokenizer knows, besides its eos token.
@@ -77,12 +77,6 @@ def cut_at_stop_ids(ids: Sequence[int], stop_ids: Iterable[int]) -> tuple[list[i
     return list(ids), False
 
 
-def prompt_digest(prompt: ChatPrompt | str) -> str:
-    """Stable digest of a prompt's content (messages + prefix, or a raw text)."""
-    payload = prompt if isinstance(prompt, str) else json.dumps([prompt.messages, prompt.prefix])
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-
 def derive_seed(seed: int, prompt: ChatPrompt | str, sample: int = 0, bits: int = 63) -> int:
     """A seed that is a pure function of (seed, prompt content, sample index).
 
@@ -90,5 +84,5 @@ def derive_seed(seed: int, prompt: ChatPrompt | str, sample: int = 0, bits: int 
     on where a resumed run restarted. Two identical prompts in one call get identical samples;
     ask for ``n`` samples instead of repeating a prompt.
     """
-    h = hashlib.sha256(f"{int(seed)}|{int(sample)}|{prompt_digest(prompt)}".encode()).digest()
+    h = hashlib.sha256(f"{int(seed)}|{int(sample)}|{sampling_prompt_digest(prompt)}".encode()).digest()
     return int.from_bytes(h[:8], "big") & ((1 << bits) - 1)

@@ -8,12 +8,13 @@ that every prompt got exactly its own ``n`` samples, in order, with none lost or
 from __future__ import annotations
 
 from matsql.backends.base import ChatPrompt, GenerationStats
-from matsql.backends.chat import prompt_digest, truncate_at_stop
+from matsql.backends.chat import truncate_at_stop
+from matsql.records import sampling_prompt_digest
 
 
 def echo_text(prompt: ChatPrompt, sample: int) -> str:
     """The completion ``EchoBackend`` returns for ``prompt``'s sample ``sample``."""
-    return f"echo:{prompt_digest(prompt)[:16]}:{sample}"
+    return f"echo:{sampling_prompt_digest(prompt)[:16]}:{sample}"
 
 
 class EchoBackend:

@@ -36,7 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from matsql.backends.base import Backend, ChatPrompt
-from matsql.backends.chat import prompt_digest
+from matsql.records import sampling_prompt_digest
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ class OpenAIServer(ThreadingHTTPServer):
         args = sampling_args(req)
         if kind == "chat":
             prompt = chat_prompt_from_request(req)
-            digest = prompt_digest(prompt)
+            digest = sampling_prompt_digest(prompt)
             call = lambda: backend.generate([prompt], **args)[0]  # noqa: E731
         else:
             text = req.get("prompt")
@@ -208,7 +208,7 @@ class OpenAIServer(ThreadingHTTPServer):
                 raise BadRequest(
                     f"backend {backend.name} does not take raw prompts; use /v1/chat/completions"
                 )
-            digest = prompt_digest(text)
+            digest = sampling_prompt_digest(text)
             call = lambda: gen_text([text], **args)[0]  # noqa: E731
         with self.backend_lock:
             before = (backend.stats.prompt_tokens, backend.stats.completion_tokens)

@@ -40,8 +40,8 @@ def fixer_cmd(
     """Does the critique reach the fixer, and does the fixer act on it?"""
     from matsql.agents import fixer
     from matsql.evaluate.diagnostics import counterfactual_critiques, fixer_diagnostics
+    from matsql.records import record_prompt_digest
     from matsql.rollout.io import read_header, read_records
-    from matsql.rollout.pipeline import prompt_digest
 
     records = read_records(rollouts)
     header = read_header(rollouts)
@@ -59,7 +59,7 @@ def fixer_cmd(
     def digest_of(rec, ci, bi):
         c = rec.candidates[ci]
         b = c.branches[bi]
-        return prompt_digest(
+        return record_prompt_digest(
             fixer.build(
                 rec.question, bench.schema_text(rec.question.db_id), c.planner.sql, c.exec, b.critiques
             )

@@ -17,8 +17,15 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from matsql.backends.base import ChatPrompt
-from matsql.records import Branch, Candidate, ExecInfo, PreferencePair, RolloutRecord, digest
-from matsql.rollout.pipeline import prompt_digest  # the digest rollouts record
+from matsql.records import (
+    Branch,
+    Candidate,
+    ExecInfo,
+    PreferencePair,
+    RolloutRecord,
+    digest,
+    record_prompt_digest,
+)
 
 #: A selector option as ``matsql.agents.selector.build`` takes it: (sql, exec, verdicts or None).
 SelectorOption = tuple[str, ExecInfo, dict[str, str] | None]
@@ -71,7 +78,7 @@ class Group:
 
     @cached_property
     def prompt_digest(self) -> str:
-        return prompt_digest(self.prompt)
+        return record_prompt_digest(self.prompt)
 
 
 class SFTExample(BaseModel):

@@ -12,8 +12,8 @@ from functools import cache
 
 from matsql.agents import fixer, planner, selector, validator
 from matsql.backends.base import ChatPrompt
-from matsql.labels.common import PromptFn, SelectorOption, prompt_digest
-from matsql.records import VALIDATORS, Branch, Candidate, RolloutRecord
+from matsql.labels.common import PromptFn, SelectorOption
+from matsql.records import VALIDATORS, Branch, Candidate, RolloutRecord, record_prompt_digest
 
 
 def make_prompt_fn(schema_of: Callable[[str], str]) -> PromptFn:
@@ -65,7 +65,7 @@ def check_prompts(records: Sequence[RolloutRecord], prompt_fn: PromptFn, limit: 
             for where, recorded, args in checks:
                 if recorded is None:
                     continue
-                got = prompt_digest(prompt_fn(*args))
+                got = record_prompt_digest(prompt_fn(*args))
                 if got != recorded:
                     bad.append(
                         f"question {rec.question_id} candidate {cand.index} {where}: "

@@ -39,7 +39,7 @@ from matsql.records import (
     Fix,
     Question,
     RolloutRecord,
-    digest,
+    record_prompt_digest,
 )
 from matsql.rollout.config import RolloutConfig
 from matsql.rollout.gating import should_fix
@@ -50,10 +50,6 @@ def stage_seed(seed: int, stage: str) -> int:
     """The seed of one stage's generate call: independent of the batch (see module docstring)."""
     h = hashlib.sha256(f"{seed}||{stage}".encode()).digest()
     return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
-
-
-def prompt_digest(p: ChatPrompt) -> str:
-    return digest("\x1e".join(f"{r}\x1f{c}" for r, c in p.messages) + "\x1d" + p.prefix)
 
 
 @dataclass
@@ -257,7 +253,7 @@ def run_batch(
         execs = iter(_run_sqls(svc, jobs, gold))
         for i in keep:
             q, p, o = live[i], prompts[i], outs[i]
-            pd = prompt_digest(p)
+            pd = record_prompt_digest(p)
             lst = []
             for idx, (text, s, greedy) in enumerate(o):
                 info, ok = next(execs)
@@ -289,7 +285,7 @@ def run_batch(
         for (qid, c), p, texts in zip(targets, prompts, outs_v, strict=True):
             if texts is None:
                 continue
-            pd = prompt_digest(p)
+            pd = record_prompt_digest(p)
             critiques.setdefault((qid, c.index), {})[v] = [
                 Critique(agent=v, text=t, verdict=validator.parse(t), seed=s, prompt_digest=pd) for t in texts
             ]
@@ -335,7 +331,7 @@ def run_batch(
         jobs = [(qmap[qid], fixer.parse(t)) for (qid, _, _), _, texts in done for t in texts]
         execs = iter(_run_sqls(svc, jobs, gold))
         for (_, _, b), p, texts in done:
-            pd = prompt_digest(p)
+            pd = record_prompt_digest(p)
             for t in texts:
                 info, ok = next(execs)
                 b.fixes.append(
