@@ -44,9 +44,9 @@ def ex_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_db(tmp_path_factory.mktemp("ex") / "ex.sqlite", EX["setup"])
 
 
-def verdict(db: Path, pred: str, gold: str, mode: str) -> bool:
+def verdict(db: Path, pred: str, gold: str, mode: str, timeout_s: float = TIMEOUT_S) -> bool:
     return results_match(
-        run_sql(db, pred, timeout_s=TIMEOUT_S), run_sql(db, gold, timeout_s=TIMEOUT_S), mode, gold
+        run_sql(db, pred, timeout_s=timeout_s), run_sql(db, gold, timeout_s=timeout_s), mode, gold
     )
 
 
@@ -176,7 +176,8 @@ def test_superhero_verdicts_match_official_rule(tmp_path: Path) -> None:
             "SELECT superhero_name FROM superhero WHERE id < 3",  # unrelated
         ]
         for pred in preds:
-            ours = verdict(SUPERHERO, pred, gold, "bird")
+            # BIRD's own 30 s budget: some golds take ~0.5 s on a loaded 2-core machine
+            ours = verdict(SUPERHERO, pred, gold, "bird", timeout_s=30.0)
             assert ours is bool(bird_official(official_copy, pred, gold)), (pred, gold)
             verdicts[ours] += 1
     assert verdicts[True] >= 3 * len(golds) and verdicts[False] >= len(golds)  # all golds run
