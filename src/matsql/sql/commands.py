@@ -222,7 +222,8 @@ def eval_sql(
             if summary.per_question[q.question_id] == "bad_db" and str(db_paths[q.db_id]) == path
         )
         err_console.print(
-            f"[red]database {path} is corrupt ({error}): {n} question(s) counted wrong[/red]", highlight=False
+            f"[red]database {path} is corrupt ({error.rpartition(': ')[2]}): {n} question(s) counted wrong[/red]",
+            highlight=False,
         )
     if out is not None:
         from matsql.evaluate.outcomes import write_outcomes
