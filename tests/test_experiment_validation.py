@@ -233,6 +233,13 @@ def test_slurm_jobs_ask_for_what_each_stage_declares(tmp_path):
     lp = by_stage["vl-labels"][0][0]  # runs after sft: its GPUs must not leak into this job
     assert "gpus_per_node" not in lp and lp["slurm_account"] == "proj1"
     assert lp["timeout_min"] == SlurmExecutor.DEFAULT_TIME_MIN
+    from matsql.experiment.executors import slurm_parameters
+
+    # a plan-level default time in the stage's own words, and any other sbatch option passed through
+    assert slurm_parameters({"time_min": 30, "reservation": "r"}) == {
+        "timeout_min": 30,
+        "slurm_additional_parameters": {"reservation": "r"},
+    }
 
 
 def test_slurm_options_reach_the_jobs_from_the_command_line(tmp_path, monkeypatch):

@@ -268,9 +268,11 @@ def slurm_parameters(params: dict[str, object], where: str = "slurm") -> dict[st
     submitit's own names (``timeout_min``, ``slurm_qos``) pass unchanged; any other key is an
     extra ``#SBATCH --KEY=VALUE`` line (``slurm_additional_parameters``)."""
     generic = ("timeout_min", "mem_gb", "nodes", "cpus_per_task", "gpus_per_node", "tasks_per_node")
+    plan_names = {"time_min": "timeout_min", "cpus": "cpus_per_task", "gpus": "gpus_per_node"}
     out: dict[str, object] = {}
     extra: dict[str, object] = {}
     for k, v in params.items():
+        k = plan_names.get(k, k)  # the names a stage's resources use work here too
         if k in generic or k.startswith("slurm_"):
             out[k] = v
         elif k in SLURM_KEYS:
