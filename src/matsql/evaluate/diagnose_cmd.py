@@ -140,19 +140,27 @@ def fixer_cmd(
 def validators_cmd(
     rollouts: list[Path] = typer.Argument(..., help="rollout JSONL file(s)"),
     out: Path | None = typer.Option(None, "--out", help="write the diagnostics JSON here"),
+    names: list[str] = typer.Option(
+        [], "--name", help="a name per rollout file for the table titles, in order (repeat the option)"
+    ),
 ) -> None:
     """How often each validator's verdict matches the planner SQL, and whether its catches get fixed."""
     from matsql.evaluate.diagnostics import validator_diagnostics
     from matsql.rollout.io import read_records
 
+    if names and len(names) != len(rollouts):
+        raise typer.BadParameter(f"{len(names)} --name values for {len(rollouts)} rollout files")
+    # file names alone are ambiguous (every run folder holds a rollout.jsonl.gz): then the path
+    short = [p.name for p in rollouts]
+    titles = names or [p.name if short.count(p.name) == 1 else str(p) for p in rollouts]
     result: dict = {}
-    for path in rollouts:
+    for path, title in zip(rollouts, titles, strict=True):
         diags = validator_diagnostics(read_records(path))
         result[str(path)] = {a: d.as_dict() for a, d in diags.items()}
         if not diags:
             console.print(f"{path}: no critiques (a rollout without validators)")
             continue
-        t = Table(title=f"validator diagnostics (E4): {path.name}")
+        t = Table(title=f"validator diagnostics: {title}")
         t.add_column("measure")
         for a in diags:
             t.add_column(a, justify="right")
