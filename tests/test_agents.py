@@ -67,8 +67,8 @@ def test_fixer_prompt_carries_the_actual_critiques_in_fixed_order():
 
 def test_selector_prompt_numbers_options_and_shows_verdicts():
     opts = [
-        ("SELECT 1", ExecInfo(status="ok", n_rows=1, preview="1"), None),
-        ("SELECT 2", ExecInfo(status="ok", n_rows=1, preview="2"), {"val-sel": "correct"}),
+        selector.Option("SELECT 1", ExecInfo(status="ok", n_rows=1, preview="1")),
+        selector.Option("SELECT 2", ExecInfo(status="ok", n_rows=1, preview="2"), {"val-sel": "correct"}),
     ]
     text = selector.build(Q, "s", opts).as_messages()[-1]["content"]
     assert "Candidate 1:" in text and "Candidate 2:" in text and "val-sel: correct" in text

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from matsql.agents.selector import build_options
 from matsql.labels import (
     label_collab,
     label_collab_v2,
@@ -190,16 +191,14 @@ def test_selector_chosen_number_points_at_a_correct_option_in_the_prompt() -> No
 
 
 def test_selector_order_is_seeded_per_question() -> None:
-    from matsql.labels.selector import selector_options
-
     rec = build_records(
         [
             {"id": f"q{i}", "candidates": [{"sql": f"SELECT {c} FROM t", "rows": c} for c in "abcdefgh"]}
             for i in range(6)
         ]
     )
-    orders = {s: [[o.candidates[0] for o in selector_options(r, seed=s)] for r in rec] for s in (0, 1)}
-    assert orders[0] == [[o.candidates[0] for o in selector_options(r, seed=0)] for r in rec]  # deterministic
+    orders = {s: [[o.candidates[0] for o in build_options(r, seed=s)] for r in rec] for s in (0, 1)}
+    assert orders[0] == [[o.candidates[0] for o in build_options(r, seed=0)] for r in rec]  # deterministic
     assert orders[0] != orders[1]  # the seed matters
     assert len({tuple(o) for o in orders[0]}) > 1  # keyed on the question, not one global order
     assert all(sorted(o) == list(range(8)) for o in orders[0])

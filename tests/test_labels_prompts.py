@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from matsql.agents.selector import build_options
 from matsql.labels.prompts import check_prompts, make_prompt_fn
-from matsql.labels.selector import selector_options
 from matsql.records import record_prompt_digest
 from matsql.rollout.io import read_records
 from matsql.rollout.runner import run_rollout
@@ -56,7 +56,7 @@ def test_prompts_carry_what_each_agent_sees() -> None:
         "S says. Conclude: incorrect" in f.messages[-1][1]
         and "C says. Conclude: correct" in f.messages[-1][1]
     )
-    s = fn("selector", rec, options=[o.option for o in selector_options(rec)])
+    s = fn("selector", rec, options=build_options(rec))
     assert "Candidate 1:" in s.messages[-1][1] and s.prefix == "Answer:"
     assert calls == ["shop"]  # schema looked up once per database
 

@@ -1,6 +1,7 @@
 """Selector options, MATS knockout and picks."""
 
-from matsql.evaluate.selection import build_options, knockout, majority_chooser, make_picks
+from matsql.agents.selector import build_options
+from matsql.evaluate.selection import knockout, majority_chooser, make_picks
 from tests.record_builders import cand, err, ok, record
 
 

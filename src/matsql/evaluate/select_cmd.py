@@ -62,14 +62,9 @@ def select(
 ) -> None:
     """Drop failing candidates, dedupe by result, let the selector pick; report selector EX,
     pass@K, pick rate and majority EX, overall and by difficulty."""
+    from matsql.agents.selector import build_options
     from matsql.evaluate.metrics import question_outcome
-    from matsql.evaluate.selection import (
-        backend_chooser,
-        build_options,
-        knockout,
-        majority_chooser,
-        make_picks,
-    )
+    from matsql.evaluate.selection import backend_chooser, knockout, majority_chooser, make_picks
     from matsql.rollout.io import read_header, read_records
 
     records = read_records(rollouts)

@@ -1,32 +1,17 @@
-"""Selector best-of-N: options from a rollout record, MATS knockout, picks.
+"""Selector best-of-N over a rollout record's options: MATS knockout, picks.
 
-Options are the final candidates whose SQL executed, deduplicated by execution result
-(``rows_digest``). Their order is a seeded shuffle keyed by question id over options sorted by
-result digest, so two arms with the same candidate results present them in the same order.
+The options (final candidates whose SQL executed, deduplicated by execution result, in a seeded
+order) are built by :func:`matsql.agents.selector.build_options`, the one builder that labels
+and SFT data use too.
 """
 
 from __future__ import annotations
 
-import hashlib
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from matsql.records import Candidate, ExecInfo, RolloutRecord
-
-
-@dataclass(frozen=True)
-class SelectOption:
-    candidate_index: int
-    sql: str
-    exec: ExecInfo
-    correct: bool
-    verdicts: dict[str, str] | None
-    candidates: tuple[int, ...]  # indices of the candidates whose final result this is
-
-    @property
-    def votes(self) -> int:
-        return len(self.candidates)
+from matsql.agents.selector import Option
+from matsql.records import RolloutRecord
 
 
 @dataclass
@@ -46,42 +31,12 @@ class Pick:
     trace: list[list[int]] = field(default_factory=list)
 
 
-def _order_key(seed: int, qid: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}|{qid}".encode()).digest()[:8], "little")
-
-
-def build_options(record: RolloutRecord, seed: int = 0, with_verdicts: bool = False) -> list[SelectOption]:
-    groups: dict[str, list[Candidate]] = {}
-    for c in record.candidates:
-        info = c.final_exec
-        if info.status != "ok" or not c.final_sql or info.rows_digest is None:
-            continue
-        groups.setdefault(info.rows_digest, []).append(c)
-    opts = []
-    for dg in sorted(groups):
-        first = min(groups[dg], key=lambda c: c.index)
-        main = first.main
-        verdicts = {k: v.verdict for k, v in main.critiques.items()} if (with_verdicts and main) else None
-        opts.append(
-            SelectOption(
-                candidate_index=first.index,
-                sql=first.final_sql or "",
-                exec=first.final_exec,
-                correct=first.final_correct,
-                verdicts=verdicts,
-                candidates=tuple(sorted(c.index for c in groups[dg])),
-            )
-        )
-    random.Random(_order_key(seed, record.question_id)).shuffle(opts)
-    return opts
-
-
-ChooseFn = Callable[[list[tuple[RolloutRecord, list[SelectOption]]]], list[int | None]]
+ChooseFn = Callable[[list[tuple[RolloutRecord, list[Option]]]], list[int | None]]
 """Given (record, options) groups, return the chosen position in each group (None = parse failure)."""
 
 
 def knockout(
-    records: list[RolloutRecord], options: list[list[SelectOption]], choose: ChooseFn, chunk: int = 3
+    records: list[RolloutRecord], options: list[list[Option]], choose: ChooseFn, chunk: int = 3
 ) -> list[tuple[int | None, int, int, list[list[int]]]]:
     """MATS knockout: split the remaining options in chunks of ``chunk``, the selector picks one
     per chunk, winners advance until one is left. A chunk whose answer does not parse advances
@@ -126,7 +81,7 @@ def knockout(
 
 def make_picks(
     records: list[RolloutRecord],
-    options: list[list[SelectOption]],
+    options: list[list[Option]],
     winners: list[int | None],
     rounds=None,
     failures=None,
@@ -161,12 +116,7 @@ def backend_chooser(backend, spec, schema_of: Callable[[str], str], seed: int = 
     from matsql.agents import selector
 
     def choose(groups):
-        prompts = [
-            selector.build(
-                rec.question, schema_of(rec.question.db_id), [(o.sql, o.exec, o.verdicts) for o in opts]
-            )
-            for rec, opts in groups
-        ]
+        prompts = [selector.build(rec.question, schema_of(rec.question.db_id), opts) for rec, opts in groups]
         outs = backend.generate(
             prompts,
             n=1,

@@ -16,19 +16,16 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from matsql.agents.selector import Option
 from matsql.backends.base import ChatPrompt
 from matsql.records import (
     Branch,
     Candidate,
-    ExecInfo,
     PreferencePair,
     RolloutRecord,
     digest,
     record_prompt_digest,
 )
-
-#: A selector option as ``matsql.agents.selector.build`` takes it: (sql, exec, verdicts or None).
-SelectorOption = tuple[str, ExecInfo, dict[str, str] | None]
 
 DEFAULT_MAX_PAIRS_PER_PROMPT = 4
 
@@ -47,7 +44,7 @@ class PromptFn(Protocol):
         record: RolloutRecord,
         candidate: Candidate | None = None,
         branch: Branch | None = None,
-        options: Sequence[SelectorOption] | None = None,
+        options: Sequence[Option] | None = None,
     ) -> ChatPrompt: ...
 
 

@@ -12,7 +12,7 @@ from functools import cache
 
 from matsql.agents import fixer, planner, selector, validator
 from matsql.backends.base import ChatPrompt
-from matsql.labels.common import PromptFn, SelectorOption
+from matsql.labels.common import PromptFn
 from matsql.records import VALIDATORS, Branch, Candidate, RolloutRecord, record_prompt_digest
 
 
@@ -25,7 +25,7 @@ def make_prompt_fn(schema_of: Callable[[str], str]) -> PromptFn:
         record: RolloutRecord,
         candidate: Candidate | None = None,
         branch: Branch | None = None,
-        options: Sequence[SelectorOption] | None = None,
+        options: Sequence[selector.Option] | None = None,
     ) -> ChatPrompt:
         q = record.question
         s = schema(q.db_id)
@@ -42,7 +42,7 @@ def make_prompt_fn(schema_of: Callable[[str], str]) -> PromptFn:
         if agent == "selector":
             if options is None:
                 raise ValueError(f"selector prompt of question {q.question_id} needs options")
-            return selector.build(q, s, list(options))
+            return selector.build(q, s, options)
         raise ValueError(f"no prompt for agent {agent!r}")
 
     return prompt_fn

@@ -1,25 +1,23 @@
 """Selector pairs: over one question's distinct-result options, a correct option's number is
 chosen against an incorrect option's number.
 
-Options are the candidates' final SQL with execution results; failures are dropped and
-candidates with the same result (rows digest) collapse into one option, as at inference. The
-option order is a seeded shuffle keyed on the question id, so the position of the correct
-answer carries no signal and is identical across runs and arms.
+Options are exactly those ``matsql select`` presents at inference
+(:func:`matsql.agents.selector.build_options`): the candidates' final SQL with execution
+results, failures dropped, candidates with the same result (rows digest) collapsed into one
+option. The option order is a seeded shuffle keyed on the question id, so the position of the
+correct answer carries no signal and is identical across runs and arms.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from matsql.agents import selector as selector_agent
-from matsql.evaluate.selection import build_options
 from matsql.labels.common import (
     Group,
     GroupCollector,
     PromptFn,
     Scored,
-    SelectorOption,
     check_agent,
     make_labeler,
 )
@@ -27,24 +25,6 @@ from matsql.records import RolloutRecord
 
 MODE = "joint"  # credit is the final (post-fixer) correctness of the rollout a candidate ended in
 AGENTS = ("selector",)
-
-
-@dataclass(frozen=True)
-class OptionInfo:
-    option: SelectorOption
-    candidates: tuple[int, ...]  # candidate indices whose final result is this option
-    correct: bool
-
-
-def selector_options(
-    record: RolloutRecord, *, seed: int = 0, with_verdicts: bool = False
-) -> list[OptionInfo]:
-    """The options exactly as ``matsql select`` presents them at inference
-    (:func:`matsql.evaluate.selection.build_options`), so training prompts match inference."""
-    return [
-        OptionInfo((o.sql, o.exec, o.verdicts), o.candidates, o.correct)
-        for o in build_options(record, seed=seed, with_verdicts=with_verdicts)
-    ]
 
 
 def selector_groups(
@@ -57,10 +37,10 @@ def selector_groups(
 ) -> list[Group]:
     col = GroupCollector("selector", mode)
     for rec in records:
-        opts = selector_options(rec, seed=seed, with_verdicts=with_verdicts)
+        opts = selector_agent.build_options(rec, seed=seed, with_verdicts=with_verdicts)
         if not opts:
             continue
-        prompt = prompt_fn("selector", rec, options=[o.option for o in opts])
+        prompt = prompt_fn("selector", rec, options=opts)
         for i, o in enumerate(opts):
             meta = {"option": i, "option_candidates": list(o.candidates), "label": o.correct}
             col.add(rec, prompt, Scored(selector_agent.render_target(i), float(o.correct), meta))

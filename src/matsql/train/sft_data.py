@@ -38,7 +38,7 @@ import yaml
 from matsql.agents import fixer, planner, selector, validator
 from matsql.backends.base import Backend, ChatPrompt
 from matsql.fileio import replace_dataset_dir
-from matsql.records import Candidate, Critique, ExecInfo, Question, RolloutRecord
+from matsql.records import Candidate, Critique, Question, RolloutRecord
 from matsql.train import teacher
 from matsql.train.sqlparts import parse_parts, tables_and_columns
 
@@ -303,17 +303,6 @@ def fixer_examples(
 # ---------------------------------------------------------------- selector
 
 
-def selector_options(
-    rec: RolloutRecord, with_verdicts: bool = False
-) -> list[tuple[str, ExecInfo, dict[str, str] | None, bool]]:
-    """Final candidates, one per distinct execution result, failures dropped, as ``matsql select``
-    builds them (:func:`matsql.evaluate.selection.build_options`); the caller shuffles."""
-    from matsql.evaluate.selection import build_options
-
-    opts = sorted(build_options(rec, with_verdicts=with_verdicts), key=lambda o: o.candidate_index)
-    return [(o.sql, o.exec, o.verdicts or None, o.correct) for o in opts]
-
-
 def selector_examples(
     records: Sequence[RolloutRecord],
     schema: SchemaFn,
@@ -332,21 +321,24 @@ def selector_examples(
     out = Built()
     for rec in records:
         q = rec.question
-        opts = selector_options(rec, with_verdicts)
-        if inject_gold and opts and not any(o[3] for o in opts) and rec.gold_exec.status == "ok":
-            opts = [*opts, (q.gold_sql, rec.gold_exec, None, True)]
+        # the options ``matsql select`` shows, in candidate order (shuffled below with this seed)
+        opts = sorted(
+            selector.build_options(rec, with_verdicts=with_verdicts), key=lambda o: o.candidate_index
+        )
+        if inject_gold and opts and not any(o.correct for o in opts) and rec.gold_exec.status == "ok":
+            opts = [*opts, selector.Option(sql=q.gold_sql, exec=rec.gold_exec, correct=True)]
             out.skipped["gold_injected"] += 1
-        right = [o for o in opts if o[3]]
+        right = [o for o in opts if o.correct]
         if len(opts) < 2 or len(right) != 1:
             out.skipped["no_choice" if len(opts) < 2 else "no_correct_option"] += 1
             continue
         rng = _rng(seed, q.question_id, "selector")
         if max_options is not None and len(opts) > max_options:
-            wrong = [o for o in opts if not o[3]]
+            wrong = [o for o in opts if not o.correct]
             opts = right + rng.sample(wrong, max_options - 1)
         rng.shuffle(opts)
-        index = next(i for i, o in enumerate(opts) if o[3])
-        prompt = selector.build(q, schema(q.db_id), [(s, e, v) for s, e, v, _ in opts])
+        index = next(i for i, o in enumerate(opts) if o.correct)
+        prompt = selector.build(q, schema(q.db_id), opts)
         out.rows.append(row(prompt, selector.render_target(index), q, "selector", label=str(index + 1)))
     return out
 
