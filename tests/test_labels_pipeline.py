@@ -10,9 +10,8 @@ import pytest
 from matsql.labels import check_prompts, make_prompt_fn, modes_for, run_labels, sft_e1
 from matsql.labels.io import read_rollouts
 from matsql.labels.yield_stats import compute_yield
-
-fakes = pytest.importorskip("tests.rollout_fakes", reason="rollout package not importable")
-run_rollout = pytest.importorskip("matsql.rollout.runner").run_rollout
+from matsql.rollout.runner import run_rollout
+from tests import rollout_fakes as fakes
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +29,18 @@ def test_rebuilt_prompts_match_the_rollout(label_time_rollout) -> None:
     path, svc = label_time_rollout
     records, headers = read_rollouts([path])
     assert headers and headers[0].config["benchmark"] == "fake"
-    assert check_prompts(records, make_prompt_fn(svc.schema_of), limit=1000) == []
-    assert check_prompts(records, make_prompt_fn(lambda db: "other schema"))  # the check can fail
+    # every prompt the pipeline sent is recorded (record_prompt_digest) and rebuilt exactly
+    recs = [r for r in records if r.candidates]
+    recorded = [c.planner.prompt_digest for r in recs for c in r.candidates]
+    recorded += [
+        x.prompt_digest for r in recs for c in r.candidates for b in c.branches for x in b.critiques.values()
+    ]
+    recorded += [f.prompt_digest for r in recs for c in r.candidates for b in c.branches for f in b.fixes]
+    assert len(recorded) > 50 and all(d and len(d) == 16 for d in recorded)
+    assert check_prompts(records, make_prompt_fn(svc.schema_of), limit=10**6) == []
+    # the check can fail, and a wrong schema is caught on every agent's prompt
+    bad = check_prompts(records, make_prompt_fn(lambda db: "other schema"), limit=10**6)
+    assert {b.split(": rebuilt")[0].split()[-1] for b in bad} == {"planner", "val-sel", "val-cond", "fixer"}
 
 
 def test_every_mode_labels_pipeline_records(label_time_rollout) -> None:

@@ -137,7 +137,7 @@ def cli() -> typer.Typer:
 
 
 def test_cli_json_and_table(toy: Benchmark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(matsql.benchmarks, "load_benchmark", lambda name, root=None: toy, raising=False)
+    monkeypatch.setattr(matsql.benchmarks, "load_benchmark", lambda name, root=None: toy)
     preds = write(
         tmp_path / "p.jsonl", "\n".join(json.dumps({"question_id": k, "sql": v}) for k, v in PREDS.items())
     )
@@ -167,7 +167,7 @@ def test_cli_json_and_table(toy: Benchmark, tmp_path: Path, monkeypatch: pytest.
 def test_cli_bad_input_exits_2_naming_the_line(
     toy: Benchmark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(matsql.benchmarks, "load_benchmark", lambda name, root=None: toy, raising=False)
+    monkeypatch.setattr(matsql.benchmarks, "load_benchmark", lambda name, root=None: toy)
     bad = write(tmp_path / "broken.jsonl", '{"question_id": "toy-0", "sql": "SELECT 1"}\nnot json\n')
     res = CliRunner().invoke(cli(), ["eval-sql", str(bad), "-b", "toy", "--strict"])
     assert res.exit_code == 2 and "broken.jsonl:2" in res.output
@@ -179,8 +179,6 @@ def test_cli_on_bird_minidev_gold_scores_all_runnable(tmp_path: Path) -> None:
     """The gold SQL as predictions (BIRD official format): every runnable question correct, every
     question whose database is missing wrong."""
     root = Path(os.environ.get("MATSQL_DATA", "../shared/data"))
-    if not hasattr(matsql.benchmarks, "load_benchmark"):
-        pytest.skip("matsql.benchmarks.load_benchmark not available yet")
     if not (root / "bird" / "MINIDEV" / "mini_dev_sqlite.json").is_file():
         pytest.skip(f"BIRD mini-dev not found at {root / 'bird' / 'MINIDEV'}")
     bench = matsql.benchmarks.load_benchmark("bird-minidev", root=root)
@@ -211,7 +209,7 @@ def spider(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Benchmark:
         for i, gold in enumerate(["SELECT name FROM p ORDER BY age DESC", "SELECT count(*) FROM p"])
     ]
     bench = Benchmark("spider-dev", qs, tmp_path / "dbs")
-    monkeypatch.setattr(matsql.benchmarks, "load_benchmark", lambda name, root=None: bench, raising=False)
+    monkeypatch.setattr(matsql.benchmarks, "load_benchmark", lambda name, root=None: bench)
     return bench
 
 
@@ -368,7 +366,7 @@ def test_a_corrupt_database_is_named_once_and_its_questions_counted_wrong(
         for i in range(2)
     ]
     bench = Benchmark("spider-dev", qs, tmp_path / "dbs")
-    monkeypatch.setattr(matsql.benchmarks, "load_benchmark", lambda name, root=None: bench, raising=False)
+    monkeypatch.setattr(matsql.benchmarks, "load_benchmark", lambda name, root=None: bench)
     preds = _jsonl(
         tmp_path / "p.jsonl", [{"question_id": f"spider-dev-{i}", "sql": "SELECT 1"} for i in range(2)]
     )
