@@ -40,7 +40,7 @@ def iter_lines(path: str | Path, error: type[Exception] = ValueError) -> Iterato
     path = Path(path)
     lineno = 0
     try:
-        with (gzip.open(path, "rb") if is_gzip_path(path) else path.open("rb")) as fh:
+        with gzip.open(path, "rb") if is_gzip_path(path) else path.open("rb") as fh:
             for lineno, raw in enumerate(fh, start=1):
                 yield lineno, _decode_line(raw, path, lineno, error)
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
