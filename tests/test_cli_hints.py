@@ -10,8 +10,8 @@ import typer
 from typer.testing import CliRunner
 
 import matsql
-from matsql import models
 from matsql.cli import app
+from matsql.models import parts, resolution
 from tests.test_labels_commands import Rollout, rollout  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,8 +74,8 @@ def test_train_dry_run_without_trl_is_one_line(tiny_chat_model_dir, tmp_path, mo
 def test_rollout_with_a_missing_model_package_names_the_right_install(tmp_path, monkeypatch):
     monkeypatch.setenv("MATSQL_CACHE", str(tmp_path / "cache"))  # no joined/cached GGUF
     monkeypatch.delenv("MATSQL_MODEL_WHEELS", raising=False)
-    monkeypatch.setattr(models, "installed_part", lambda part: None)  # the package is not installed
-    monkeypatch.setattr(models, "hub_snapshot", lambda repo: None)
+    monkeypatch.setattr(parts, "installed_part", lambda part: None)  # the package is not installed
+    monkeypatch.setattr(resolution, "hub_snapshot", lambda repo: None)
     args = [
         "rollout",
         "-b",
@@ -114,7 +114,7 @@ def test_license_file_matches_pyproject():
 def test_hub_id_substitution_is_named_in_the_model_identity(monkeypatch):
     from matsql.team import parse_team
 
-    monkeypatch.setattr(models, "hub_snapshot", lambda repo: None)
+    monkeypatch.setattr(resolution, "hub_snapshot", lambda repo: None)
     team = parse_team({"agents": {"planner": {"model": "Qwen/Qwen2.5-Coder-0.5B-Instruct"}}})
     ident = team.model_identities()["planner"]
     assert ident["quantization"] == "Q4_K_M" and ident["file"].endswith("q4_k_m.gguf")

@@ -21,6 +21,8 @@ from matsql.models import (
     locate_parts,
     materialize_gguf,
     parse_registry,
+    parts,
+    resolution,
     resolve_model,
 )
 
@@ -135,7 +137,7 @@ def test_join_parts_digest_over_exact_concatenation(tmp_path: Path) -> None:
     blobs = [tmp_path / f"p{i}" for i in range(3)]
     for f, d in zip(blobs, data, strict=True):
         f.write_bytes(d)
-    refs = [models.PartRef(str(f), models._file_opener(f)) for f in blobs]
+    refs = [models.PartRef(str(f), parts._file_opener(f)) for f in blobs]
     sha = hashlib.sha256(b"".join(data)).hexdigest()
     out = join_parts(refs, tmp_path / "out" / "m.gguf", sha, size=13)
     assert out.read_bytes() == b"a" * 10 + b"b" * 3
@@ -160,7 +162,7 @@ def test_alias_and_hub_id_map_to_pinned_gguf(
 ) -> None:
     seen: list[GgufSpec] = []
     monkeypatch.setattr(
-        models, "materialize_gguf", lambda g, wheels_dir=None: seen.append(g) or tmp_path / g.filename
+        resolution, "materialize_gguf", lambda g, wheels_dir=None: seen.append(g) or tmp_path / g.filename
     )
     with caplog.at_level(logging.WARNING, logger="matsql.models"):
         r = resolve_model(spec)
@@ -185,7 +187,7 @@ def test_hub_cache_snapshot_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     (repo / "refs" / "main").write_text("c0ffee")
     (snap / "config.json").write_text("{}")
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
-    monkeypatch.setattr(models, "materialize_gguf", lambda *a, **k: pytest.fail("must not fall back"))
+    monkeypatch.setattr(resolution, "materialize_gguf", lambda *a, **k: pytest.fail("must not fall back"))
     with pytest.raises(AssertionError):  # config without weights is not a usable snapshot
         assert models.hub_snapshot("Qwen/Qwen2.5-Coder-0.5B-Instruct") is not None
     (snap / "model.safetensors").write_bytes(b"")
