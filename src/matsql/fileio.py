@@ -1,16 +1,20 @@
 """Small file helpers shared by every stage: JSONL reading with errors that name file and line,
-and file hashes (recorded in run manifests, label metadata and training runs)."""
+file hashes (recorded in run manifests, label metadata and training runs), and the one way to
+write a file atomically (:func:`atomic_write`)."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
+import os
 import shutil
+import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 def sha256_file(path: str | Path) -> str:
@@ -76,6 +80,38 @@ def open_text_out(path: str | Path):  # type: ignore[no-untyped-def]
     if is_gzip_path(path):
         return gzip.open(path, "wt", encoding="utf-8")
     return path.open("w", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def atomic_write(
+    path: str | Path, mode: str = "w", *, encoding: str = "utf-8", errors: str | None = None
+) -> Iterator[IO[Any]]:
+    """A handle on a new temp file beside ``path`` (``mode`` ``"w"`` text or ``"wb"`` bytes) that
+    replaces ``path`` in one rename when the block ends without an error; on an error the temp file
+    is removed and ``path`` keeps what it had. A reader never sees a half-written file, and
+    concurrent writers never share a temp file (its name carries the pid and a random tag). The
+    parent folder must exist; the file gets the usual permissions (umask), as ``open`` gives."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    if mode == "wb":
+        fh: IO[Any] = tmp.open("xb")
+    else:
+        fh = tmp.open("x", encoding=encoding, errors=errors)
+    try:
+        with fh:
+            yield fh
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str, *, encoding: str = "utf-8") -> None:
+    """``path`` holds ``text`` (UTF-8), written through :func:`atomic_write`."""
+    with atomic_write(path, encoding=encoding) as fh:
+        fh.write(text)
 
 
 def replace_dataset_dir(tmp: str | Path, dest: str | Path) -> None:
