@@ -110,8 +110,11 @@ class Team:
         out: dict[str, dict[str, str | None]] = {}
         for name, spec in self.agents.items():
             b = spec.backend
-            if b.get("backend", "local") == "local" and b.get("model"):
-                out[name] = describe_model(str(b["model"])) | {"adapter": b.get("adapter")}
+            if b.get("backend", "local") in ("local", "vllm") and b.get("model"):
+                out[name] = describe_model(str(b["model"])) | {
+                    "adapter": b.get("adapter"),
+                    "engine": str(b.get("backend", "local")),
+                }
             else:
                 out[name] = {
                     "spec": str(b.get("model")),

@@ -41,27 +41,40 @@ def rollout(
     fix_all: bool = typer.Option(False, "--fix-all", help="label-time: run the fixer on every branch"),
     fixer_samples: int = typer.Option(1, "--fixer-samples", help="fixer samples per branch"),
     fixer_temperature: float | None = typer.Option(
-        None, "--fixer-temperature", help="fixer sampling temperature (default: AGENTS.yaml's); E1 data: 1.0"
+        None,
+        "--fixer-temperature",
+        help="fixer sampling temperature (default: the agents file's); 1.0 for critique-aware fixer data",
     ),
-    validators: str = typer.Option("val-sel,val-cond", "--validators"),
+    validators: str = typer.Option(
+        "val-sel,val-cond", "--validators", help='comma-separated validators to run ("" for none)'
+    ),
     planner_from: Path | None = typer.Option(
         None, "--planner-from", help="reuse planner candidates of this rollout"
     ),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(
+        0, "--seed", help="run seed: every sample is a function of it, the prompt and its index"
+    ),
     batch_questions: int = typer.Option(16, "--batch-questions", help="questions per generation batch"),
     limit: int | None = typer.Option(None, "--limit", help="first N questions"),
     sample: int | None = typer.Option(
         None, "--sample", help="a seeded random N questions (benchmark order kept)"
     ),
-    offset: int = typer.Option(0, "--offset"),
+    offset: int = typer.Option(0, "--offset", help="skip the first N questions (before --limit)"),
     shard: str | None = typer.Option(None, "--shard", help="I/N: this process's share of the questions"),
     data: Path | None = typer.Option(None, "--data", help="benchmark root (default MATSQL_DATA)"),
     missing: str = typer.Option(
         "wrong", "--missing", help="questions with a missing database: wrong|skip|error"
     ),
-    exec_timeout: float = typer.Option(30.0, "--exec-timeout"),
-    ex_mode: str = typer.Option("bird", "--ex", help="bird (set equality) or spider"),
-    resume: bool = typer.Option(True, "--resume/--no-resume"),
+    exec_timeout: float = typer.Option(30.0, "--exec-timeout", help="seconds per SQL query (hard deadline)"),
+    ex_mode: str | None = typer.Option(
+        None,
+        "--ex",
+        help="EX rule: bird (set equality) or spider (rows as a bag, ordered when the gold has ORDER BY); "
+        "default: the benchmark's official rule",
+    ),
+    resume: bool = typer.Option(
+        True, "--resume/--no-resume", help="continue an existing output file (its config must match)"
+    ),
 ) -> None:
     """Run planner -> validators -> gate -> fixer over K candidates per question."""
     try:
@@ -84,8 +97,13 @@ def _rollout(
     from matsql.rollout.config import RolloutConfig
     from matsql.rollout.runner import run_rollout
     from matsql.rollout.services import real_services
+    from matsql.sql.compare import MODES
+    from matsql.sql.ex_eval import official_rule
     from matsql.team import apply_adapters, load_team
 
+    ex_mode = ex_mode or official_rule(benchmark)
+    if ex_mode not in MODES:
+        raise ValueError(f"--ex {ex_mode!r}: expected one of {', '.join(MODES)}")
     team = apply_adapters(load_team(agents), adapters)
     cfg = RolloutConfig(
         benchmark=benchmark,
@@ -119,8 +137,15 @@ def _rollout(
     dump = cfg.model_dump(mode="json") | {
         "agents": {n: vars(s) for n, s in team.agents.items()},
         "ex_mode": ex_mode,
+        "models": team.model_identities(),  # the weights each agent ran on (not in the config hash)
     }
     with real_services(cfg, team, bench, ex_mode=ex_mode) as svc:
+        for line in team.model_banner():  # once the backends loaded: the weights this run uses
+            console.print(
+                f"[bold yellow]{line}[/bold yellow]" if "SUBSTITUTED" in line else line,
+                highlight=False,
+                soft_wrap=True,
+            )
         stats = run_rollout(questions, cfg, svc, out, dump, resume=resume)
     console.print(
         f"wrote {int(stats['written'])} record(s) to {out} in {stats['seconds']:.1f}s: "
