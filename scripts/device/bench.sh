@@ -2,13 +2,13 @@
 # The GPU benchmarks, each alone on its own card and all at once (about 2 minutes on 4 cards;
 # with fewer cards, one after another on the first), from the repository root with scripts/device/env.sh sourced:
 #   bash scripts/device/bench.sh OUT_DIR [ADAPTER]
-# 1. bench_generate, planner-like prompts (reasoning first, 320 new tokens): LocalBackend vs
+# 1. bench_transformers_paths (once bench_generate), planner-like prompts (reasoning first, 320 new tokens): LocalBackend vs
 #    plain generate (issue 3's rollout throughput against the plain-generate baseline), then
 #    one batch of each under torch.profiler (OUT_DIR/profile: why LocalBackend's step costs more);
-# 2. bench_generate with a LoRA adapter (default: the study's SFT val-sel), validator-like
+# 2. bench_transformers_paths with a LoRA adapter (default: the study's SFT val-sel), validator-like
 #    160 new tokens: the adapter unmerged (PEFT) vs merged into a weight copy;
 # 3. bench_decode_attention: decode-step attention with and without repeat_kv;
-# 4. bench_generate as DEVICE.md measured plain generate's peak (512 prompts, 128 new tokens).
+# 4. bench_transformers_paths as DEVICE.md measured plain generate's peak (512 prompts, 128 new tokens).
 set -uo pipefail
 out=${1:?usage: bench.sh OUT_DIR [ADAPTER]}
 adapter=${2:-runs/study-spider/sft-val-sel}
@@ -17,10 +17,10 @@ n=$(nvidia-smi -L 2>/dev/null | wc -l); [ "$n" -ge 1 ] || n=1
 M=qwen2.5-coder-0.5b-instruct
 PLANNER="First explain which tables, columns and conditions answer the question, then write one SQLite query."
 jobs=(
-  "bench_generate|benchmarks/bench_generate.py --model $M --questions 256 --batch-size 256 --prompt-tokens 794 --new-tokens 320 --system '$PLANNER' --profile $out/profile"
-  "bench_generate_lora|benchmarks/bench_generate.py --model $M --questions 256 --batch-size 256 --prompt-tokens 794 --new-tokens 160 --baseline no --one-round no --adapter $adapter"
+  "bench_generate|benchmarks/bench_transformers_paths.py --model $M --questions 256 --batch-size 256 --prompt-tokens 794 --new-tokens 320 --system '$PLANNER' --profile $out/profile"
+  "bench_generate_lora|benchmarks/bench_transformers_paths.py --model $M --questions 256 --batch-size 256 --prompt-tokens 794 --new-tokens 160 --baseline no --one-round no --adapter $adapter"
   "bench_decode_attention|benchmarks/bench_decode_attention.py --model $M --batch 256 --prompt-tokens 1000 --steps 32 --repeats 3"
-  "bench_generate_peak|benchmarks/bench_generate.py --model $M --questions 512 --batch-size 256 --prompt-tokens 794 --new-tokens 128"
+  "bench_generate_peak|benchmarks/bench_transformers_paths.py --model $M --questions 512 --batch-size 256 --prompt-tokens 794 --new-tokens 128"
 )
 one() {  # one benchmark on card $1
   local name=${2%%|*} cmd=${2#*|}

@@ -16,7 +16,7 @@ cap). Round boundaries depend only on a row's own token count, never on its batc
 decoding is bound by memory traffic and kernel launches, so a prefilled token costs a small
 fraction of a decode row-step; on a CPU both are compute-bound and re-prefilling costs as much
 as it saves, so ``round_tokens="auto"`` means rounds of ``ROUND_TOKENS`` on accelerators and
-one round on CPU (``benchmarks/bench_generate.py`` measures both ways on the device at hand).
+one round on CPU (``benchmarks/bench_transformers_paths.py`` measures both ways on the device at hand).
 
 Sampling is keyed per row (see ``sampling.py``): a completion is a function of the prompt,
 the settings, ``seed`` and its sample index, not of which prompts shared its batch. ``seed``
