@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Any, Literal
 
 from matsql.evaluate.metrics import MissingPolicy, QuestionOutcome, question_outcome
 from matsql.evaluate.statistics import show_ids
-from matsql.fileio import iter_jsonl
+from matsql.fileio import atomic_write, iter_jsonl
 from matsql.rollout.io import read_records
 
 FileKind = Literal["rollout", "outcomes"]
@@ -170,16 +168,10 @@ def write_outcomes(path: Path, rows: Iterable[OutcomeRow | Mapping[str, Any]]) -
     """Write an outcomes file atomically (temp file + rename), one JSON line per question."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                obj = row.to_json() if isinstance(row, OutcomeRow) else dict(row)
-                fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as fh:
+        for row in rows:
+            obj = row.to_json() if isinstance(row, OutcomeRow) else dict(row)
+            fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
     return path
 
 

@@ -65,6 +65,7 @@ def select(
     from matsql.agents.selector import build_options
     from matsql.evaluate.metrics import question_outcome
     from matsql.evaluate.selection import backend_chooser, knockout, majority_chooser, make_picks
+    from matsql.fileio import atomic_write
     from matsql.rollout.io import read_header, read_records
 
     records = read_records(rollouts)
@@ -108,11 +109,9 @@ def select(
     )
     maj = [bool(question_outcome(r).majority) for r in records]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    with tmp.open("w") as f:
+    with atomic_write(out) as f:
         for p in picks:
             f.write(json.dumps(asdict(p)) + "\n")
-    tmp.replace(out)
     summary = _summary(picks, maj) | {
         "method": method,
         "with_verdicts": with_verdicts,

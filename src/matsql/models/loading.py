@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from matsql.fileio import write_text_atomic
 from matsql.models.catalog import READ_CHUNK, ModelResolutionError, models_dir
 from matsql.models.resolution import ResolvedModel, resolve_model
 
@@ -166,9 +167,7 @@ def dense_folder(
                 h.update(chunk)
     digest = h.hexdigest()
     if r.kind == "gguf":  # our own cache folder: remember the digest; a user's folder stays untouched
-        tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(meta | {"weights_sha256": digest}, indent=1, default=str), encoding="utf-8")
-        os.replace(tmp, stamp)
+        write_text_atomic(stamp, json.dumps(meta | {"weights_sha256": digest}, indent=1, default=str))
     return folder, digest
 
 

@@ -9,13 +9,13 @@ import importlib.util
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from matsql.fileio import atomic_write
 from matsql.models.catalog import (
     READ_CHUNK,
     GgufSpec,
@@ -107,15 +107,13 @@ def join_parts(parts: Sequence[PartRef], dest: Path, sha256: str, size: int | No
     dest.parent.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()
     n = 0
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for ref in parts:
-                with ref.open() as src:
-                    while chunk := src.read(READ_CHUNK):
-                        h.update(chunk)
-                        out.write(chunk)
-                        n += len(chunk)
+    with atomic_write(dest, "wb") as out:  # an error below (a bad digest too) leaves no file
+        for ref in parts:
+            with ref.open() as src:
+                while chunk := src.read(READ_CHUNK):
+                    h.update(chunk)
+                    out.write(chunk)
+                    n += len(chunk)
         digest = h.hexdigest()
         if digest != sha256 or (size is not None and n != size):
             raise ModelIntegrityError(
@@ -125,11 +123,7 @@ def join_parts(parts: Sequence[PartRef], dest: Path, sha256: str, size: int | No
                 "only the exact bytes it was pinned to; reinstall the pinned versions. Parts: "
                 + ", ".join(r.label for r in parts)
             )
-        os.replace(tmp, dest)
-        _write_stamp(dest, digest)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    _write_stamp(dest, digest)
     return dest
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from matsql.fileio import write_text_atomic
 from matsql.train import data as data_mod
 from matsql.train.config import Recipe, RecipeError
 from matsql.train.encoding import ChatFormat, Limits, chat_format, encode_pair, encode_sft
@@ -360,6 +361,4 @@ def _last_checkpoint(output_dir: str) -> str | None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")

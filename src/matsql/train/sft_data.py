@@ -37,7 +37,7 @@ import yaml
 
 from matsql.agents import fixer, planner, selector, validator
 from matsql.backends.base import Backend, ChatPrompt
-from matsql.fileio import replace_dataset_dir
+from matsql.fileio import atomic_write, replace_dataset_dir
 from matsql.records import Candidate, Critique, Question, RolloutRecord
 from matsql.train import teacher
 from matsql.train.sqlparts import parse_parts, tables_and_columns
@@ -380,10 +380,8 @@ def write_sft(
         shutil.rmtree(tmp)
     dd.save_to_disk(str(tmp), num_shards={s: 1 for s in dd})  # an empty split needs one shard to reload
     replace_dataset_dir(tmp, out / name)
-    jsonl = out / f"{name}.jsonl"
-    with (out / f"{name}.jsonl.tmp").open("w", encoding="utf-8") as fh:
+    with atomic_write(out / f"{name}.jsonl") as fh:
         for s, rs in splits.items():
             for r in rs:
                 fh.write(json.dumps({"split": s, **r}, ensure_ascii=False) + "\n")
-    (out / f"{name}.jsonl.tmp").replace(jsonl)
     return {s: len(rs) for s, rs in splits.items()}
