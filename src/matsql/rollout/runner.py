@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -114,6 +115,10 @@ def run_rollout(
                         if r.error is not None:
                             errors[r.error] = errors.get(r.error, 0) + 1
                 progress.update(task, advance=len(batch))
+                if show_progress and not progress.console.is_terminal:  # a log (or `matsql demo`) reads it
+                    done_q = int(progress.tasks[0].completed)
+                    elapsed = time.perf_counter() - start
+                    print(f"rollout {done_q}/{len(qs)} questions {elapsed:.0f}s", file=sys.stderr, flush=True)
     dt = time.perf_counter() - start
     toks = total_tokens(svc.backends) - tok0
     return {
