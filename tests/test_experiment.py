@@ -164,20 +164,36 @@ def test_extends_arm_vars_env_and_resources(tmp_path):
 def test_packaged_plans_satisfy_the_study_constraints():
     from importlib import resources
 
+    from matsql.experiment.constraints import eval_protocol
+
     root = Path(__file__).resolve().parents[1]
-    for name in ("iter2.yaml", "demo.yaml"):
-        plan = load_plan(
+
+    def packaged(name: str):
+        return load_plan(
             Path(str(resources.files("matsql.experiment").joinpath("plans", name))), base_dir=root
         )
-        checks = check_study(plan)
-        roles = [c.split(" stages ")[0] for c in checks if " stages differ" in c]
-        assert roles == ["eval-iter1", "select-iter1", "eval", "select"]
-        assert sum("K=8" in c for c in checks) == 2  # iter1 and iter2 evaluations
-        assert {s.arm for s in plan.stages.values() if s.check.get("role") == "eval"} == {
-            "collab",
-            "indep",
-            "joint",
-        }
+
+    plan = packaged("iter2.yaml")
+    assert eval_protocol(plan) == {"eval_k": 8, "eval_temperature": 1.0}
+    checks = check_study(plan)
+    roles = [c.split(" stages ")[0] for c in checks if " stages differ" in c]
+    assert roles == ["eval-iter1", "select-iter1", "eval", "select"]
+    assert sum("K=8" in c for c in checks) == 2  # iter1 and iter2 evaluations
+    assert {s.arm for s in plan.stages.values() if s.check.get("role") == "eval"} == {
+        "collab",
+        "indep",
+        "joint",
+    }
+    # the CPU demo: one iteration, two arms, its own K (declared in vars.k_eval) and still shared
+    # candidates, fixer and selector
+    demo = packaged("demo.yaml")
+    proto = eval_protocol(demo)
+    assert proto["eval_k"] == int(demo.vars["k_eval"]) < 8
+    with pytest.raises(PlanError, match="must run K=8"):
+        check_study(demo)
+    checks = check_study(demo, **proto)
+    assert [c.split(" stages ")[0] for c in checks if " stages differ" in c] == ["eval", "select"]
+    assert {s.arm for s in demo.stages.values() if s.check.get("role") == "eval"} == {"collab", "indep"}
     study = load_plan(root / "experiments/study-spider.yaml", base_dir=root)
     assert study.vars["eval"] == "spider-dev" and len(check_study(study)) == 6
 

@@ -120,7 +120,7 @@ def run(
     ),
 ) -> None:
     """Run a plan; finished stages (same command, same inputs) are skipped."""
-    from matsql.experiment.constraints import check_study
+    from matsql.experiment.constraints import check_study, eval_protocol
     from matsql.experiment.executors import LocalExecutor, SlurmExecutor, StageFailed
     from matsql.experiment.plan import PlanError
     from matsql.experiment.runner import run_plan
@@ -130,7 +130,7 @@ def run(
         console.print("[yellow]-k is deprecated (rollout's --k is K candidates): use --keep-going[/yellow]")
         keep_going = True
     try:
-        for line in check_study(p):
+        for line in check_study(p, **eval_protocol(p)):
             console.print(f"[green]check[/green] {line}")
         if executor == "local":
             ex = LocalExecutor(env=p.env, gpu_slots=gpu_slots)
@@ -177,12 +177,12 @@ def check(
     sets: list[str] = typer.Option([], "--set", help="override run_dir or vars.NAME, e.g. --set vars.k=8"),
 ) -> None:
     """Validate a plan and the study's by-construction constraints without running anything."""
-    from matsql.experiment.constraints import check_study
+    from matsql.experiment.constraints import check_study, eval_protocol
     from matsql.experiment.plan import PlanError
 
     p = _load(plan, sets)
     try:
-        lines = check_study(p)
+        lines = check_study(p, **eval_protocol(p))
     except PlanError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from e
@@ -192,7 +192,10 @@ def check(
 
 
 def publish(
-    run_dir: Path = typer.Argument(..., help="a run folder written by `matsql experiment run`"),
+    run_dir: Path = typer.Argument(
+        ...,
+        help="a run folder (`matsql experiment run`) or a collected results folder (`experiment collect`)",
+    ),
     repo: str = typer.Option(..., "--repo", help="ORG/NAME on the Hugging Face Hub"),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="write the folder that would be pushed, push nothing"
@@ -201,14 +204,19 @@ def publish(
     no_weights: bool = typer.Option(False, "--no-weights", help="cards and results only"),
     private: bool = typer.Option(True, "--private/--public", help="visibility of the Hub repository"),
 ) -> None:
-    """Model cards for each trained agent and a README with the results, pushed with huggingface_hub."""
+    """Model cards (one folder per adapter: models/<agent>-<iter>-<arm>/), the preference datasets
+    with a dataset card, and a README with the results, pushed with huggingface_hub."""
     from matsql.experiment.publish import build_folder, push
 
-    if not (run_dir / "manifests").is_dir():
-        console.print(f"[red]{run_dir} has no manifests/: not a run folder[/red]")
+    if not ((run_dir / "manifests").is_dir() or (run_dir / "collect.json").is_file()):
+        console.print(f"[red]{run_dir} has no manifests/ or collect.json: not a run or results folder[/red]")
         raise typer.Exit(2)
     folder = out or run_dir / "publish"
-    files = build_folder(run_dir, repo, folder, include_weights=not no_weights)
+    try:
+        files = build_folder(run_dir, repo, folder, include_weights=not no_weights)
+    except ValueError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from e
     console.print(f"assembled {folder} ({len(files)} card(s)/README)")
     if dry_run:
         for p in sorted(folder.rglob("*")):
@@ -233,31 +241,55 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="run folder (resumed if it exists)"),
     sets: list[str] = typer.Option([], "--set", help="override vars.NAME of the demo plan"),
 ) -> None:
-    """The whole iter2 plan on the embedded minibench with a small real model on CPU: prints
-    the results table and the COLLAB vs INDEP comparison."""
+    """The iter2 programme in miniature on the embedded minibench with SmolLM2-135M on a CPU: an
+    untrained team, the SFT team and the COLLAB / INDEP arms on the same questions; prints the
+    results table, the compares and where the real study's table is."""
     import json
+    import time
     from importlib import resources
 
-    from matsql.experiment.constraints import check_study
+    from matsql.evaluate.portable import portable_path
+    from matsql.experiment.constraints import check_study, eval_protocol
+    from matsql.experiment.demo import STUDY_COMMAND, STUDY_DIR, ProgressExecutor
     from matsql.experiment.executors import LocalExecutor, StageFailed
     from matsql.experiment.plan import PlanError, load_plan
     from matsql.experiment.runner import run_plan
 
     plan_path = Path(str(resources.files("matsql.experiment").joinpath("plans", "demo.yaml")))
     over = {"run_dir": str(out.resolve()), **_overrides(sets)}
+    t0 = time.perf_counter()
+    ex = None
     try:
         p = load_plan(plan_path, overrides=over, base_dir=_repo_root())
-        for line in check_study(p):
+        for line in check_study(p, **eval_protocol(p)):
             console.print(f"[green]check[/green] {line}")
-        run_plan(p, LocalExecutor(env=p.env, echo=False), until="compare,report")  # the study's own graph
+        console.print(f"[bold]{p.name}[/bold]: {len(p.stages)} stages; run folder {portable_path(p.run_dir)}")
+        ex = ProgressExecutor(LocalExecutor(env=p.env, echo=False), console=console)
+        run_plan(p, ex)
     except (PlanError, StageFailed) as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from e
+    total = time.perf_counter() - t0
     report = p.run_dir / "report" / "report.md"
-    cmp_json = p.run_dir / "compare" / "compare.json"
     if report.exists():
-        console.print(report.read_text())
-    if cmp_json.exists():
-        c = json.loads(cmp_json.read_text())
-        console.print(f"[bold]compare[/bold]: {c.get('claim') or c.get('verdict')}")
-    console.print(f"run folder: {p.run_dir}")
+        console.print(report.read_text(), markup=False, highlight=False)
+    for stage in ("compare-sft", "compare"):
+        cmp_json = p.run_dir / stage / "compare.json"
+        if cmp_json.exists():
+            c = json.loads(cmp_json.read_text())
+            console.print(f"[bold]{c['name_a']} vs {c['name_b']}[/bold]: {c.get('verdict')}")
+    ran = [t for t in ex.times if t.ok]
+    summary = {
+        "seconds_total": round(total, 1),
+        "stages_ran": len(ran),
+        "stage_seconds": {t.name: round(t.seconds, 1) for t in ex.times},
+    }
+    (p.run_dir / "demo.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    console.print(
+        f"demo: {len(ran)} stage(s) ran in {total / 60:.1f} min; figures and tables in "
+        f"{portable_path(p.run_dir / 'report')} and {portable_path(p.run_dir / 'compare')}"
+    )
+    console.print(
+        f"The real study (Qwen2.5-Coder-0.5B, all 1034 spider-dev questions, K=8): {STUDY_DIR}/README.md, "
+        f"table {STUDY_DIR}/report-all/report.md; made with `{STUDY_COMMAND}` on GPUs"
+    )

@@ -85,3 +85,12 @@ def check_study(plan: Plan, eval_k: int = 8, eval_temperature: float = 1.0) -> l
                     )
             checked.append(f"eval at K={eval_k}, T={eval_temperature} with shared planner candidates")
     return checked
+
+
+def eval_protocol(plan: Plan) -> dict[str, float | int]:
+    """The K and T a plan's evaluations must use: K=8, T=1.0 (DESIGN.md), unless the plan
+    declares others in ``vars.k_eval`` / ``vars.t_eval`` (the CPU demo: K=2)."""
+    return {
+        "eval_k": int(plan.vars.get("k_eval", 8)),
+        "eval_temperature": float(plan.vars.get("t_eval", 1.0)),
+    }
