@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build what device calls carry, once here: one tar of everything a lease needs, cut into parts
-# that each fit one call beside the working tree (64 MiB a call; the tree is ~17 MiB):
+# that each fit one call beside the working tree (64 MiB a call, tree included):
 #   - the trimmed vLLM 0.26.0 install (scripts/device/vllm-0.26.0-wheels.txt, installed here for
 #     Python 3.12 into a folder, FlashAttention 2's 123 MiB library left out: Hopper runs FA3),
 #     zstd-compressed: 241 MiB instead of 452 MiB of wheels;
@@ -8,11 +8,14 @@
 #   - the Spider files the study reads;
 #   - the sha256-pinned Qwen2.5-Coder-0.5B GGUF.
 # Then, on the device: `setup.sh part partNN` per part (carry .carry/blob/partNN), `setup.sh join`.
-#   bash scripts/device/pack.sh            # ~17 parts of 44 MiB
+#   bash scripts/device/pack.sh            # session 6: 17 parts of 44 MiB beside a 17 MiB tree
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=${MATSQL_DATA:-../shared/data}
-PART=${PART_MB:-44}
+# A part plus the working tree must fit one call (64 MiB): size parts to what the tree leaves.
+TREE_MB=$(( ( $( (git ls-files -z; git ls-files -z --others --exclude-standard) | xargs -0 du -cb 2>/dev/null | awk '/total$/ {s += $1} END {print s}') + 1048575 ) / 1048576 ))
+PART=${PART_MB:-$(( 62 - TREE_MB ))}
+echo "working tree ${TREE_MB} MiB: parts of ${PART} MiB"
 PLAT=()
 for p in manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux_2_24_x86_64 \
          manylinux_2_27_x86_64 manylinux_2_31_x86_64 manylinux_2_34_x86_64 manylinux_2_5_x86_64 any; do
