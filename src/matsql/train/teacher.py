@@ -41,7 +41,7 @@ from matsql.agents.parsing import _CONCLUDE
 from matsql.agents.templates import Template
 from matsql.agents.validator import render_target
 from matsql.backends.base import Backend, ChatPrompt
-from matsql.records import ExecInfo, Question
+from matsql.records import ExecInfo, Question, digest
 from matsql.team import AgentSpec, _stop_list, _unknown_key_error, backend_keys
 from matsql.train.sqlparts import Item, Parts, aggregate_of, parse_parts
 
@@ -302,7 +302,7 @@ def parse_teacher_template(name: str, text: str, agent: str) -> TeacherTemplate:
     return TeacherTemplate(
         name=name,
         version=f.version,
-        digest=hashlib.sha256(text.encode("utf-8")).hexdigest()[:16],
+        digest=digest(text),  # the short text digest every record uses
         template=Template(name, f.version, f.system, f.user, f.prefix, {}),
         outcomes=dict(f.outcomes),
         stop=tuple(f.stop),
