@@ -38,6 +38,26 @@ class GenerationStats:
     seconds: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
 
+    def record(
+        self,
+        *,
+        prompts: int,
+        n: int,
+        prompt_tokens: int,
+        completion_tokens: int,
+        seconds: float,
+        extra: dict[str, float] | None = None,
+    ) -> None:
+        """Add one generate call (``n`` completions per prompt) to the counters."""
+        self.calls += 1
+        self.prompts += prompts
+        self.completions += prompts * n
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        self.seconds += seconds
+        for k, v in (extra or {}).items():
+            self.extra[k] = self.extra.get(k, 0.0) + v
+
 
 @runtime_checkable
 class Backend(Protocol):

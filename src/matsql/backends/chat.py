@@ -59,6 +59,31 @@ def stop_token_ids(tokenizer: Any, extra: Iterable[int] = ()) -> list[int]:
     return ids
 
 
+def check_sampling(n: int, max_tokens: int, temperature: float, top_p: float) -> None:
+    """Refuse settings no engine can honour, with the values named."""
+    if n < 1 or max_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(
+            f"need n >= 1, max_tokens >= 1, temperature >= 0, 0 < top_p <= 1 "
+            f"(got n={n}, max_tokens={max_tokens}, temperature={temperature}, top_p={top_p})"
+        )
+
+
+def encode_checked(
+    tokenizer: Any, texts: Sequence[str], max_tokens: int, limit: int | None, limit_name: str
+) -> list[list[int]]:
+    """``encode_rendered``, refusing a prompt that renders to nothing or leaves no room for
+    ``max_tokens`` within ``limit`` positions (named in the error as ``limit_name``)."""
+    enc = encode_rendered(tokenizer, texts)
+    for i, ids in enumerate(enc):
+        if not ids:
+            raise ValueError(f"prompt {i} renders to no tokens")
+        if limit and len(ids) + max_tokens > limit:
+            raise ValueError(
+                f"prompt {i} has {len(ids)} tokens; with max_tokens={max_tokens} it exceeds the {limit_name}"
+            )
+    return enc
+
+
 def truncate_at_stop(text: str, stop: Sequence[str] | None) -> str:
     """Cut ``text`` before the earliest occurrence of any stop string (OpenAI semantics: the
     stop string itself is not returned)."""
@@ -86,3 +111,34 @@ def derive_seed(seed: int, prompt: ChatPrompt | str, sample: int = 0, bits: int 
     """
     h = hashlib.sha256(f"{int(seed)}|{int(sample)}|{sampling_prompt_digest(prompt)}".encode()).digest()
     return int.from_bytes(h[:8], "big") & ((1 << bits) - 1)
+
+
+class RenderedTextBackend:
+    """``generate`` for in-process backends that take rendered prompt texts: the prompt is
+    rendered with the model's own chat template (``render_chat``) and handed to the subclass's
+    ``generate_text``, so every in-process engine feeds the model the same text. Extra keyword
+    arguments (an engine's own options) pass through."""
+
+    tokenizer: Any
+
+    def render(self, prompt: ChatPrompt) -> str:
+        """The exact prompt text the model is fed (template + prefix)."""
+        return render_chat(self.tokenizer, prompt)
+
+    def generate_text(self, texts: list[str], **kw: Any) -> list[list[str]]:
+        raise NotImplementedError
+
+    def generate(
+        self,
+        prompts: list[ChatPrompt],
+        n: int = 1,
+        temperature: float = 0.0,
+        max_tokens: int = 256,
+        stop: list[str] | None = None,
+        seed: int = 0,
+        **kw: Any,
+    ) -> list[list[str]]:
+        texts = [self.render(p) for p in prompts]
+        return self.generate_text(
+            texts, n=n, temperature=temperature, max_tokens=max_tokens, stop=stop, seed=seed, **kw
+        )

@@ -50,8 +50,11 @@ from typing import Any, Literal
 
 from matsql.backends.base import ChatPrompt, GenerationStats
 from matsql.backends.chat import (
+    RenderedTextBackend,
+    check_sampling,
     cut_at_stop_ids,
     derive_seed,
+    encode_checked,
     encode_rendered,
     render_chat,
     stop_token_ids,
@@ -237,21 +240,11 @@ class LocalEngine:
         if round_tokens == "auto":
             round_tokens = None if self.device.type == "cpu" else ROUND_TOKENS
 
-        if n < 1 or max_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
-            raise ValueError(
-                f"need n >= 1, max_tokens >= 1, temperature >= 0, 0 < top_p <= 1 "
-                f"(got n={n}, max_tokens={max_tokens}, temperature={temperature}, top_p={top_p})"
-            )
+        check_sampling(n, max_tokens, temperature, top_p)
         t0 = time.perf_counter()
-        enc = encode_rendered(self.tokenizer, texts)
-        for i, ids in enumerate(enc):
-            if not ids:
-                raise ValueError(f"prompt {i} renders to no tokens")
-            if self.max_positions and len(ids) + max_tokens > self.max_positions:
-                raise ValueError(
-                    f"prompt {i} has {len(ids)} tokens; with max_tokens={max_tokens} it exceeds the "
-                    f"model's {self.max_positions} positions"
-                )
+        enc = encode_checked(
+            self.tokenizer, texts, max_tokens, self.max_positions, f"model's {self.max_positions} positions"
+        )
         greedy = temperature <= 0
         rows = [Row(p, s, len(enc[p])) for p in range(len(enc)) for s in range(1 if greedy else n)]
         keys = (
@@ -310,14 +303,14 @@ class LocalEngine:
         }
         result = [[out[(p, 0 if greedy else s)] for s in range(n)] for p in range(len(enc))]
         if stats is not None:
-            stats.calls += 1
-            stats.prompts += len(enc)
-            stats.completions += len(enc) * n
-            stats.prompt_tokens += sum(len(e) for e in enc)
-            stats.completion_tokens += n_generated
-            stats.seconds += time.perf_counter() - t0
-            for k, v in (("rows", len(rows)), *counts.items()):
-                stats.extra[k] = stats.extra.get(k, 0.0) + v
+            stats.record(
+                prompts=len(enc),
+                n=n,
+                prompt_tokens=sum(len(e) for e in enc),
+                completion_tokens=n_generated,
+                seconds=time.perf_counter() - t0,
+                extra={"rows": len(rows), **counts},
+            )
         return result
 
     def _decode_fitting(
@@ -443,7 +436,7 @@ def _has_stop(tokenizer: Any, ids: list[int], stop: Sequence[str] | None) -> boo
     return any(s and s in text for s in stop)
 
 
-class LocalBackend:
+class LocalBackend(RenderedTextBackend):
     """The in-process Backend: ``generate(prompts, n, temperature, max_tokens, stop, seed)``.
 
     ``model`` is a model spec (see ``matsql.models.resolve_model``) or a ``LocalEngine`` to share
@@ -484,34 +477,9 @@ class LocalBackend:
     def add_adapter(self, path: str | os.PathLike[str], name: str | None = None) -> str:
         return self.engine.add_adapter(path, name)
 
-    def render(self, prompt: ChatPrompt) -> str:
-        """The exact prompt text the model is fed (template + prefix)."""
-        return self.engine.render(prompt)
-
     def encode(self, prompt: ChatPrompt) -> list[int]:
         """The exact prompt token ids the model is fed."""
         return encode_rendered(self.tokenizer, [self.render(prompt)])[0]
-
-    def generate(
-        self,
-        prompts: list[ChatPrompt],
-        n: int = 1,
-        temperature: float = 0.0,
-        max_tokens: int = 256,
-        stop: list[str] | None = None,
-        seed: int = 0,
-        *,
-        adapter_name: str | None = None,
-    ) -> list[list[str]]:
-        return self.generate_text(
-            [self.render(p) for p in prompts],
-            n=n,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            stop=stop,
-            seed=seed,
-            adapter_name=adapter_name,
-        )
 
     def generate_text(
         self,

@@ -47,12 +47,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from matsql.backends.base import ChatPrompt, GenerationStats
+from matsql.backends.base import GenerationStats
 from matsql.backends.chat import (
+    RenderedTextBackend,
+    check_sampling,
     cut_at_stop_ids,
     derive_seed,
-    encode_rendered,
-    render_chat,
+    encode_checked,
     stop_token_ids,
     truncate_at_stop,
 )
@@ -264,24 +265,12 @@ class VLLMEngine:
         stats: GenerationStats | None = None,
     ) -> list[list[str]]:
         """``n`` completions for each rendered prompt text (see module doc)."""
-        if n < 1 or max_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
-            raise ValueError(
-                f"need n >= 1, max_tokens >= 1, temperature >= 0, 0 < top_p <= 1 "
-                f"(got n={n}, max_tokens={max_tokens}, temperature={temperature}, top_p={top_p})"
-            )
+        check_sampling(n, max_tokens, temperature, top_p)
         if not texts:
             return []
         t0 = time.perf_counter()
-        enc = encode_rendered(self.tokenizer, texts)
         limit = self.settings.max_model_len
-        for i, ids in enumerate(enc):
-            if not ids:
-                raise ValueError(f"prompt {i} renders to no tokens")
-            if len(ids) + max_tokens > limit:
-                raise ValueError(
-                    f"prompt {i} has {len(ids)} tokens; with max_tokens={max_tokens} it exceeds the "
-                    f"engine's max_model_len={limit}"
-                )
+        enc = encode_checked(self.tokenizer, texts, max_tokens, limit, f"engine's max_model_len={limit}")
         prompts, params = build_requests(
             enc,
             texts,
@@ -316,17 +305,18 @@ class VLLMEngine:
                 )
             result.append(texts_out * n if greedy else texts_out)
         if stats is not None:
-            stats.calls += 1
-            stats.prompts += len(enc)
-            stats.completions += len(enc) * n
-            stats.prompt_tokens += sum(len(e) for e in enc)
-            stats.completion_tokens += made
-            stats.seconds += time.perf_counter() - t0
-            stats.extra["requests"] = stats.extra.get("requests", 0.0) + len(enc) * (1 if greedy else n)
+            stats.record(
+                prompts=len(enc),
+                n=n,
+                prompt_tokens=sum(len(e) for e in enc),
+                completion_tokens=made,
+                seconds=time.perf_counter() - t0,
+                extra={"requests": len(enc) * (1 if greedy else n)},
+            )
         return result
 
 
-class VLLMBackend:
+class VLLMBackend(RenderedTextBackend):
     """The Backend protocol over a shared ``VLLMEngine``, with this agent's adapter."""
 
     def __init__(
@@ -346,27 +336,6 @@ class VLLMBackend:
     @property
     def tokenizer(self) -> Any:
         return self.engine.tokenizer
-
-    def render(self, prompt: ChatPrompt) -> str:
-        return render_chat(self.tokenizer, prompt)
-
-    def generate(
-        self,
-        prompts: list[ChatPrompt],
-        n: int = 1,
-        temperature: float = 0.0,
-        max_tokens: int = 256,
-        stop: list[str] | None = None,
-        seed: int = 0,
-    ) -> list[list[str]]:
-        return self.generate_text(
-            [self.render(p) for p in prompts],
-            n=n,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            stop=stop,
-            seed=seed,
-        )
 
     def generate_text(
         self,
