@@ -17,7 +17,13 @@ from matsql.train.config import (
 )
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-ALL_RECIPES = sorted(p for p in RECIPES.rglob("*.yaml") if "accelerate" not in p.parts)
+# shipped recipes: not accelerate configs, and not the recipe.yaml a finished run keeps beside its
+# run.json (recipes/tiny/prepared/planner is the demo's prepared adapter, trained from tiny/prep-planner)
+ALL_RECIPES = sorted(
+    p
+    for p in RECIPES.rglob("*.yaml")
+    if "accelerate" not in p.parts and not (p.parent / "run.json").is_file()
+)
 
 BASE = {
     "method": "sft",
