@@ -134,12 +134,13 @@ def question_outcome(record: RolloutRecord) -> QuestionOutcome:
     """Score one rollout record (missing-database questions score wrong on every metric)."""
     q = record.question
     cands = record.candidates
-    if is_missing_db(record):
+    missing, error = is_missing_db(record), record.error is not None
+    if missing or error:  # scored wrong on every metric, and counted as such
         return QuestionOutcome(
             question_id=q.question_id,
             db_id=q.db_id,
             difficulty=q.difficulty,
-            missing_db=True,
+            missing_db=missing,
             n_candidates=len(cands),
             n_final_correct=0,
             planner_at_1=False,
@@ -147,21 +148,7 @@ def question_outcome(record: RolloutRecord) -> QuestionOutcome:
             sample_at_1=0.0,
             pass_at_k=False,
             majority=False,
-        )
-    if record.error is not None:
-        return QuestionOutcome(
-            question_id=q.question_id,
-            db_id=q.db_id,
-            difficulty=q.difficulty,
-            missing_db=False,
-            n_candidates=len(cands),
-            n_final_correct=0,
-            planner_at_1=False,
-            pipeline_at_1=False,
-            sample_at_1=0.0,
-            pass_at_k=False,
-            majority=False,
-            error=True,
+            error=error and not missing,
         )
     greedy = greedy_candidate(cands)
     sampled = [c for c in cands if not c.greedy] or cands

@@ -94,15 +94,8 @@ def _judged(pred: ExecResult, gold: ExecResult, correct: bool) -> Outcome:
 
 
 def outcome_of(pred: ExecResult, gold: ExecResult, mode: str, gold_sql: str) -> Outcome:
-    if getattr(gold, "bad_db", False) or getattr(pred, "bad_db", False):
-        return "bad_db"
-    if not gold.ok:
-        return "gold_failed"
-    if pred.status == "timeout":
-        return "pred_timeout"
-    if not pred.ok:
-        return "pred_error"
-    return "correct" if results_match(pred, gold, mode, gold_sql) else "wrong"
+    ok = pred.ok and gold.ok and results_match(pred, gold, mode, gold_sql)
+    return _judged(pred, gold, ok)
 
 
 def _texts(value: str | Sequence[str]) -> list[str]:
