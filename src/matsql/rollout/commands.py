@@ -60,6 +60,13 @@ def rollout(
         None, "--sample", help="a seeded random N questions (benchmark order kept)"
     ),
     offset: int = typer.Option(0, "--offset", help="skip the first N questions (before --limit)"),
+    parts: str | None = typer.Option(
+        None,
+        "--parts",
+        help="a seeded partition of the questions into disjoint parts, e.g. sft=600,label=128,heldout=1000",
+    ),
+    part: str | None = typer.Option(None, "--part", help="the part of --parts to run on"),
+    parts_seed: int = typer.Option(0, "--parts-seed", help="the partition's seed (keep it across stages)"),
     shard: str | None = typer.Option(None, "--shard", help="I/N: this process's share of the questions"),
     data: Path | None = typer.Option(None, "--data", help="benchmark root (default MATSQL_DATA)"),
     missing: str = typer.Option(
@@ -91,7 +98,7 @@ def rollout(
 def _rollout(
     benchmark, agents, adapters, out, k, temperature, greedy_first, gate, branches, fix_all,
     fixer_samples, fixer_temperature, validators, planner_from, seed, batch_questions, limit,
-    sample, offset, shard, data, missing, exec_timeout, ex_mode, resume,
+    sample, offset, parts, part, parts_seed, shard, data, missing, exec_timeout, ex_mode, resume,
 ) -> None:  # fmt: skip
     from matsql.benchmarks import load_benchmark
     from matsql.rollout.config import RolloutConfig
@@ -122,6 +129,9 @@ def _rollout(
         limit=limit,
         sample=sample,
         offset=offset,
+        parts=parts,
+        part=part,
+        parts_seed=parts_seed,
         shard=_parse_shard(shard),
         missing=missing,
         exec_timeout_s=exec_timeout,

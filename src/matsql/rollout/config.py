@@ -29,6 +29,9 @@ class RolloutConfig(BaseModel):
     limit: int | None = None  # first N questions only
     sample: int | None = None  # a seeded random N questions (kept in benchmark order): unbiased slices
     offset: int = 0
+    parts: str | None = None  # "sft=600,label=128,heldout=1000": disjoint seeded parts of the questions
+    part: str | None = None  # which of ``parts`` this rollout runs on
+    parts_seed: int = 0  # the partition's seed: the same for every stage, whatever its run seed
     shard: tuple[int, int] | None = None  # (index, count): questions with position % count == index
     missing: str = "wrong"  # wrong | skip | error
     exec_timeout_s: float = 30.0
@@ -36,7 +39,7 @@ class RolloutConfig(BaseModel):
     team_digest: str = ""
 
     def digest(self) -> str:
-        d = self.model_dump(exclude={"limit", "offset", "shard", "sample"})
+        d = self.model_dump(exclude={"limit", "offset", "shard", "sample", "parts", "part", "parts_seed"})
         if d["fixer_temperature"] is None:  # unset: hashes of earlier runs stay valid
             del d["fixer_temperature"]
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

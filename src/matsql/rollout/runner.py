@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -38,11 +39,51 @@ class _RateColumn(ProgressColumn):
         return Text(f"{qps:.2f} q/s  {self._tokens() / dt:,.0f} tok/s", style="cyan")
 
 
+def parse_parts(spec: str) -> dict[str, int]:
+    """``"sft=600,label=128"`` -> ``{"sft": 600, "label": 128}`` (order kept; sizes positive)."""
+    out: dict[str, int] = {}
+    for item in (x.strip() for x in spec.split(",") if x.strip()):
+        name, eq, size = item.partition("=")
+        name = name.strip()
+        if not eq or not name or not size.strip().isdigit() or int(size) < 1:
+            raise ValueError(
+                f"--parts {spec!r}: expected NAME=SIZE[,NAME=SIZE...] with positive sizes, got {item!r}"
+            )
+        if name in out:
+            raise ValueError(f"--parts {spec!r}: part {name!r} is named twice")
+        out[name] = int(size)
+    if not out:
+        raise ValueError(f"--parts {spec!r}: no parts")
+    return out
+
+
+def question_parts(n: int, sizes: dict[str, int], seed: int = 0) -> dict[str, list[int]]:
+    """Disjoint parts of ``range(n)``: one seeded permutation cut into consecutive slices of the
+    given sizes, each returned in ascending order. A part depends only on (n, the sizes of the
+    parts before it and its own, seed), so stages that name the same partition see the same
+    questions, and e.g. label questions never overlap SFT questions (``--sample`` with one seed
+    draws nested sets: 128 questions fall inside the 600)."""
+    total = sum(sizes.values())
+    if total > n:
+        raise ValueError(f"--parts asks for {total} questions; the benchmark has {n}")
+    perm = random.Random(f"parts:{seed}").sample(range(n), n)
+    out, start = {}, 0
+    for name, size in sizes.items():
+        out[name] = sorted(perm[start : start + size])
+        start += size
+    return out
+
+
 def select_questions(questions: Sequence[Question], cfg: RolloutConfig) -> list[Question]:
     qs = list(questions)[cfg.offset :]
+    if cfg.part is not None or cfg.parts is not None:
+        if cfg.part is None or cfg.parts is None:
+            raise ValueError("--parts and --part go together: the partition and the part to run on")
+        sizes = parse_parts(cfg.parts)
+        if cfg.part not in sizes:
+            raise ValueError(f"--part {cfg.part!r} is not one of --parts: {', '.join(sizes)}")
+        qs = [qs[i] for i in question_parts(len(qs), sizes, cfg.parts_seed)[cfg.part]]
     if cfg.sample is not None and cfg.sample < len(qs):
-        import random
-
         keep = sorted(random.Random(f"sample:{cfg.seed}").sample(range(len(qs)), cfg.sample))
         qs = [qs[i] for i in keep]
     if cfg.limit is not None:
