@@ -168,3 +168,18 @@ def test_a_typo_in_an_agents_file_is_one_line_in_every_command(tmp_path):
     assert res.exit_code == 2, res.output
     (line,) = [ln for ln in res.output.splitlines() if ln.strip()]
     assert line == f"error: {team}: agents.selector: unknown key 'temprature' (did you mean 'temperature'?)"
+
+
+def test_agents_differing_only_in_adapter_share_one_banner_line(monkeypatch):
+    from matsql.team import parse_team
+
+    monkeypatch.setattr(resolution, "hub_snapshot", lambda repo: None)
+    team = parse_team(
+        {
+            "defaults": {"model": "Qwen/Qwen2.5-Coder-0.5B-Instruct"},
+            "agents": {"planner": {"adapter": "runs/a"}, "val-sel": {"adapter": "runs/b"}, "fixer": {}},
+        }
+    )
+    ids = team.model_identities()
+    assert {ids[a]["adapter"] for a in ids} == {"runs/a", "runs/b", None}
+    assert len(team.model_banner(ids)) == 1 and team.model_banner(ids) == team.model_banner()

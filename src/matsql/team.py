@@ -123,11 +123,12 @@ class Team:
                 }
         return out
 
-    def model_banner(self) -> list[str]:
-        """One line per distinct model for a run's log: loud when quantized weights stand in for
-        a hub id."""
+    def model_banner(self, identities: dict[str, dict[str, str | None]] | None = None) -> list[str]:
+        """One line per distinct model for a run's log (agents that differ only in their adapter
+        share a line): loud when quantized weights stand in for a hub id. ``identities``:
+        ``model_identities()`` when the caller has it already."""
         lines = []
-        for ident in {json.dumps(v, sort_keys=True): v for v in self.model_identities().values()}.values():
+        for ident in (identities if identities is not None else self.model_identities()).values():
             if ident.get("kind") == "gguf":
                 line = (
                     f"model {ident['spec']}: {ident['file']} ({ident.get('quantization') or 'quantized'} GGUF, "
@@ -140,7 +141,7 @@ class Team:
             else:
                 line = f"model {ident.get('spec')}: {ident.get('model', ident.get('spec'))} ({ident.get('source')})"
             lines.append(line)
-        return lines
+        return list(dict.fromkeys(lines))
 
     def digest(self) -> str:
         agents = {

@@ -25,8 +25,8 @@ Measured on the lent H100 (``results/vllm/README.md``), and why two settings are
 - Seeded samples repeat exactly from run to run only with the engine core in this process
   (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, set unless the environment says otherwise); with the
   default engine process, two runs with the same seed differed. Within one process a second
-  identical call can still differ: its prompts then hit the prefix cache, which changes bf16
-  rounding in prefill. A rollout asks each prompt once, so its records repeat.
+  identical call can still differ (likely the prefix cache: cached blocks change bf16 rounding
+  in prefill; not isolated). A rollout asks each prompt once, so its records repeat.
 - With LoRA enabled and CUDA graphs captured, engine start hung for over 7 minutes (vLLM
   0.26.0, V2 model runner); in eager mode it started in seconds. ``enforce_eager=None`` (the
   default) therefore runs eagerly exactly when adapters are registered.
@@ -152,6 +152,44 @@ def build_requests(
     return prompts, params
 
 
+class OfflineLLM:
+    """``vllm.LLM`` taking the plain requests this module builds: the one place that imports
+    vLLM, so the engine logic above it runs (and is tested) without vLLM installed."""
+
+    def __init__(self, **kw: Any) -> None:
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise RuntimeError(
+                f"the vllm backend needs vLLM on a CUDA machine ({e}); install it with "
+                "`pip install vllm==0.26.0` (on the lent GPU: scripts/device/setup.sh join)"
+            ) from None
+        self.llm = LLM(**kw)
+
+    def generate(
+        self,
+        prompts: list[dict[str, Any]],
+        params: list[dict[str, Any]],
+        use_tqdm: bool,
+        lora_request: Adapter | None,
+    ) -> list[Any]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.lora.request import LoRARequest
+
+        req = (
+            None
+            if lora_request is None
+            else LoRARequest(lora_request.name, lora_request.int_id, lora_request.path)
+        )
+        return self.llm.generate(
+            [TokensPrompt(**p) for p in prompts],  # type: ignore[typeddict-item]
+            [SamplingParams(**p) for p in params],
+            use_tqdm=use_tqdm,
+            lora_request=req,
+        )
+
+
 @dataclass
 class VLLMEngine:
     """One ``vllm.LLM`` over a dense model folder, shared by the agents of a team."""
@@ -160,7 +198,7 @@ class VLLMEngine:
     tokenizer: Any
     identifier: str
     settings: EngineSettings = field(default_factory=EngineSettings)
-    llm_factory: Callable[..., Any] | None = None  # tests pass a fake; default vllm.LLM
+    llm_factory: Callable[..., Any] = OfflineLLM  # tests pass a fake taking the same requests
     adapters: dict[str, Adapter] = field(default_factory=dict)  # path -> adapter
     _llm: Any = None
     _lora: tuple[int, int] | None = None  # (max rank, max loras) the engine started with
@@ -224,32 +262,14 @@ class VLLMEngine:
         with self.lock:
             if self._llm is None:
                 kw = self.engine_kwargs()
-                factory = self.llm_factory
-                if factory is None:
-                    try:
-                        from vllm import LLM as factory
-                    except ImportError as e:
-                        raise RuntimeError(
-                            f"the vllm backend needs vLLM on a CUDA machine ({e}); install it with "
-                            "`pip install vllm==0.26.0` (on the lent GPU: scripts/device/setup.sh vllm-join)"
-                        ) from None
                 # in-process engine core: scheduling, and so seeded samples, repeat run to run
                 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
                 t0 = time.perf_counter()
-                self._llm = factory(**kw)
+                self._llm = self.llm_factory(**kw)
                 if kw.get("enable_lora"):
                     self._lora = (kw["max_lora_rank"], kw["max_loras"])
                 log.info("vLLM engine on %s started in %.1f s", self.model_dir, time.perf_counter() - t0)
             return self._llm
-
-    def lora_request(self, adapter: Adapter | None) -> Any:
-        if adapter is None:
-            return None
-        if self.llm_factory is not None:  # a fake engine: no vllm import
-            return adapter
-        from vllm.lora.request import LoRARequest
-
-        return LoRARequest(adapter.name, adapter.int_id, adapter.path)
 
     def generate_texts(
         self,
@@ -283,15 +303,8 @@ class VLLMEngine:
             stop_ids=self.stop_ids,
         )
         llm = self.llm
-        if self.llm_factory is None:
-            from vllm import SamplingParams
-            from vllm.inputs import TokensPrompt
-
-            prompts = [TokensPrompt(**p) for p in prompts]
-            params = [SamplingParams(**p) for p in params]
-        req = self.lora_request(adapter)
         with self.lock:
-            outs = llm.generate(prompts, params, use_tqdm=False, lora_request=req)
+            outs = llm.generate(prompts, params, use_tqdm=False, lora_request=adapter)
         greedy = temperature <= 0
         result: list[list[str]] = []
         made = 0

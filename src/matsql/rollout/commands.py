@@ -147,10 +147,10 @@ def _rollout(
     dump = cfg.model_dump(mode="json") | {
         "agents": {n: vars(s) for n, s in team.agents.items()},
         "ex_mode": ex_mode,
-        "models": team.model_identities(),  # the weights each agent ran on (not in the config hash)
+        "models": (identities := team.model_identities()),  # each agent's weights (not in the hash)
     }
     with real_services(cfg, team, bench, ex_mode=ex_mode) as svc:
-        for line in team.model_banner():  # once the backends loaded: the weights this run uses
+        for line in team.model_banner(identities):  # once the backends loaded: the weights this run uses
             console.print(
                 f"[bold yellow]{line}[/bold yellow]" if "SUBSTITUTED" in line else line,
                 highlight=False,
