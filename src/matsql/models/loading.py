@@ -112,11 +112,7 @@ def load_model_and_tokenizer(
             model = AutoModelForCausalLM.from_pretrained(str(hit), dtype=dt)
             tok = AutoTokenizer.from_pretrained(str(hit))
         else:
-            model, tok = _load_gguf(r, dt)
-            if cache:
-                save_hf_dir(
-                    model, tok, cdir, meta={"source": r.source, "gguf": str(r.path), "sha256": r.sha256}
-                )
+            model, tok = _dequantize(r, dt, cache=cache)
     else:
         model = AutoModelForCausalLM.from_pretrained(str(r.path), dtype=dt)
         tok = AutoTokenizer.from_pretrained(str(r.path))
@@ -147,10 +143,7 @@ def dense_folder(
         dt = resolve_dtype(dtype, "cuda")
         folder = dequantized_dir(r, dt)
         if not (folder / "matsql.json").is_file():
-            model, tok = _load_gguf(r, dt)
-            save_hf_dir(
-                model, tok, folder, meta={"source": r.source, "gguf": r.path.name, "sha256": r.sha256}
-            )
+            _dequantize(r, dt, cache=True)
     else:
         folder = r.path
     stamp = folder / "matsql.json"
@@ -176,6 +169,16 @@ def adapter_name_for(path: str | os.PathLike[str]) -> str:
     p = Path(path).expanduser().resolve()
     stem = re.sub(r"\W", "_", p.name) or "adapter"
     return f"{stem}_{hashlib.sha256(str(p).encode()).hexdigest()[:8]}"
+
+
+def _dequantize(r: ResolvedModel, dtype: torch.dtype, *, cache: bool) -> tuple[Any, Any]:
+    """Load a GGUF dense in ``dtype``; with ``cache``, keep it as ``dequantized_dir`` (the one
+    writer of that cache: loaders and ``dense_folder`` both read it)."""
+    model, tok = _load_gguf(r, dtype)
+    if cache:
+        meta = {"source": r.source, "gguf": r.path.name, "sha256": r.sha256}
+        save_hf_dir(model, tok, dequantized_dir(r, dtype), meta=meta)
+    return model, tok
 
 
 def _load_gguf(r: ResolvedModel, dtype: torch.dtype) -> tuple[Any, Any]:
