@@ -67,3 +67,22 @@ def test_schema_text_of_missing_db_is_an_error(bench: Benchmark) -> None:
     with pytest.raises(MissingDatabaseError, match="gone"):
         bench.schema_text("gone")
     assert bench.schema_text("here").startswith("database schema :")
+
+
+def test_the_schema_style_is_an_argument_not_the_environment(
+    bench: Benchmark, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MATSQL_SCHEMA_STYLE", "tiny")  # once read from here; now ignored
+    mats, tiny = bench.schema_text("here"), bench.schema_text("here", "tiny")
+    assert mats.startswith("database schema :") and tiny != mats
+    assert bench.schema_of("tiny")("here") == tiny and bench.schema_of("mats")("here") == mats
+
+
+def test_rollout_services_build_prompts_in_the_configured_style(bench: Benchmark) -> None:
+    from matsql.rollout.config import RolloutConfig
+    from matsql.rollout.services import real_services
+    from matsql.team import Team
+
+    cfg = RolloutConfig(benchmark="toy", validators=[], gate="never", schema_style="tiny")
+    with real_services(cfg, Team(agents={}), bench, backends={}) as svc:
+        assert svc.schema_of("here") == bench.schema_text("here", "tiny")

@@ -25,15 +25,15 @@ SPECS = (
 @dataclass
 class Rollout:
     path: Path
-    seen: list[tuple[str, Path | None]]  # schema lookups the command made
+    seen: list[tuple[str, Path | None, str]]  # schema lookups the command made (name, root, style)
 
 
 @pytest.fixture
 def rollout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Rollout:
-    seen: list[tuple[str, Path | None]] = []
+    seen: list[tuple[str, Path | None, str]] = []
 
-    def lookup(name: str, data: Path | None):
-        seen.append((name, data))
+    def lookup(name: str, data: Path | None, style: str):
+        seen.append((name, data, style))
         return fake_schema
 
     monkeypatch.setattr(commands, "schema_lookup", lookup)
@@ -63,7 +63,7 @@ def test_build_all_modes_writes_one_folder_per_mode(rollout: Rollout, tmp_path: 
         ],
     )
     assert res.exit_code == 0, res.output
-    assert rollout.seen == [("fake-bench", None)]
+    assert rollout.seen == [("fake-bench", None, "mats")]  # a header without a style: the default
     tests = set()
     for mode in ("independent", "collab", "collab_v2", "joint"):
         y = json.loads((out / mode / "yield.json").read_text())
@@ -104,7 +104,7 @@ def test_build_e1_writes_pairs_and_sft(rollout: Rollout, tmp_path: Path) -> None
         ],
     )
     assert res.exit_code == 0, res.output
-    assert rollout.seen == [("b2", None)]
+    assert rollout.seen == [("b2", None, "mats")]
     y = json.loads((out / "yield.json").read_text())
     assert y["yield"]["pairs"] == 1  # the fixer fixture case: A > B
     assert y["yield"]["sft"]["examples"] == sum(y["splits"]["sft"].values()) > 0
@@ -165,6 +165,41 @@ def test_build_bad_line_names_file_and_line(rollout: Rollout, tmp_path: Path) ->
         ["build", "--agent", "planner", "--rollouts", str(rollout.path), "--out", str(tmp_path / "o")],
     )
     assert res.exit_code == 1 and f"roll.jsonl:{n}" in res.output.replace("\n", "")
+
+
+def _rollout_file(path: Path, config: dict, specs: list = SPECS) -> Path:
+    header = RolloutHeader(matsql_version="0", config_hash="h", config=config, created="now")
+    path.write_text("\n".join([dumps(header), *map(dumps, build_records(specs))]) + "\n", encoding="utf-8")
+    return path
+
+
+def test_build_uses_the_schema_style_the_header_records(rollout: Rollout, tmp_path: Path) -> None:
+    path = _rollout_file(tmp_path / "tiny.jsonl", {"benchmark": "fake-bench", "schema_style": "tiny"})
+    args = ["build", "--agent", "val-sel", "--mode", "independent", "--no-check-prompts"]
+    res = runner.invoke(commands.labels_app, [*args, "--rollouts", str(path), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert rollout.seen == [("fake-bench", None, "tiny")]
+
+
+def test_build_refuses_rollouts_of_two_schema_styles(rollout: Rollout, tmp_path: Path) -> None:
+    a = _rollout_file(tmp_path / "a.jsonl", {"benchmark": "fake-bench", "schema_style": "tiny"}, SPECS[:1])
+    b = _rollout_file(tmp_path / "b.jsonl", {"benchmark": "fake-bench"}, SPECS[1:])  # the default style
+    res = runner.invoke(
+        commands.labels_app,
+        [
+            "build",
+            "--agent",
+            "val-sel",
+            "--rollouts",
+            str(a),
+            "--rollouts",
+            str(b),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert res.exit_code == 1 and "several schema styles" in res.output.replace("\n", "")
+    assert rollout.seen == []
 
 
 def test_yield_prints_every_mode(rollout: Rollout, tmp_path: Path) -> None:

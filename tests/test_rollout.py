@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
 from matsql.rollout.config import RolloutConfig
-from matsql.rollout.io import RolloutFileError, RolloutWriter, read_records
+from matsql.rollout.io import RolloutFileError, RolloutWriter, read_header, read_records, schema_style_of
 from matsql.rollout.runner import run_rollout
 from tests.rollout_fakes import CannedBackend, label_time_config, make_db, questions, sqlite_services
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 @pytest.fixture
@@ -84,11 +87,51 @@ def test_unset_fixer_temperature_keeps_earlier_config_hashes():
     cfg = RolloutConfig(benchmark="fake")
     # the fields an earlier file's hash saw (question selection, added later, never counts)
     before = cfg.model_dump(
-        exclude={"limit", "offset", "shard", "sample", "fixer_temperature", "parts", "part", "parts_seed"}
-    )
+        exclude={
+            "limit", "offset", "shard", "sample", "fixer_temperature", "parts", "part", "parts_seed",
+            "schema_style",
+        }
+    )  # fmt: skip
     want = hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert cfg.digest() == want
     assert cfg.digest() != RolloutConfig(benchmark="fake", fixer_temperature=1.0).digest()
+
+
+def test_schema_style_is_in_the_hash_unless_it_is_the_default():
+    """The style shapes every prompt: another style is another config; the default hashes as
+    before the field existed, so earlier files still resume."""
+    base = RolloutConfig(benchmark="fake")
+    assert base.schema_style == "mats"
+    assert RolloutConfig(benchmark="fake", schema_style="mats").digest() == base.digest()
+    assert RolloutConfig(benchmark="fake", schema_style="tiny").digest() != base.digest()
+    with pytest.raises(ValueError, match="schema style 'fancy'"):
+        RolloutConfig(benchmark="fake", schema_style="fancy")
+
+
+def test_committed_rollout_headers_keep_their_config_hashes():
+    """Every rollout header under results/ still hashes to the config hash it was written with."""
+    files = sorted(p for p in RESULTS.rglob("*.jsonl*") if p.suffix in (".jsonl", ".gz"))
+    checked = 0
+    for p in files:
+        try:
+            header = read_header(p)
+        except RolloutFileError:
+            continue  # a picks or outcomes file: not a rollout
+        if header is None:
+            continue
+        fields = {k: v for k, v in header.config.items() if k in RolloutConfig.model_fields}
+        assert RolloutConfig(**fields).digest() == header.config_hash, p
+        checked += 1
+    assert checked >= 10, f"only {checked} rollout headers under {RESULTS}"
+
+
+def test_the_header_records_the_schema_style(db, tmp_path):
+    cfg = RolloutConfig(benchmark="fake", k=1, schema_style="tiny")
+    _run(db, tmp_path / "r.jsonl", cfg)
+    header = read_header(tmp_path / "r.jsonl")
+    assert header is not None and header.config["schema_style"] == "tiny"
+    assert schema_style_of([header]) == "tiny"
+    assert schema_style_of([None]) == schema_style_of([]) == "mats"
 
 
 def test_kill_and_resume_equals_uninterrupted(db, tmp_path, monkeypatch):

@@ -160,3 +160,58 @@ def test_sft_data_on_minibench_train(tmp_path):
         assert (out / agent / "dataset_dict.json").is_file() and (out / f"{agent}.jsonl").is_file()
     res = invoke(["sft-data", "--agent", "fixer", "--benchmark", "minibench-train", "--out", str(out)])
     assert res.exit_code != 0 and "--rollouts" in res.output
+
+
+def test_sft_data_builds_prompts_in_the_rollouts_schema_style(tmp_path):
+    """The style comes from the rollout header (no environment); --schema-style overrides it, and
+    a style other than the default is recorded in sft_data.json."""
+    from matsql.benchmarks import load_benchmark
+    from matsql.records import AgentOutput, Candidate, ExecInfo, RolloutHeader, RolloutRecord, dumps
+
+    bench = load_benchmark("minibench-train")
+    q = bench.runnable[0]
+    g = ExecInfo(status="ok", rows_digest="g", n_rows=1)
+    cand = Candidate(index=0, planner=AgentOutput(text="", sql=q.gold_sql), exec=g, correct=True)
+    header = RolloutHeader(
+        matsql_version="0",
+        config_hash="h",
+        config={"benchmark": "minibench-train", "schema_style": "tiny"},
+        created="now",
+    )
+    rollout = tmp_path / "rollout.jsonl"
+    rec = RolloutRecord(question=q, gold_exec=g, candidates=[cand])
+    rollout.write_text(dumps(header) + "\n" + dumps(rec) + "\n", encoding="utf-8")
+
+    def prompt_text(style_args: list[str], out: Path) -> tuple[str, dict]:
+        args = [
+            "sft-data",
+            "--agent",
+            "val-sel",
+            "--benchmark",
+            "minibench-train",
+            "--rollouts",
+            str(rollout),
+        ]
+        res = invoke([*args, "--test-frac", "0", "--out", str(out), *style_args])
+        assert res.exit_code == 0, res.output
+        row = json.loads((out / "val-sel.jsonl").read_text().splitlines()[0])
+        return " ".join(m["content"] for m in row["prompt"]), json.loads((out / "sft_data.json").read_text())
+
+    tiny, meta = prompt_text([], tmp_path / "a")
+    assert bench.schema_text(q.db_id, "tiny") in tiny and meta["schema_style"] == "tiny"
+    mats, meta = prompt_text(["--schema-style", "mats"], tmp_path / "b")
+    assert bench.schema_text(q.db_id, "mats") in mats and "schema_style" not in meta
+    res = invoke(
+        [
+            "sft-data",
+            "--agent",
+            "planner",
+            "--benchmark",
+            "minibench-train",
+            "--schema-style",
+            "fancy",
+            "--out",
+            str(tmp_path / "c"),
+        ]
+    )
+    assert res.exit_code == 2 and "--schema-style" in res.output

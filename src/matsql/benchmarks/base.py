@@ -6,31 +6,18 @@ them and ``select`` applies an explicit policy (DESIGN.md: by default they are s
 
 from __future__ import annotations
 
-import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from matsql.benchmarks.schema import DEFAULT_STYLE
 from matsql.benchmarks.schema import schema_text as _schema_text
 from matsql.records import Question
 
 MissingPolicy = Literal["wrong", "skip", "error"]
 MISSING_POLICIES: tuple[str, ...] = ("wrong", "skip", "error")
-
-
-def schema_style() -> str:
-    """Schema layout for prompts: ``MATSQL_SCHEMA_STYLE`` (mats, macsql, compact), default mats.
-
-    Rollout headers record it, so labels and selection rebuild the same prompts."""
-    return os.environ.get("MATSQL_SCHEMA_STYLE", "mats")
-
-
-def adopt_schema_style(config: dict | None) -> None:
-    """Use the schema style a rollout was made with (its header config), unless set explicitly."""
-    style = (config or {}).get("schema_style")
-    if style and "MATSQL_SCHEMA_STYLE" not in os.environ:
-        os.environ["MATSQL_SCHEMA_STYLE"] = style
 
 
 class MissingDatabaseError(RuntimeError):
@@ -83,11 +70,16 @@ class Benchmark:
         """Absent database id -> number of questions that need it."""
         return dict(Counter(q.db_id for q in self.missing))
 
-    def schema_text(self, db_id: str) -> str:
-        """Prompt schema of one database (cached per file; deterministic)."""
+    def schema_text(self, db_id: str, style: str = DEFAULT_STYLE) -> str:
+        """Prompt schema of one database in a layout of ``schema_format.yaml`` (cached per file;
+        deterministic). The style shapes prompts, so callers pass the one their run records."""
         if not self.has_db(db_id):
             raise MissingDatabaseError(f"{self.name}: database {db_id!r} not found at {self.db_path(db_id)}")
-        return _schema_text(self.db_path(db_id), self.description_dir(db_id), style=schema_style())
+        return _schema_text(self.db_path(db_id), self.description_dir(db_id), style=style)
+
+    def schema_of(self, style: str) -> Callable[[str], str]:
+        """``db_id -> schema text`` in one style: the lookup prompt builders take."""
+        return lambda db_id: self.schema_text(db_id, style)
 
     def select(self, missing: MissingPolicy = "wrong") -> list[Question]:
         """Questions to run under a missing-database policy.

@@ -41,28 +41,24 @@ def fixer_cmd(
     from matsql.agents import fixer
     from matsql.evaluate.diagnostics import counterfactual_critiques, fixer_diagnostics
     from matsql.records import record_prompt_digest
-    from matsql.rollout.io import read_header, read_records
+    from matsql.rollout.io import read_header, read_records, schema_style_of
 
     records = read_records(rollouts)
     header = read_header(rollouts)
-    from matsql.benchmarks.base import adopt_schema_style
-
-    adopt_schema_style(header.config if header else None)
-    bench = None
+    bench = schema = None
     bname = benchmark or (header.config.get("benchmark") if header else None)
     if bname:
         from matsql.benchmarks import load_benchmark
 
         root = data or (Path(header.config["data"]) if header and header.config.get("data") else None)
         bench = load_benchmark(bname, root=root)
+        schema = bench.schema_of(schema_style_of([header]))  # the prompts' layout, as the rollout made them
 
     def digest_of(rec, ci, bi):
         c = rec.candidates[ci]
         b = c.branches[bi]
         return record_prompt_digest(
-            fixer.build(
-                rec.question, bench.schema_text(rec.question.db_id), c.planner.sql, c.exec, b.critiques
-            )
+            fixer.build(rec.question, schema(rec.question.db_id), c.planner.sql, c.exec, b.critiques)
         )
 
     d = fixer_diagnostics(records, digest_of if bench else None)
@@ -86,7 +82,6 @@ def fixer_cmd(
                     if alt is not None:
                         jobs.append((rec, c, b, alt))
             jobs = jobs[:max_probes]
-            schema = bench.schema_text
             base_p = [
                 fixer.build(r.question, schema(r.question.db_id), c.planner.sql, c.exec, b.critiques)
                 for r, c, b, _ in jobs

@@ -66,13 +66,10 @@ def select(
     from matsql.evaluate.metrics import question_outcome
     from matsql.evaluate.selection import backend_chooser, knockout, majority_chooser, make_picks
     from matsql.fileio import atomic_write
-    from matsql.rollout.io import read_header, read_records
+    from matsql.rollout.io import read_header, read_records, schema_style_of
 
     records = read_records(rollouts)
     header = read_header(rollouts)
-    from matsql.benchmarks.base import adopt_schema_style
-
-    adopt_schema_style(header.config if header else None)
     opts = [build_options(r, seed=seed, with_verdicts=with_verdicts) for r in records]
     if method == "majority":
         choose = majority_chooser
@@ -92,7 +89,9 @@ def select(
         root = data or (Path(header.config["data"]) if header and header.config.get("data") else None)
         bench = load_benchmark(bname, root=root)
         spec = team["selector"]
-        choose = backend_chooser(make_backend(spec.backend), spec, bench.schema_text, seed=seed)
+        choose = backend_chooser(
+            make_backend(spec.backend), spec, bench.schema_of(schema_style_of([header])), seed=seed
+        )
     else:
         raise typer.BadParameter("--method must be knockout or majority")
     results = []

@@ -18,6 +18,7 @@ from matsql.labels.prompts import check_prompts, make_prompt_fn
 from matsql.labels.registry import MODES_BY_AGENT, LabelRun, modes_for, run_labels
 from matsql.labels.yield_stats import YieldStats, compute_yield, yield_table
 from matsql.records import RolloutRecord
+from matsql.rollout.io import schema_style_of
 
 labels_app = typer.Typer(
     help="Preference labels from rollout records (one module per label mode).", no_args_is_help=True
@@ -33,11 +34,12 @@ def _fail(msg: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
-def schema_lookup(benchmark: str, data: Path | None) -> Callable[[str], str]:
-    """Schema text per db_id from the benchmark (the same text the rollout's prompts used)."""
+def schema_lookup(benchmark: str, data: Path | None, style: str) -> Callable[[str], str]:
+    """Schema text per db_id from the benchmark in the rollout's style (the same text its prompts
+    used)."""
     from matsql.benchmarks import load_benchmark
 
-    return load_benchmark(benchmark, root=data).schema_text
+    return load_benchmark(benchmark, root=data).schema_of(style)
 
 
 def label_modes(
@@ -140,9 +142,6 @@ def build(
     try:
         modes_for(agent, mode)
         records, headers = read_rollouts(rollouts)
-        from matsql.benchmarks.base import adopt_schema_style
-
-        adopt_schema_style(headers[0].config if headers else None)
         name = benchmark or benchmark_of(headers, records)
         if name is None:
             raise ValueError(
@@ -151,7 +150,7 @@ def build(
         if data is None:
             roots = {h.config.get("data") for h in headers if h.config.get("data")}
             data = Path(roots.pop()) if len(roots) == 1 else None
-        prompt_fn = make_prompt_fn(schema_lookup(name, data))
+        prompt_fn = make_prompt_fn(schema_lookup(name, data, schema_style_of(headers)))
         if check:
             bad = check_prompts(records, prompt_fn)
             if bad:

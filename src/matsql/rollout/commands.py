@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from matsql.benchmarks.schema import DEFAULT_STYLE, styles
 from matsql.rollout.gating import POLICIES
 
 console = Console(stderr=True)
@@ -73,6 +74,11 @@ def rollout(
         "wrong", "--missing", help="questions with a missing database: wrong|skip|error"
     ),
     exec_timeout: float = typer.Option(30.0, "--exec-timeout", help="seconds per SQL query (hard deadline)"),
+    schema_style: str = typer.Option(
+        DEFAULT_STYLE,
+        "--schema-style",
+        help=f"schema layout in prompts: {', '.join(styles())} (recorded in the header; later stages reuse it)",
+    ),
     ex_mode: str | None = typer.Option(
         None,
         "--ex",
@@ -98,7 +104,7 @@ def rollout(
 def _rollout(
     benchmark, agents, adapters, out, k, temperature, greedy_first, gate, branches, fix_all,
     fixer_samples, fixer_temperature, validators, planner_from, seed, batch_questions, limit,
-    sample, offset, parts, part, parts_seed, shard, data, missing, exec_timeout, ex_mode, resume,
+    sample, offset, parts, part, parts_seed, shard, data, missing, exec_timeout, schema_style, ex_mode, resume,
 ) -> None:  # fmt: skip
     from matsql.benchmarks import load_benchmark
     from matsql.rollout.config import RolloutConfig
@@ -137,6 +143,7 @@ def _rollout(
         exec_timeout_s=exec_timeout,
         planner_from=str(planner_from) if planner_from else None,
         team_digest=team.digest(),
+        schema_style=schema_style,
     )
     bench = load_benchmark(benchmark, root=data)
     questions = bench.select(missing)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from matsql.benchmarks.schema import DEFAULT_STYLE, styles
 from matsql.rollout.gating import GatePolicy
 
 
@@ -37,9 +38,21 @@ class RolloutConfig(BaseModel):
     exec_timeout_s: float = 30.0
     planner_from: str | None = None  # reuse planner candidates of an earlier rollout file
     team_digest: str = ""
+    # the prompts' schema layout (benchmarks/data/schema_format.yaml); the header records it, so
+    # labels, selection and SFT data rebuild the prompts this run generated from
+    schema_style: str = DEFAULT_STYLE
+
+    @field_validator("schema_style")
+    @classmethod
+    def _known_style(cls, v: str) -> str:
+        if v not in styles():
+            raise ValueError(f"schema style {v!r}: expected one of {', '.join(styles())}")
+        return v
 
     def digest(self) -> str:
         d = self.model_dump(exclude={"limit", "offset", "shard", "sample", "parts", "part", "parts_seed"})
         if d["fixer_temperature"] is None:  # unset: hashes of earlier runs stay valid
             del d["fixer_temperature"]
+        if d["schema_style"] == DEFAULT_STYLE:  # the default: hashes of earlier runs stay valid
+            del d["schema_style"]
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

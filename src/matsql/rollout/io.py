@@ -18,12 +18,13 @@ import gzip
 import json
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from matsql import __version__
+from matsql.benchmarks.schema import DEFAULT_STYLE
 from matsql.fileio import is_gzip_path, iter_jsonl
 from matsql.records import RolloutHeader, RolloutRecord, dumps
 
@@ -95,6 +96,18 @@ def read_header(path: Path) -> RolloutHeader | None:
                 raise RolloutFileError(f"{path}:{lineno}: not a rollout header: {_first_error(e)}") from None
         return None
     return None
+
+
+def schema_style_of(headers: Sequence[RolloutHeader | None]) -> str:
+    """The schema style the rollouts' prompts were built with (their headers' config; a header
+    from before the key existed, or no header, means the default). Files of different styles are
+    an error: one schema lookup serves every record."""
+    found = {str((h.config if h is not None else {}).get("schema_style") or DEFAULT_STYLE) for h in headers}
+    if len(found) > 1:
+        raise RolloutFileError(
+            f"rollout files were made with several schema styles: {', '.join(sorted(found))}"
+        )
+    return found.pop() if found else DEFAULT_STYLE
 
 
 def _first_error(e: Exception) -> str:

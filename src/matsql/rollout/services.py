@@ -41,7 +41,7 @@ def real_services(
         yield Services(
             team=team,
             backends=backends,
-            schema_of=benchmark.schema_text,
+            schema_of=benchmark.schema_of(cfg.schema_style),
             db_path_of=benchmark.db_path,
             has_db=benchmark.has_db,
             execute=ex.run_many,

@@ -176,9 +176,17 @@ def sft_data(
     teacher_resamples: int = typer.Option(
         3, help="--teacher: resample a critique that disagrees with execution up to N times, then fall back."
     ),
+    schema_style: str | None = typer.Option(
+        None,
+        "--schema-style",
+        help="Schema layout in prompts (benchmarks/data/schema_format.yaml). Default: the one the "
+        "rollouts' header records, else mats.",
+    ),
 ) -> None:
     """Build SFT datasets (TRL prompt-completion) for one agent or all."""
     from matsql.benchmarks import load_benchmark
+    from matsql.benchmarks.schema import DEFAULT_STYLE, styles
+    from matsql.rollout.io import schema_style_of
     from matsql.train import sft_data as sd
     from matsql.train import teacher as tch
     from matsql.train.data import split_groups
@@ -219,6 +227,10 @@ def sft_data(
         from matsql.labels.io import read_rollouts
 
         records, headers = read_rollouts(rollouts)
+    style = schema_style or schema_style_of(headers)
+    if style not in styles():
+        raise typer.BadParameter(f"expected one of {', '.join(styles())}", param_hint="--schema-style")
+    schema = bench.schema_of(style)
     if teacher_file is not None and records:
         from matsql.backends.registry import make_backend
 
@@ -234,11 +246,11 @@ def sft_data(
     try:
         for a in agents:
             if a == "planner":
-                built = sd.planner_examples(bench.runnable, bench.schema_text)
+                built = sd.planner_examples(bench.runnable, schema)
             elif a in ("val-sel", "val-cond"):
                 built = sd.validator_examples(
                     records,
-                    bench.schema_text,
+                    schema,
                     a,
                     max_per_question=cap,
                     correct_ratio=correct_ratio,
@@ -248,16 +260,14 @@ def sft_data(
             elif a == "fixer":
                 built = sd.fixer_examples(
                     records,
-                    bench.schema_text,
+                    schema,
                     critiques=fixer_critiques,  # type: ignore[arg-type]
                     keep_correct=keep_correct,
                     max_per_question=cap,
                     seed=seed,
                 )
             else:
-                built = sd.selector_examples(
-                    records, bench.schema_text, with_verdicts=selector_verdicts, seed=seed
-                )
+                built = sd.selector_examples(records, schema, with_verdicts=selector_verdicts, seed=seed)
             groups = [{"group": r["question_id"]} for r in built.rows]
             _, held = split_groups(groups, test_frac, seed)
             counts = sd.write_sft(built.rows, out, a, {g["group"] for g in held})
@@ -271,6 +281,8 @@ def sft_data(
         if callable(close):  # a served teacher's connections; other backends may have nothing to close
             close()
     meta = {"benchmark": benchmark, "rollouts": [str(p) for p in rollouts], "seed": seed, "agents": summary}
+    if style != DEFAULT_STYLE:  # recorded when it is not the default (earlier files stay as they were)
+        meta["schema_style"] = style
     if llm is not None:
         meta["teacher"] = {"source": str(teacher_file), **llm[1].identity(llm_agents)}
         settings = {
@@ -316,7 +328,7 @@ def pick_checkpoint_cmd(
     """Keep the validator checkpoint with the best balanced accuracy on held-out candidates."""
     from matsql.backends.registry import make_backend
     from matsql.benchmarks.registry import load_benchmark
-    from matsql.rollout.io import read_records
+    from matsql.rollout.io import read_header, read_records, schema_style_of
     from matsql.team import load_team
     from matsql.train.checkpoints import heldout_items, list_checkpoints, pick_checkpoint, write_pick
 
@@ -328,10 +340,11 @@ def pick_checkpoint_cmd(
         spec = team[agent]
         bench = load_benchmark(benchmark, data)
         records = read_records(rollouts)[:limit]
+        schema = bench.schema_of(schema_style_of([read_header(rollouts)]))  # the rollout's prompt layout
     except (FileNotFoundError, ValueError, KeyError) as e:
         _console.print(f"error: {e}")
         raise typer.Exit(2) from None
-    items = heldout_items(records, agent, bench.schema_text)
+    items = heldout_items(records, agent, schema)
     chosen, scores = pick_checkpoint(
         refs,
         items,
