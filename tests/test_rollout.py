@@ -29,7 +29,9 @@ def _run(db, out, cfg, **kw):
 
 
 def test_records_follow_pipeline_semantics(db, tmp_path):
-    cfg = RolloutConfig(benchmark="fake", k=4, batch_questions=3, gate="exec_error_or_critique")
+    cfg = RolloutConfig(
+        benchmark="fake", k=4, batch_questions=3, gate="exec_error_or_critique", greedy_first=True
+    )
     _run(db, tmp_path / "r.jsonl", cfg)
     recs = read_records(tmp_path / "r.jsonl")
     assert [r.question_id for r in recs] == [f"q{i}" for i in range(10)]
@@ -108,6 +110,32 @@ def test_schema_style_is_in_the_hash_unless_it_is_the_default():
         RolloutConfig(benchmark="fake", schema_style="fancy")
 
 
+def test_candidates_are_all_sampled_by_default_and_greedy_at_t0(db, tmp_path):
+    """The users' setting: K candidates all sampled at T (no greedy candidate 0), unless asked;
+    at T=0 candidate 0 is the greedy one either way (planner@1 of a K=1 greedy run)."""
+    _, svc = _run(db, tmp_path / "s.jsonl", RolloutConfig(benchmark="fake", k=3))
+    planner_calls = [(n, t) for kind, n, t in svc.backends["planner"].calls if kind == "planner"]
+    assert planner_calls and all(t == 1.0 and n == 3 for n, t in planner_calls)
+    for r in read_records(tmp_path / "s.jsonl")[:-1]:
+        assert len(r.candidates) == 3 and not any(c.greedy for c in r.candidates)
+    _run(db, tmp_path / "g.jsonl", RolloutConfig(benchmark="fake", k=1, temperature=0.0))
+    for r in read_records(tmp_path / "g.jsonl")[:-1]:
+        assert [c.greedy for c in r.candidates] == [True]
+
+
+def test_greedy_first_hashes_as_what_it_does():
+    """All-sampled is another config where planner candidates are generated at T > 0; where the
+    flag changes nothing (T=0, --planner-from) a run hashes as it did when greedy-first was the
+    default, so the committed greedy and evaluation runs keep their hashes."""
+    sampled, greedy = RolloutConfig(benchmark="fake"), RolloutConfig(benchmark="fake", greedy_first=True)
+    assert sampled.digest() != greedy.digest()
+    for kw in ({"temperature": 0.0, "k": 1}, {"planner_from": "p.jsonl"}):
+        assert (
+            RolloutConfig(benchmark="fake", **kw).digest()
+            == RolloutConfig(benchmark="fake", greedy_first=True, **kw).digest()
+        )
+
+
 def test_committed_rollout_headers_keep_their_config_hashes():
     """Every rollout header under results/ still hashes to the config hash it was written with."""
     files = sorted(p for p in RESULTS.rglob("*.jsonl*") if p.suffix in (".jsonl", ".gz"))
@@ -121,6 +149,12 @@ def test_committed_rollout_headers_keep_their_config_hashes():
             continue
         fields = {k: v for k, v in header.config.items() if k in RolloutConfig.model_fields}
         assert RolloutConfig(**fields).digest() == header.config_hash, p
+        # the committed plans' commands never passed --greedy-first: under the all-sampled default
+        # their greedy (T=0) and --planner-from runs still hash the same; runs that sampled
+        # planner candidates would now sample all K, a different config
+        fields.pop("greedy_first", None)
+        same = fields.get("temperature") == 0 or bool(fields.get("planner_from"))
+        assert (RolloutConfig(**fields).digest() == header.config_hash) == same, p
         checked += 1
     assert checked >= 10, f"only {checked} rollout headers under {RESULTS}"
 

@@ -35,7 +35,10 @@ def rollout(
     k: int = typer.Option(8, "--k", help="planner candidates per question"),
     temperature: float = typer.Option(1.0, "--temperature", "-t", help="planner sampling temperature"),
     greedy_first: bool = typer.Option(
-        True, "--greedy-first/--all-sampled", help="candidate 0 greedy (planner@1, pipeline@1)"
+        False,
+        "--greedy-first/--all-sampled",
+        help="candidate 0 greedy (gives planner@1, pipeline@1); default: all K sampled at --temperature "
+        "(at --temperature 0 candidate 0 is greedy either way)",
     ),
     gate: str = typer.Option("exec_error_or_critique", "--gate", help=f"one of {', '.join(POLICIES)}"),
     branches: int = typer.Option(1, "--branches", help="critique samples per candidate (label-time: K)"),

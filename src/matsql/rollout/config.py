@@ -18,7 +18,9 @@ class RolloutConfig(BaseModel):
     data: str | None = None  # benchmark root override
     k: int = Field(8, ge=1)
     temperature: float = 1.0  # planner sampling temperature
-    greedy_first: bool = True  # candidate 0 is a greedy (T=0) sample: planner@1 / pipeline@1
+    # candidate 0 decoded greedily (T=0), which gives planner@1 / pipeline@1; off by default: the
+    # users' K=8 candidates are all sampled at T=1.0 (issue 16), so greedy-first is an option
+    greedy_first: bool = False
     gate: GatePolicy = "exec_error_or_critique"
     validators: list[str] = Field(default_factory=lambda: ["val-sel", "val-cond"])
     branches: int = Field(1, ge=1)  # critique samples per candidate (label-time rollouts use K)
@@ -49,10 +51,21 @@ class RolloutConfig(BaseModel):
             raise ValueError(f"schema style {v!r}: expected one of {', '.join(styles())}")
         return v
 
+    @property
+    def greedy_candidate(self) -> bool:
+        """Candidate 0 is decoded greedily: asked for, or implied by T=0 (every sample is greedy;
+        candidate 0 is marked so, as before all-sampled became the default)."""
+        return self.greedy_first or self.temperature == 0
+
     def digest(self) -> str:
         d = self.model_dump(exclude={"limit", "offset", "shard", "sample", "parts", "part", "parts_seed"})
         if d["fixer_temperature"] is None:  # unset: hashes of earlier runs stay valid
             del d["fixer_temperature"]
+        # greedy_first is hashed as what it does. It was on by default until all-sampled became
+        # the default; with --planner-from it does nothing (candidates are copied) and at T=0 it
+        # is implied, so those runs hash as they did (True) whatever the flag says. Only a run
+        # that generates sampled planner candidates hashes the flag as given.
+        d["greedy_first"] = self.greedy_candidate or self.planner_from is not None
         if d["schema_style"] == DEFAULT_STYLE:  # the default: hashes of earlier runs stay valid
             del d["schema_style"]
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -236,7 +236,7 @@ def run_batch(
         owners = [q.question_id for q in live]
         outs: list[list[tuple[str, int, bool]]] = [[] for _ in live]
         n_sampled = cfg.k
-        if cfg.greedy_first:
+        if cfg.greedy_candidate:
             s = stage_seed(cfg.seed, "planner-greedy")
             for i, texts in enumerate(_generate_guarded(svc, "planner", prompts, owners, 1, 0.0, s, failed)):
                 if texts is not None:
