@@ -1,4 +1,4 @@
-"""`matsql select`: the trained selector picks one query per question from a rollout file."""
+"""`matsql select`: the trained selector, or a model-free rule, picks one query per question."""
 
 from __future__ import annotations
 
@@ -46,7 +46,16 @@ def select(
     method: str = typer.Option(
         "knockout",
         "--method",
-        help="knockout (the selector model picks among 3 candidates per round until one is left) or majority (vote by execution result)",
+        help="knockout (the selector model picks among 3 options per round until one is left), or a "
+        "model-free rule: majority (vote by the final candidates' execution results), union-vote (vote "
+        "over every SQL the pipeline ran: final candidates and the planner SQL the fixer replaced), "
+        "verdict-vote, approved-first, majority-verdict-tiebreak",
+    ),
+    options_from: str = typer.Option(
+        "final",
+        "--options",
+        help="knockout only: the options the selector model sees: final (the final candidates) or "
+        "union (also the planner SQL the fixer replaced)",
     ),
     with_verdicts: bool = typer.Option(
         False, "--with-verdicts", help="feedback-aware: show validator verdicts"
@@ -60,52 +69,32 @@ def select(
         64, "--batch-questions", help="questions per selector generation batch"
     ),
 ) -> None:
-    """Drop failing candidates, dedupe by result, let the selector pick; report selector EX,
-    pass@K, pick rate and majority EX, overall and by difficulty."""
+    """Drop failing candidates, dedupe by result, let the selector model (knockout) or a model-free
+    rule (--method) pick; report selector EX, pass@K, pick rate and majority EX, overall and by
+    difficulty."""
     from matsql.agents.selector import build_options
     from matsql.evaluate.metrics import question_outcome
-    from matsql.evaluate.selection import backend_chooser, knockout, majority_chooser, make_picks
+    from matsql.evaluate.selection import PICK_RULES, rule_picks, union_options
     from matsql.fileio import atomic_write
-    from matsql.rollout.io import read_header, read_records, schema_style_of
+    from matsql.rollout.io import read_header, read_records
 
+    if method not in ("knockout", *PICK_RULES):
+        raise typer.BadParameter(f"--method must be knockout or one of {', '.join(PICK_RULES)}")
+    if options_from not in ("final", "union"):
+        raise typer.BadParameter("--options must be final or union")
     records = read_records(rollouts)
     header = read_header(rollouts)
-    opts = [build_options(r, seed=seed, with_verdicts=with_verdicts) for r in records]
-    if method == "majority":
-        choose = majority_chooser
-    elif method == "knockout":
-        if agents is None:
-            raise typer.BadParameter(
-                "--agents is needed for the knockout selector (or use --method majority)"
-            )
-        from matsql.backends.registry import make_backend
-        from matsql.benchmarks import load_benchmark
-        from matsql.team import apply_adapters, load_team
-
-        team = apply_adapters(load_team(agents), adapters)
-        bname = benchmark or (header.config.get("benchmark") if header else None)
-        if not bname:
-            raise typer.BadParameter("--benchmark is needed: the rollout file has no header naming it")
-        root = data or (Path(header.config["data"]) if header and header.config.get("data") else None)
-        bench = load_benchmark(bname, root=root)
-        spec = team["selector"]
-        choose = backend_chooser(
-            make_backend(spec.backend), spec, bench.schema_of(schema_style_of([header])), seed=seed
-        )
+    if method in PICK_RULES:  # model-free: no agents, no benchmark
+        picks = rule_picks(records, PICK_RULES[method], seed=seed)
     else:
-        raise typer.BadParameter("--method must be knockout or majority")
-    results = []
-    for i in range(0, len(records), batch_questions):
-        results.extend(knockout(records[i : i + batch_questions], opts[i : i + batch_questions], choose))
-    winners = [w for w, _, _, _ in results]
-    picks = make_picks(
-        records,
-        opts,
-        winners,
-        [r for _, r, _, _ in results],
-        [f for _, _, f, _ in results],
-        [t for _, _, _, t in results],
-    )
+        build = union_options if options_from == "union" else build_options
+        opts = [build(r, seed=seed, with_verdicts=with_verdicts) for r in records]
+        picks = _knockout_picks(
+            records, opts, header, agents, adapters, benchmark, data, seed, batch_questions
+        )
+        if options_from == "union":  # the oracle over what the selector saw
+            for p, o in zip(picks, opts, strict=True):
+                p.pass_at_k = any(x.correct for x in o)
     maj = [bool(question_outcome(r).majority) for r in records]
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out) as f:
@@ -113,11 +102,53 @@ def select(
             f.write(json.dumps(asdict(p)) + "\n")
     summary = _summary(picks, maj) | {
         "method": method,
+        "options": ("union" if PICK_RULES[method].union else "final")
+        if method in PICK_RULES
+        else options_from,
         "with_verdicts": with_verdicts,
         "seed": seed,
         "rollouts": str(rollouts),
     }
     out.with_suffix(".metrics.json").write_text(json.dumps(summary, indent=2))
+    _print(summary, method)
+
+
+def _knockout_picks(records, options, header, agents, adapters, benchmark, data, seed, batch_questions):
+    """The selector model's MATS knockout over each record's options, in question batches."""
+    from matsql.backends.registry import make_backend
+    from matsql.benchmarks import load_benchmark
+    from matsql.evaluate.selection import backend_chooser, knockout, make_picks
+    from matsql.rollout.io import schema_style_of
+    from matsql.team import apply_adapters, load_team
+
+    if agents is None:
+        raise typer.BadParameter(
+            "--agents is needed for the knockout selector (or use a rule: --method majority)"
+        )
+    team = apply_adapters(load_team(agents), adapters)
+    bname = benchmark or (header.config.get("benchmark") if header else None)
+    if not bname:
+        raise typer.BadParameter("--benchmark is needed: the rollout file has no header naming it")
+    root = data or (Path(header.config["data"]) if header and header.config.get("data") else None)
+    bench = load_benchmark(bname, root=root)
+    spec = team["selector"]
+    choose = backend_chooser(
+        make_backend(spec.backend), spec, bench.schema_of(schema_style_of([header])), seed=seed
+    )
+    results = []
+    for i in range(0, len(records), batch_questions):
+        results.extend(knockout(records[i : i + batch_questions], options[i : i + batch_questions], choose))
+    return make_picks(
+        records,
+        options,
+        [w for w, _, _, _ in results],
+        [r for _, r, _, _ in results],
+        [f for _, _, f, _ in results],
+        [t for _, _, _, t in results],
+    )
+
+
+def _print(summary: dict, method: str) -> None:
     t = Table(
         "split", "n", "selector EX", "pass@K", "pick rate", "majority EX", title=f"selection ({method})"
     )

@@ -1,4 +1,4 @@
-"""Selector best-of-N over a rollout record's options: MATS knockout, picks.
+"""Selector best-of-N over a rollout record's options: MATS knockout, model-free pick rules, picks.
 
 The options (final candidates whose SQL executed, deduplicated by execution result, in a seeded
 order) are built by :func:`matsql.agents.selector.build_options`, the one builder that labels
@@ -7,11 +7,12 @@ and SFT data use too.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from matsql.agents.selector import Option
-from matsql.records import RolloutRecord
+from matsql.records import Candidate, ExecInfo, RolloutRecord
 
 
 @dataclass
@@ -133,3 +134,207 @@ def backend_chooser(backend, spec, schema_of: Callable[[str], str], seed: int = 
 def majority_chooser(groups):
     """Baseline chooser: the option most candidates agree on (ties: first)."""
     return [max(range(len(opts)), key=lambda i: (opts[i].votes, -i)) for _, opts in groups]
+
+
+# --- Pick rules: which option to keep, from the record alone (no model, no gold) -------------
+#
+# Why: the trained selector of results/study-spider picked 2.3-3.3 pp below a plain vote by
+# execution result in every team, and the verdicts it could have used were miscalibrated. These
+# rules are pure functions of a record's options, so they are measured offline on committed
+# rollouts (scripts/selection_offline.py) before a study spends GPU time on them, and the plan
+# can choose one with ``matsql select --method NAME``. None of them reads ``Option.correct`` or
+# any other gold-derived field: ``correct`` only scores the pick afterwards.
+
+RuleFn = Callable[[RolloutRecord, Sequence[Option]], int | None]
+"""Given one record and its options, the chosen option's position (None when there are none)."""
+
+
+def _executed(info: ExecInfo | None) -> str | None:
+    """The result digest of an executed SQL, None for a failure (it cannot be voted for)."""
+    return info.rows_digest if info is not None and info.status == "ok" else None
+
+
+def fixer_changed(c: Candidate) -> bool:
+    """The candidate ends with a different result than its planner SQL had (the fixer ran and
+    its SQL gave another result, or failed where the planner's ran, or the reverse)."""
+    fin = c.final_exec
+    return (fin.status, _executed(fin)) != (c.exec.status, _executed(c.exec))
+
+
+def approvals(c: Candidate) -> int:
+    """'correct' verdicts that apply to the candidate's final SQL. The inference branch's
+    critiques judge the planner SQL, so a candidate the fixer changed has none."""
+    b = c.main
+    if b is None or fixer_changed(c):
+        return 0
+    return sum(x.verdict == "correct" for x in b.critiques.values())
+
+
+def producers(record: RolloutRecord, option: Option) -> list[tuple[int, Candidate]]:
+    """(rank, candidate) for each candidate the option counts (``option.candidates``): one that
+    gave the result with its final SQL ranks by its index, one that gave it with a planner SQL
+    the fixer replaced (union options) ranks after every final one (K + index). Sorted by rank:
+    the first is the option's representative."""
+    digest = option.exec.rows_digest
+    k = len(record.candidates)
+    by_index = {c.index: c for c in record.candidates}
+    out = []
+    for i in option.candidates:
+        c = by_index[i]
+        out.append((i if _executed(c.final_exec) == digest else k + i, c))
+    return sorted(out, key=lambda rc: rc[0])
+
+
+def union_options(record: RolloutRecord, seed: int = 0, with_verdicts: bool = False) -> list[Option]:
+    """Options over every SQL the pipeline executed: each candidate's final SQL and, where the
+    fixer changed a candidate's result, its planner SQL too (up to 2K results, deduplicated by
+    result, failures dropped). The fixer then adds a candidate instead of replacing one, so a
+    right planner SQL that a false alarm sent to the fixer keeps its vote.
+
+    An option's ``candidates`` are the indices of the candidates that produced its result, final
+    SQL first (``votes`` counts them); its SQL, result and correctness are its first
+    producer's. Same seeded order as :func:`matsql.agents.selector.build_options`."""
+    from matsql.agents.selector import _order_key
+
+    k = len(record.candidates)
+    groups: dict[str, list[tuple[int, Candidate]]] = {}
+    for c in record.candidates:
+        if (dg := _executed(c.final_exec)) is not None and c.final_sql:
+            groups.setdefault(dg, []).append((c.index, c))
+        if fixer_changed(c) and (dg := _executed(c.exec)) is not None and c.planner.sql:
+            groups.setdefault(dg, []).append((k + c.index, c))
+    opts = []
+    for dg in sorted(groups):
+        members = sorted(groups[dg], key=lambda rc: rc[0])
+        rank, first = members[0]
+        final = rank < k
+        main = first.main
+        opts.append(
+            Option(
+                sql=(first.final_sql if final else first.planner.sql) or "",
+                exec=first.final_exec if final else first.exec,
+                verdicts={n: v.verdict for n, v in main.critiques.items()}
+                if (with_verdicts and main)
+                else None,
+                correct=first.final_correct if final else first.correct,
+                candidates=tuple(c.index for _, c in members),
+            )
+        )
+    random.Random(_order_key(seed, record.question_id)).shuffle(opts)
+    return opts
+
+
+def _argmax(record: RolloutRecord, options: Sequence[Option], score: Callable[[Option], tuple]) -> int | None:
+    """The option with the highest score; ties go to the option whose first producer ranks first
+    (the lowest candidate index, as :func:`matsql.evaluate.metrics.majority_pick` breaks them)."""
+    if not options:
+        return None
+    first = [producers(record, o)[0][0] for o in options]
+    return max(range(len(options)), key=lambda i: (*score(options[i]), -first[i]))
+
+
+def majority_rule(record: RolloutRecord, options: Sequence[Option]) -> int | None:
+    """The result most candidates share (on :func:`build_options` options this is the report's
+    majority column, question for question)."""
+    return _argmax(record, options, lambda o: (o.votes,))
+
+
+def verdict_vote_rule(record: RolloutRecord, options: Sequence[Option]) -> int | None:
+    """A vote in which each candidate counts 1 plus its 'correct' verdicts (0-2 with two
+    validators) that apply to its final SQL: the validators as voters."""
+    return _argmax(record, options, lambda o: (sum(1 + approvals(c) for _, c in producers(record, o)),))
+
+
+def approved_first_rule(record: RolloutRecord, options: Sequence[Option]) -> int | None:
+    """The result with the most candidates that every validator approved (and the fixer kept),
+    then the most votes: a filter before the vote."""
+
+    def score(o: Option) -> tuple[int, int]:
+        ps = producers(record, o)
+        full = sum(1 for _, c in ps if c.main and c.main.critiques and approvals(c) == len(c.main.critiques))
+        return (full, o.votes)
+
+    return _argmax(record, options, score)
+
+
+def majority_verdict_tiebreak_rule(record: RolloutRecord, options: Sequence[Option]) -> int | None:
+    """The majority; a tie goes to the result with more applicable 'correct' verdicts."""
+    return _argmax(record, options, lambda o: (o.votes, sum(approvals(c) for _, c in producers(record, o))))
+
+
+def selector_near_top(
+    record: RolloutRecord, options: Sequence[Option], selected: int | None, slack: int = 0
+) -> int | None:
+    """The selector's pick when its result has at least the top vote count minus ``slack``
+    (``slack=0``: the selector only breaks ties of the majority), else the majority."""
+    maj = majority_rule(record, options)
+    if selected is None or maj is None:
+        return maj
+    return selected if options[selected].votes >= options[maj].votes - slack else maj
+
+
+def selector_unless_majority(
+    record: RolloutRecord, options: Sequence[Option], selected: int | None
+) -> int | None:
+    """The majority when more than half of the K candidates agree, else the selector's pick."""
+    maj = majority_rule(record, options)
+    if maj is None or selected is None or 2 * options[maj].votes > len(record.candidates):
+        return maj
+    return selected
+
+
+@dataclass(frozen=True)
+class PickRule:
+    """A model-free way to pick, with the options it picks among."""
+
+    name: str
+    choose: RuleFn
+    union: bool  # options from union_options (planner and final SQL) instead of build_options
+    help: str
+
+    def options(self, record: RolloutRecord, seed: int = 0, with_verdicts: bool = False) -> list[Option]:
+        from matsql.agents.selector import build_options
+
+        build = union_options if self.union else build_options
+        return build(record, seed=seed, with_verdicts=with_verdicts)
+
+
+PICK_RULES: dict[str, PickRule] = {
+    r.name: r
+    for r in (
+        PickRule("majority", majority_rule, False, "vote by the final candidates' execution results"),
+        PickRule(
+            "union-vote",
+            majority_rule,
+            True,
+            "vote by execution result over every SQL the pipeline ran: the final candidates and the "
+            "planner SQL the fixer replaced",
+        ),
+        PickRule("verdict-vote", verdict_vote_rule, False, "each candidate votes 1 + its 'correct' verdicts"),
+        PickRule(
+            "approved-first",
+            approved_first_rule,
+            False,
+            "most candidates that every validator approved, then most votes",
+        ),
+        PickRule(
+            "majority-verdict-tiebreak",
+            majority_verdict_tiebreak_rule,
+            False,
+            "majority; ties to the result with more 'correct' verdicts",
+        ),
+    )
+}
+
+
+def rule_picks(records: Sequence[RolloutRecord], rule: PickRule, seed: int = 0) -> list[Pick]:
+    """Apply a rule to every record. A union rule's ``pass_at_k`` is its own oracle: any of its
+    options right (a replaced planner SQL can be right when every final one is wrong)."""
+    options = [rule.options(r, seed=seed) for r in records]
+    picks = make_picks(
+        list(records), options, [rule.choose(r, o) for r, o in zip(records, options, strict=True)]
+    )
+    if rule.union:
+        for p, opts in zip(picks, options, strict=True):
+            p.pass_at_k = any(o.correct for o in opts)
+    return picks
