@@ -335,3 +335,23 @@ def test_rules_on_a_committed_evaluation_reproduce_its_majority_column():
     assert [p.correct for p in maj] == [question_outcome(r).majority for r in records]
     assert sum(p.correct for p in maj) == 596
     assert sum(p.correct for p in rule_picks(records, PICK_RULES["union-vote"])) == 625
+
+
+def test_select_over_several_rollout_files_writes_one_picks_file(tmp_path):
+    """Two splits of one seed (spider-dev and a spider-train part) give one pooled picks file;
+    a question in both files is refused."""
+    from typer.testing import CliRunner
+
+    from matsql.cli import app
+    from matsql.records import dumps
+
+    a, b = tmp_path / "dev.jsonl", tmp_path / "train.jsonl"
+    a.write_text(dumps(_fixed_rec()) + "\n")
+    b.write_text(dumps(_rec("t1")) + "\n" + dumps(_rec("t2")) + "\n")
+    out = tmp_path / "pooled.jsonl"
+    res = CliRunner().invoke(app, ["select", str(a), str(b), "--method", "union-vote", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert [json.loads(x)["question_id"] for x in out.read_text().splitlines()] == ["q9", "t1", "t2"]
+    assert json.loads(out.with_suffix(".metrics.json").read_text())["overall"]["n"] == 3
+    res = CliRunner().invoke(app, ["select", str(a), str(a), "--method", "majority", "--out", str(out)])
+    assert res.exit_code != 0 and "q9" in res.output

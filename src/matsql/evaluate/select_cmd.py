@@ -35,7 +35,11 @@ def _summary(picks, majority_correct: list[bool]) -> dict:
 
 
 def select(
-    rollouts: Path = typer.Argument(..., help="rollout JSONL"),
+    rollouts: list[Path] = typer.Argument(
+        ...,
+        help="rollout JSONL file(s); several (e.g. spider-dev and a spider-train split of one seed) "
+        "give one picks file over all their questions",
+    ),
     agents: Path | None = typer.Option(None, "--agents", "-a", help="AGENTS.yaml with a selector entry"),
     out: Path = typer.Option(
         ..., "--out", "-o", help="picks JSONL (a .metrics.json summary is written beside it)"
@@ -82,19 +86,24 @@ def select(
         raise typer.BadParameter(f"--method must be knockout or one of {', '.join(PICK_RULES)}")
     if options_from not in ("final", "union"):
         raise typer.BadParameter("--options must be final or union")
-    records = read_records(rollouts)
-    header = read_header(rollouts)
+    files = [(path, read_records(path), read_header(path)) for path in rollouts]
+    records = [r for _, recs, _ in files for r in recs]
+    seen: dict[str, Path] = {}
+    for path, recs, _ in files:
+        for r in recs:
+            if r.question_id in seen:
+                raise typer.BadParameter(f"question {r.question_id} is in {seen[r.question_id]} and {path}")
+            seen[r.question_id] = path
     if method in PICK_RULES:  # model-free: no agents, no benchmark
         picks = rule_picks(records, PICK_RULES[method], seed=seed)
     else:
         build = union_options if options_from == "union" else build_options
-        opts = [build(r, seed=seed, with_verdicts=with_verdicts) for r in records]
-        picks = _knockout_picks(
-            records, opts, header, agents, adapters, benchmark, data, seed, batch_questions
-        )
-        if options_from == "union":  # the oracle over what the selector saw
-            for p, o in zip(picks, opts, strict=True):
-                p.pass_at_k = any(x.correct for x in o)
+        per_file = [
+            (recs, [build(r, seed=seed, with_verdicts=with_verdicts) for r in recs], header)
+            for _, recs, header in files
+        ]
+        union = options_from == "union"
+        picks = _knockout_picks(per_file, agents, adapters, benchmark, data, seed, batch_questions, union)
     maj = [bool(question_outcome(r).majority) for r in records]
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out) as f:
@@ -107,14 +116,15 @@ def select(
         else options_from,
         "with_verdicts": with_verdicts,
         "seed": seed,
-        "rollouts": str(rollouts),
+        "rollouts": ", ".join(str(p) for p in rollouts),
     }
     out.with_suffix(".metrics.json").write_text(json.dumps(summary, indent=2))
     _print(summary, method)
 
 
-def _knockout_picks(records, options, header, agents, adapters, benchmark, data, seed, batch_questions):
-    """The selector model's MATS knockout over each record's options, in question batches."""
+def _knockout_picks(files, agents, adapters, benchmark, data, seed, batch_questions, oracle_of_options):
+    """The selector model's MATS knockout over each record's options, in question batches; one
+    backend for every file, each file with its own benchmark's schemas (from its header)."""
     from matsql.backends.registry import make_backend
     from matsql.benchmarks import load_benchmark
     from matsql.evaluate.selection import backend_chooser, knockout, make_picks
@@ -126,26 +136,34 @@ def _knockout_picks(records, options, header, agents, adapters, benchmark, data,
             "--agents is needed for the knockout selector (or use a rule: --method majority)"
         )
     team = apply_adapters(load_team(agents), adapters)
-    bname = benchmark or (header.config.get("benchmark") if header else None)
-    if not bname:
-        raise typer.BadParameter("--benchmark is needed: the rollout file has no header naming it")
-    root = data or (Path(header.config["data"]) if header and header.config.get("data") else None)
-    bench = load_benchmark(bname, root=root)
     spec = team["selector"]
-    choose = backend_chooser(
-        make_backend(spec.backend), spec, bench.schema_of(schema_style_of([header])), seed=seed
-    )
-    results = []
-    for i in range(0, len(records), batch_questions):
-        results.extend(knockout(records[i : i + batch_questions], options[i : i + batch_questions], choose))
-    return make_picks(
-        records,
-        options,
-        [w for w, _, _, _ in results],
-        [r for _, r, _, _ in results],
-        [f for _, _, f, _ in results],
-        [t for _, _, _, t in results],
-    )
+    backend = make_backend(spec.backend)
+    picks = []
+    for records, options, header in files:
+        bname = benchmark or (header.config.get("benchmark") if header else None)
+        if not bname:
+            raise typer.BadParameter("--benchmark is needed: the rollout file has no header naming it")
+        root = data or (Path(header.config["data"]) if header and header.config.get("data") else None)
+        schema = load_benchmark(bname, root=root).schema_of(schema_style_of([header]))
+        choose = backend_chooser(backend, spec, schema, seed=seed)
+        results = []
+        for i in range(0, len(records), batch_questions):
+            results.extend(
+                knockout(records[i : i + batch_questions], options[i : i + batch_questions], choose)
+            )
+        got = make_picks(
+            records,
+            options,
+            [w for w, _, _, _ in results],
+            [r for _, r, _, _ in results],
+            [f for _, _, f, _ in results],
+            [t for _, _, _, t in results],
+        )
+        if oracle_of_options:  # the oracle over what the selector saw
+            for p, o in zip(got, options, strict=True):
+                p.pass_at_k = any(x.correct for x in o)
+        picks += got
+    return picks
 
 
 def _print(summary: dict, method: str) -> None:
