@@ -81,8 +81,8 @@ def test_dry_run_orpo_reports_dropped_rows_and_cut_prompts(tiny_chat_model_dir, 
             f"model.path={tiny_chat_model_dir}",
             f"data.sources.0.path={data}",
             "data.eval_sources=[]",
-            "trainer.max_length=160",
-            "trainer.max_completion_length=64",
+            "limits.max_length=160",
+            "limits.max_completion_length=64",
         ]
     )
     assert res.exit_code == 0, res.output
@@ -102,10 +102,17 @@ def test_wrong_method_and_bad_keys_exit_with_a_message(tmp_path):
             str(TINY / "sft-planner.v1.yaml"),
             "--dry-run",
             "--set",
-            "trainer.per_device_train_batch_size=0",
+            "limits.max_length=0",
         ]
     )
-    assert res.exit_code == 2 and "trainer.per_device_train_batch_size" in res.output
+    assert res.exit_code == 2 and "limits.max_length" in res.output
+    # a trainer key TRL does not know: TRL's error, naming the recipe file
+    res = invoke(
+        ["sft", str(TINY / "sft-planner.v1.yaml"), "--dry-run", "--set", "trainer.learning_rat=1e-4"]
+    )
+    out = " ".join(res.output.split())  # rich wraps long lines
+    assert res.exit_code == 2 and "sft-planner.v1.yaml: trainer:" in out
+    assert "learning_rat" in out and "did you mean 'learning_rate'" in out
     res = invoke(["sft", str(tmp_path / "missing.yaml"), "--dry-run"])
     assert res.exit_code == 2 and "not found" in res.output
 

@@ -17,7 +17,7 @@ from trl.experimental.orpo import ORPOTrainer
 from matsql.train import orpo
 from matsql.train.config import load_recipe
 from matsql.train.modeling import build_model
-from matsql.train.runner import prepare, run_training, trainer_args
+from matsql.train.runner import prepare, run_training, trainer_config
 from tests.fixtures.train.tiny_runs import losses, pair_rows, write_jsonl, write_recipe
 
 
@@ -25,10 +25,8 @@ def _trainer(recipe_path: Path, overrides: list[str] | None = None):
     recipe = load_recipe(recipe_path, overrides)
     model, tok, peft_cfg, _ = build_model(recipe)
     prep = prepare(recipe, tok)
-    args = trainer_args(recipe, "orpo", bool(prep.eval.rows), orpo.config_fields())
-    t = orpo.make_trainer(
-        model, tok, peft_cfg, args, prep.train.rows, prep.eval.rows, recipe.trainer.nll_scope
-    )
+    args = trainer_config(recipe, bool(prep.eval.rows))
+    t = orpo.make_trainer(model, tok, peft_cfg, args, prep.train.rows, prep.eval.rows, recipe.nll_scope)
     return t, prep
 
 

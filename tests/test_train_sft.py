@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from matsql.train import sft
 from matsql.train.config import RecipeError, load_recipe
 from matsql.train.modeling import build_model, load_run
-from matsql.train.runner import prepare, run_training, trainer_args
+from matsql.train.runner import prepare, run_training, trainer_config
 from tests.fixtures.train.tiny_runs import losses, sft_rows, write_jsonl, write_recipe
 
 
@@ -45,7 +45,7 @@ def test_labels_cover_exactly_the_completion_and_trl_keeps_them(tiny_chat_model_
         assert tok.decode(ids[start:]) == " The query counts singers.\nConclude: correct<|im_end|>"
         assert tok.decode(ids[:start]).endswith("<|im_start|>assistant\nSELECT.")
         assert ids.count(eot) == 3  # system, user, assistant
-    args = trainer_args(recipe, "sft", bool(prep.eval.rows), sft.config_fields())
+    args = trainer_config(recipe, bool(prep.eval.rows))
     trainer = sft.make_trainer(model, tok, peft_cfg, args, prep.train.rows, prep.eval.rows)
     got = trainer.train_dataset[0]
     want = next(r for r in prep.train.rows if r["input_ids"] == got["input_ids"])

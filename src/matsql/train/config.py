@@ -1,9 +1,17 @@
-"""Training recipes: versioned YAML files validated by pydantic (alignment-handbook style).
+"""Training recipes: versioned YAML files (alignment-handbook style).
 
-A recipe names everything a run depends on (model, init run, PEFT, data mixture, trainer
-arguments, output folder), so the resolved recipe saved next to the weights is enough to
-reproduce it. Command-line ``key=value`` overrides are applied to the raw mapping *before*
-validation, so an override is checked exactly like a recipe key.
+A recipe is matsql's own keys, validated here by pydantic (``extra="forbid"``): the model, the
+run it starts from, LoRA, the data mixture, matsql's token limits, ORPO's NLL scope and the output
+folder; plus a ``trainer:`` mapping passed unchanged to TRL's ``SFTConfig`` / ``ORPOConfig``,
+which validates it (:func:`matsql.train.runner.trainer_config` names the recipe file in TRL's
+errors). matsql keeps no second list of TRL's fields.
+
+``extends: base-sft.yaml`` (relative to the file) merges the recipe over a base recipe, itself
+possibly extending another: mappings merge key by key, anything else (lists, scalars, ``null``)
+replaces the base's value. Command-line ``key=value`` overrides apply to the merged mapping
+*before* validation, so an override is checked exactly like a recipe key. The resolved recipe
+(saved next to the weights) has no ``extends`` and is enough to reproduce the run; its digest
+is the run's identity, so moving a setting between a recipe and its base changes nothing.
 """
 
 from __future__ import annotations
@@ -15,12 +23,31 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-RECIPE_VERSION = 1
+# 2: TRL's arguments pass through `trainer:` unchanged; token limits moved to `limits:`, ORPO's
+# NLL scope to `nll_scope:`; `extends:`. Version 1 files (every key written out) are refused.
+RECIPE_VERSION = 2
 Method = Literal["sft", "orpo"]
 
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+# trainer keys matsql sets itself (runner.trainer_kwargs): where to write them instead
+OWNED_TRAINER_KEYS = {
+    "output_dir": "output_dir (top level; TRL's checkpoints go to <output_dir>/checkpoints/<digest>)",
+    "max_length": "limits.max_length (matsql tokenises the rows and passes the limit to TRL)",
+    "max_prompt_length": "limits.max_prompt_length (matsql tokenises the rows)",
+    "max_completion_length": "limits.max_completion_length (matsql tokenises the rows)",
+    "nll_scope": "nll_scope (top level: matsql's ORPO loss, not a TRL argument)",
+}
 
 
 class RecipeError(ValueError):
@@ -67,51 +94,13 @@ class DataSpec(_Strict):
     seed: int = 0
 
 
-class TrainerSpec(BaseModel):
-    """Trainer arguments. Named fields have matsql defaults; any other key is passed to TRL's
-    SFTConfig / ORPOConfig unchanged (checked against that class when the run is built)."""
+class LimitsSpec(_Strict):
+    """matsql's tokenisation (:mod:`matsql.train.encoding`), not TRL's: TRL gets rows already cut.
+    ``max_length`` is also passed to TRL's config (and ``max_completion_length`` to ORPO's)."""
 
-    model_config = ConfigDict(extra="allow")
-
-    learning_rate: float = 1e-4
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    per_device_train_batch_size: int = Field(4, gt=0)
-    per_device_eval_batch_size: int = Field(4, gt=0)
-    gradient_accumulation_steps: int = Field(1, gt=0)
     max_length: int = Field(1536, gt=0)  # prompt + completion tokens
-    max_prompt_length: int | None = None  # prompts are cut from the left of the user turn
-    max_completion_length: int | None = None  # longer completions are dropped, never cut
-    beta: float = Field(0.1, ge=0.0)  # ORPO's lambda (TRL: beta)
-    # ORPO's NLL term: over the chosen completion only (as MATS trained) or TRL's whole sequence
-    nll_scope: Literal["completion", "sequence"] = "completion"
-    bf16: bool | Literal["auto"] = "auto"
-    gradient_checkpointing: bool = True
-    seed: int = 0
-    eval_steps: int | None = None
-    logging_steps: int = 10
-    lr_scheduler_type: str = "cosine"
-    warmup_steps: float = 0.03  # < 1: a fraction of all steps (transformers 5)
-    save_strategy: str = "no"
-    report_to: str | list[str] = "none"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _strategies_are_strings(cls, data: Any) -> Any:
-        # YAML 1.1 reads an unquoted `save_strategy: no` as False
-        if isinstance(data, dict):
-            return {k: ("no" if k.endswith("_strategy") and v is False else v) for k, v in data.items()}
-        return data
-
-    @model_validator(mode="after")
-    def _coerce_extras(self) -> TrainerSpec:
-        # YAML 1.1 reads "1e-5" as a string; pass numbers to TRL as numbers
-        for k, v in (self.model_extra or {}).items():
-            self.model_extra[k] = _coerce_scalar(v)
-        return self
-
-    def extras(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
+    max_prompt_length: int | None = Field(None, gt=0)  # prompts are cut from the left of the user turn
+    max_completion_length: int | None = Field(None, gt=0)  # longer completions are dropped, never cut
 
 
 class Recipe(_Strict):
@@ -123,24 +112,70 @@ class Recipe(_Strict):
     init_from: str | None = None  # a previous run folder (its run.json says adapter or full weights)
     peft: PeftSpec | None = Field(default_factory=PeftSpec)
     data: DataSpec
-    trainer: TrainerSpec = Field(default_factory=TrainerSpec)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
+    # ORPO's NLL term: over the chosen completion only (as MATS trained) or TRL's whole sequence;
+    # ORPO recipes get "completion" when unset, SFT recipes may not set it
+    nll_scope: Literal["completion", "sequence"] | None = None
+    # passed unchanged to TRL's SFTConfig / ORPOConfig (which checks it); `bf16: auto` is the one
+    # value matsql translates (bf16 where the GPU supports it)
+    trainer: dict[str, Any] = Field(default_factory=dict)
     output_dir: str
+    _source: str | None = PrivateAttr(default=None)  # the recipe file, for error messages
 
     @field_validator("version")
     @classmethod
     def _known_version(cls, v: int) -> int:
         if v != RECIPE_VERSION:
-            raise ValueError(
-                f"recipe version {v} is not supported (this matsql reads version {RECIPE_VERSION})"
-            )
+            raise ValueError(_version_message(v))
         return v
+
+    @field_validator("trainer", mode="before")
+    @classmethod
+    def _trainer_values(cls, data: Any) -> Any:
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            return data  # pydantic reports the type
+        owned = [
+            f"{k} is set by matsql: write {OWNED_TRAINER_KEYS[k]}" for k in data if k in OWNED_TRAINER_KEYS
+        ]
+        if owned:
+            raise ValueError("; ".join(owned))
+        # YAML 1.1 reads an unquoted `save_strategy: no` as False and "1e-5" as a string: give TRL
+        # the strategy name and the number the recipe's author wrote
+        return {
+            str(k): ("no" if str(k).endswith("_strategy") and v is False else _coerce_scalar(v))
+            for k, v in data.items()
+        }
+
+    @model_validator(mode="after")
+    def _nll_scope_is_orpo(self) -> Recipe:
+        if self.method == "orpo" and self.nll_scope is None:
+            self.nll_scope = "completion"
+        elif self.method == "sft" and self.nll_scope is not None:
+            raise ValueError("nll_scope is an ORPO setting; an SFT recipe may not set it")
+        return self
+
+    @property
+    def source(self) -> str:
+        """The recipe file (or the run's name when the recipe was built in memory)."""
+        return self._source or f"recipe {self.name or self.output_dir}"
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
     def sha256(self) -> str:
-        """Digest of the resolved recipe: equal digests = the same run."""
+        """Digest of the resolved recipe: equal digests = the same run, however the recipe's keys
+        are spread over the files it extends."""
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def _version_message(v: Any) -> str:
+    return (
+        f"recipe version {v} is not supported (this matsql reads version {RECIPE_VERSION}; in version 2 "
+        "TRL arguments pass through `trainer:` unchanged, token limits are under `limits:`, ORPO's "
+        "nll_scope is a top-level key, and `extends:` names a base recipe: see recipes/README.md)"
+    )
 
 
 def _coerce_scalar(v: Any) -> Any:
@@ -210,15 +245,44 @@ def apply_overrides(raw: dict[str, Any], overrides: list[tuple[list[str], Any]])
     return raw
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a recipe file, apply ``key=value`` overrides, validate. Errors name the file and key."""
+def read_recipe_yaml(path: str | Path) -> dict[str, Any]:
+    """A recipe file's mapping with its ``extends:`` chain merged (bases first, the file last)."""
+    return _read_chain(Path(path), ())
+
+
+def _read_chain(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     from matsql.fileio import read_yaml
 
-    path = Path(path)
-    raw = read_yaml(path, "recipe", RecipeError)
+    key = path.resolve()
+    if key in seen:
+        raise RecipeError(f"{path}: extends itself ({' -> '.join(map(str, [*seen, key]))})")
+    what = "base recipe" if seen else "recipe"
+    raw = read_yaml(path, what, RecipeError)
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping, got {type(raw).__name__}")
-    raw = apply_overrides(raw, parse_overrides(overrides or []))
+    if "version" in raw and raw["version"] != RECIPE_VERSION:
+        raise RecipeError(f"{path}: {_version_message(raw['version'])}")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str) or not parent:
+        raise RecipeError(f"{path}: extends: expected the path of one base recipe, got {parent!r}")
+    return merge(_read_chain(path.parent / parent, (*seen, key)), raw)
+
+
+def merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """``child`` over ``base``: mappings merge key by key; lists, scalars and ``null`` replace."""
+    out = dict(base)
+    for k, v in child.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe file and the bases it extends, apply ``key=value`` overrides, validate.
+    Errors name the file and key. TRL checks ``trainer:`` when the run's config is built."""
+    path = Path(path)
+    raw = apply_overrides(read_recipe_yaml(path), parse_overrides(overrides or []))
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as e:
@@ -228,14 +292,18 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
             if err["type"] == "extra_forbidden":
                 problems.append(f"{key}: unknown key{_did_you_mean(err['loc'])}")
             else:
-                problems.append(f"{key}: {err['msg']}")
+                problems.append(f"{key}: {str(err['msg']).removeprefix('Value error, ')}")
         if len(problems) == 1:
             raise RecipeError(f"{path}: invalid recipe: {problems[0]}") from None
         raise RecipeError("\n".join([f"{path}: invalid recipe", *(f"  {x}" for x in problems)])) from None
-    typos = _trainer_typos(recipe.trainer)
-    if typos:
-        raise RecipeError(f"{path}: " + "; ".join(typos))
+    recipe._source = str(path)
     return recipe
+
+
+def recipe_digest(path: str | Path) -> str:
+    """The digest of a recipe file as resolved (bases merged, defaults filled): what a stage that
+    trains from it depends on. Editing a comment, or moving a key into a base, changes nothing."""
+    return load_recipe(path).sha256()
 
 
 _MODELS: dict[str, type[BaseModel]] = {
@@ -243,30 +311,21 @@ _MODELS: dict[str, type[BaseModel]] = {
     "model": ModelSpec,
     "peft": PeftSpec,
     "data": DataSpec,
-    "trainer": TrainerSpec,
+    "limits": LimitsSpec,
 }
 
 
 def _did_you_mean(loc: tuple[Any, ...]) -> str:
-    import difflib
-
     parent = "data" if len(loc) > 1 and loc[0] == "data" and loc[1] in ("sources", "eval_sources") else None
     model = Source if parent else _MODELS.get(".".join(str(x) for x in loc[:-1]))
     if model is None:
         return ""
-    close = difflib.get_close_matches(str(loc[-1]), sorted(model.model_fields), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return did_you_mean(str(loc[-1]), model.model_fields)
 
 
-def _trainer_typos(trainer: TrainerSpec) -> list[str]:
-    """Extra trainer keys go to TRL unchanged (checked when the run is built), but a key within a
-    letter or two of one of matsql's named keys (``learning_rat``) is a typo, not a TRL argument."""
+def did_you_mean(key: str, known: Any, cutoff: float = 0.6) -> str:
+    """`` (did you mean 'learning_rate'?)`` for the closest of ``known``, else ``""``."""
     import difflib
 
-    named = sorted(TrainerSpec.model_fields)
-    out = []
-    for key in trainer.extras():
-        close = difflib.get_close_matches(key, named, n=1, cutoff=0.88)
-        if close:
-            out.append(f"trainer.{key}: unknown key (did you mean {close[0]!r}?)")
-    return out
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=cutoff)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -31,6 +31,8 @@ from trl.trainer.utils import selective_log_softmax
 
 from matsql.train import losses
 
+CONFIG = ORPOConfig  # what a recipe's `trainer:` mapping is passed to (runner.trainer_config)
+
 TOKENISED_COLUMNS = (
     "prompt_input_ids",
     "prompt_attention_mask",
@@ -106,7 +108,7 @@ def make_trainer(
     model: Any,
     tokenizer: Any,
     peft_config: Any,
-    args: dict[str, Any],
+    args: ORPOConfig,
     train_rows: list[dict[str, Any]],
     eval_rows: list[dict[str, Any]],
     nll_scope: str = "completion",
@@ -118,16 +120,10 @@ def make_trainer(
 
     return MatsORPOTrainer(
         model=model,
-        args=ORPOConfig(**args),
+        args=args,
         train_dataset=ds(train_rows),
         eval_dataset=ds(eval_rows) if eval_rows else None,
         processing_class=tokenizer,
         peft_config=peft_config,
         nll_scope=nll_scope,
     )
-
-
-def config_fields() -> set[str]:
-    import dataclasses
-
-    return {f.name for f in dataclasses.fields(ORPOConfig)}

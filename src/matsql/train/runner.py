@@ -10,7 +10,9 @@ is a no-op; a different recipe into the same folder is refused unless forced.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -19,9 +21,9 @@ from typing import Any
 
 from matsql.fileio import write_text_atomic
 from matsql.train import data as data_mod
-from matsql.train.config import Recipe, RecipeError
+from matsql.train.config import Recipe, RecipeError, did_you_mean
 from matsql.train.encoding import ChatFormat, Limits, chat_format, encode_pair, encode_sft
-from matsql.train.modeling import RUN_FILE
+from matsql.train.modeling import RUN_FILE, Start
 
 
 @dataclass
@@ -46,8 +48,8 @@ class Tokenised:
 
 
 def limits_of(recipe: Recipe) -> Limits:
-    t = recipe.trainer
-    return Limits(t.max_length, t.max_prompt_length, t.max_completion_length)
+    lim = recipe.limits
+    return Limits(lim.max_length, lim.max_prompt_length, lim.max_completion_length)
 
 
 def tokenise(
@@ -77,51 +79,70 @@ def tokenise(
     return out
 
 
-def effective_batch_size(recipe: Recipe, num_processes: int) -> int:
-    t = recipe.trainer
-    return t.per_device_train_batch_size * t.gradient_accumulation_steps * num_processes
+def trainer_kwargs(recipe: Recipe, has_eval: bool) -> dict[str, Any]:
+    """Keyword arguments for SFTConfig / ORPOConfig: the recipe's ``trainer:`` mapping unchanged,
+    plus what matsql decides itself. The one place where matsql touches TRL's arguments:
 
-
-def trainer_args(recipe: Recipe, method: str, has_eval: bool, valid: set[str]) -> dict[str, Any]:
-    """Keyword arguments for SFTConfig / ORPOConfig; unknown recipe keys are errors."""
+    - ``output_dir``: TRL's checkpoints, under the recipe's digest (:func:`checkpoint_dir`);
+    - ``max_length`` (and ORPO's ``max_completion_length``): the recipe's ``limits:``, by which
+      matsql already cut the rows;
+    - ``bf16: auto``: bf16 where the GPU supports it;
+    - without eval rows: ``eval_strategy: no`` and no ``eval_steps``; with them, ``eval_strategy``
+      defaults to ``steps`` when ``eval_steps`` is set, else ``epoch``;
+    - defaults: ``data_seed`` = ``seed``; ``ddp_find_unused_parameters: false`` (LoRA and
+      gradient checkpointing under DDP).
+    """
     from matsql.train.modeling import bf16_available
 
-    t = recipe.trainer
-    kw: dict[str, Any] = {
-        "output_dir": checkpoint_dir(recipe),
-        "learning_rate": t.learning_rate,
-        "num_train_epochs": t.num_train_epochs,
-        "max_steps": t.max_steps,
-        "per_device_train_batch_size": t.per_device_train_batch_size,
-        "per_device_eval_batch_size": t.per_device_eval_batch_size,
-        "gradient_accumulation_steps": t.gradient_accumulation_steps,
-        "max_length": t.max_length,
-        "bf16": bf16_available() if t.bf16 == "auto" else t.bf16,
-        "gradient_checkpointing": t.gradient_checkpointing,
-        "seed": t.seed,
-        "data_seed": t.seed,
-        "logging_steps": t.logging_steps,
-        "lr_scheduler_type": t.lr_scheduler_type,
-        "warmup_steps": t.warmup_steps,
-        "save_strategy": t.save_strategy,
-        "report_to": t.report_to,
-        "ddp_find_unused_parameters": False,  # LoRA + checkpointing under DDP
-    }
-    if method == "orpo":
-        kw["beta"] = t.beta
-        kw["max_completion_length"] = t.max_completion_length
+    kw = dict(recipe.trainer)
+    kw["output_dir"] = checkpoint_dir(recipe)
+    kw["max_length"] = recipe.limits.max_length
+    if recipe.method == "orpo":
+        kw["max_completion_length"] = recipe.limits.max_completion_length
+    if kw.get("bf16") == "auto":
+        kw["bf16"] = bf16_available()
+    if "seed" in kw:
+        kw.setdefault("data_seed", kw["seed"])
+    kw.setdefault("ddp_find_unused_parameters", False)
     if has_eval:
-        kw["eval_strategy"] = "steps" if t.eval_steps else "epoch"
-        if t.eval_steps:
-            kw["eval_steps"] = t.eval_steps
+        kw.setdefault("eval_strategy", "steps" if kw.get("eval_steps") else "epoch")
     else:
         kw["eval_strategy"] = "no"
-    for k, v in t.extras().items():
-        kw[k] = v
-    unknown = sorted(k for k in kw if k not in valid)
-    if unknown:
-        raise RecipeError(f"trainer keys not known to TRL's {method.upper()} config: {', '.join(unknown)}")
+        kw.pop("eval_steps", None)
     return kw
+
+
+def trainer_config(recipe: Recipe, has_eval: bool, *, cpu_check: bool = False) -> Any:
+    """TRL's SFTConfig / ORPOConfig for the recipe; TRL validates the arguments and its errors
+    come back as a :class:`RecipeError` naming the recipe file. ``cpu_check``: build it as if
+    training on this machine's CPU when it has no GPU (``--dry-run`` of a bf16 GPU recipe)."""
+    cls = _method_module(recipe.method).CONFIG
+    kw = trainer_kwargs(recipe, has_eval)
+    if cpu_check and not _cuda():
+        kw["use_cpu"] = True
+    try:
+        return cls(**kw)
+    except TypeError as e:  # an argument TRL does not know
+        bad = re.search(r"keyword argument '(\w+)'", str(e))
+        hint = did_you_mean(bad.group(1), [f.name for f in dataclasses.fields(cls)]) if bad else ""
+        raise RecipeError(f"{recipe.source}: trainer: {e}{hint}") from None
+    except ValueError as e:  # a value TRL refuses
+        raise RecipeError(f"{recipe.source}: trainer: {cls.__name__}: {e}") from None
+
+
+def _eval_expected(recipe: Recipe) -> bool:
+    """Whether the recipe asks for eval rows (whether it gets any is known once the data is read)."""
+    return bool(recipe.data.eval_sources or recipe.data.eval_fraction)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def effective_batch_size(args: Any, num_processes: int) -> int:
+    return args.per_device_train_batch_size * args.gradient_accumulation_steps * num_processes
 
 
 @dataclass
@@ -148,7 +169,6 @@ def dry_run(recipe: Recipe, num_processes: int = 1, n_show: int = 1) -> dict[str
     arithmetic. Loads only the tokenizer, so it runs on a laptop CPU."""
     from matsql.train.modeling import load_tokenizer
 
-    mod = _method_module(recipe.method)
     notes = []
     spec = recipe.init_from or recipe.model.path
     if recipe.init_from and not Path(recipe.init_from).is_dir():
@@ -157,16 +177,15 @@ def dry_run(recipe: Recipe, num_processes: int = 1, n_show: int = 1) -> dict[str
             f"init_from {recipe.init_from} does not exist yet; tokenizer of {recipe.model.path} used"
         )
         spec = recipe.model.path
+    trainer_config(recipe, _eval_expected(recipe), cpu_check=True)  # TRL's verdict before the data is read
     tok = load_tokenizer(spec)
     prep = prepare(recipe, tok)
-    trainer_args(recipe, recipe.method, bool(prep.eval.rows), mod.config_fields())
-    eff = effective_batch_size(recipe, num_processes)
+    args = trainer_config(recipe, bool(prep.eval.rows), cpu_check=True)
+    if getattr(args, "use_cpu", False) and "use_cpu" not in recipe.trainer:
+        notes.append("no GPU here: TRL's arguments were checked as for a CPU run (use_cpu)")
+    eff = effective_batch_size(args, num_processes)
     steps_per_epoch = -(-len(prep.train.rows) // eff)
-    total = (
-        recipe.trainer.max_steps
-        if recipe.trainer.max_steps > 0
-        else int(steps_per_epoch * recipe.trainer.num_train_epochs)
-    )
+    total = args.max_steps if args.max_steps > 0 else int(steps_per_epoch * args.num_train_epochs)
     examples = []
     for row in prep.train.rows[:n_show]:
         ids = row["input_ids"] if recipe.method == "sft" else row["chosen_input_ids"]
@@ -187,6 +206,7 @@ def dry_run(recipe: Recipe, num_processes: int = 1, n_show: int = 1) -> dict[str
         "effective_batch_size": eff,
         "steps_per_epoch": steps_per_epoch,
         "total_steps": total,
+        "trainer_args": trainer_kwargs(recipe, bool(prep.eval.rows)),  # what TRL's config receives
         "train": prep.train.summary(),
         "eval": prep.eval.summary(),
         "sources": prep.sources,
@@ -240,73 +260,61 @@ def run_training(recipe: Recipe, *, force: bool = False) -> dict[str, Any]:
     disable_cudnn_attention()
     apply_memory_share()  # this process's share of a card that rollouts share (matsql.gpu)
     mod = _method_module(recipe.method)
-    set_seed(recipe.trainer.seed)  # LoRA initialisation is random
+    # TRL checks the trainer arguments before a model is loaded (rebuilt below once the eval rows are known)
+    checked = trainer_config(recipe, _eval_expected(recipe))
+    set_seed(checked.seed)  # LoRA initialisation is random
     started = time.time()
     model, tok, peft_cfg, start = build_model(recipe)
     prep = prepare(recipe, tok)
     if not prep.train.rows:
         return _save_untrained(recipe, model, tok, peft_cfg, start, prep, started)
-    args = trainer_args(recipe, recipe.method, bool(prep.eval.rows), mod.config_fields())
-    if recipe.trainer.gradient_checkpointing and (peft_cfg is not None or start.continue_adapter):
+    args = trainer_config(recipe, bool(prep.eval.rows))
+    if args.gradient_checkpointing and (peft_cfg is not None or start.continue_adapter):
         model.enable_input_require_grads()
-    extra = {"nll_scope": recipe.trainer.nll_scope} if recipe.method == "orpo" else {}
+    extra = {"nll_scope": recipe.nll_scope} if recipe.method == "orpo" else {}
     trainer = mod.make_trainer(model, tok, peft_cfg, args, prep.train.rows, prep.eval.rows, **extra)
     trainer.add_callback(NonFiniteGuard())
     eval_before = trainer.evaluate() if prep.eval.rows else {}
     result = trainer.train(resume_from_checkpoint=_last_checkpoint(checkpoint_dir(recipe)))
     eval_after = trainer.evaluate() if prep.eval.rows else {}
     trainer.save_model(recipe.output_dir)
-    is_adapter = hasattr(trainer.model, "peft_config")
-    info = _write_outputs(
-        recipe, trainer, tok, prep, start, result, eval_before, eval_after, started, is_adapter
-    )
+    info = _write_outputs(recipe, trainer, tok, prep, start, result, eval_before, eval_after, started)
     trainer.accelerator.wait_for_everyone()  # no rank leaves (and tears down NCCL) while rank 0 writes
     return info
 
 
-def _write_outputs(recipe, trainer, tok, prep, start, result, eval_before, eval_after, started, is_adapter):
+def _write_outputs(recipe, trainer, tok, prep, start, result, eval_before, eval_after, started):
     """Rank 0 writes tokenizer, merged weights, metrics.json, recipe.yaml and run.json (last)."""
     if not trainer.is_world_process_zero():
         return {}
     out = Path(recipe.output_dir)
     tok.save_pretrained(out)
-    if is_adapter and recipe.peft is not None and recipe.peft.save_merged:
-        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-        merged.save_pretrained(out / "merged")
+    is_adapter = hasattr(trainer.model, "peft_config")
+    merged = is_adapter and recipe.peft is not None and recipe.peft.save_merged
+    if merged:
+        model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        model.save_pretrained(out / "merged")
         tok.save_pretrained(out / "merged")
-    metrics = {
-        "train": result.metrics,
-        "eval_before": eval_before,
-        "eval": eval_after,
-        "log_history": trainer.state.log_history,
-    }
-    _write_json(out / "metrics.json", metrics)
-    (out / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    metrics = {"train": result.metrics, "eval_before": eval_before, "eval": eval_after}
+    _write_json(out / "metrics.json", {**metrics, "log_history": trainer.state.log_history})
     world = trainer.args.world_size
-    info = {
-        "status": "complete",
-        "method": recipe.method,
-        "name": recipe.name,
-        "agent": recipe.agent,
-        "kind": "adapter" if is_adapter else "full",
-        "base_model": start.base_model,
-        "init_from": str(Path(recipe.init_from).resolve()) if recipe.init_from else None,
-        "init_adapter": "continued" if start.continue_adapter else ("merged" if start.adapter else None),
-        "merged_dir": str(out / "merged") if is_adapter and recipe.peft and recipe.peft.save_merged else None,
-        "recipe_sha256": recipe.sha256(),
-        "data": [data_mod.fingerprint(s.path) for s in [*recipe.data.sources, *recipe.data.eval_sources]],
-        "data_counts": prep.sources,
+    trained = {
         "train_tokens": prep.train.summary(),
         "eval_tokens": prep.eval.summary(),
         "world_size": world,
-        "effective_batch_size": effective_batch_size(recipe, world),
-        "metrics": {"train": result.metrics, "eval_before": eval_before, "eval": eval_after},
-        "versions": _versions(),
-        "seconds": round(time.time() - started, 1),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "effective_batch_size": effective_batch_size(trainer.args, world),
+        "metrics": metrics,
     }
-    _write_json(out / RUN_FILE, info)
-    return info
+    return write_run(
+        recipe,
+        "complete",
+        is_adapter,
+        start,
+        prep,
+        started,
+        merged_dir=str(out / "merged") if merged else None,
+        trained=trained,
+    )
 
 
 def _save_untrained(recipe, model, tok, peft_cfg, start, prep, started) -> dict[str, Any]:
@@ -323,28 +331,49 @@ def _save_untrained(recipe, model, tok, peft_cfg, start, prep, started) -> dict[
         model = get_peft_model(model, peft_cfg)  # LoRA B starts at zero: identical to the base
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    (out / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    info = write_run(recipe, "no_data", hasattr(model, "peft_config"), start, prep, started)
+    print(
+        f"warning: {recipe.name}: no training rows; saved the starting model unchanged to {out}",
+        file=sys.stderr,
+    )
+    return info
+
+
+def write_run(
+    recipe: Recipe,
+    status: str,
+    is_adapter: bool,
+    start: Start,
+    prep: Prepared,
+    started: float,
+    *,
+    merged_dir: str | None = None,
+    trained: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The one writer of a run folder's ``recipe.yaml`` (resolved) and ``run.json`` (last: a
+    folder without it is an unfinished run); returns run.json's content. ``trained``: token
+    counts, batch arithmetic and metrics of a run that trained (``status: complete``)."""
+    out = Path(recipe.output_dir)
+    write_text_atomic(out / "recipe.yaml", recipe.to_yaml())
     info = {
-        "status": "no_data",
+        "status": status,
         "method": recipe.method,
         "name": recipe.name,
         "agent": recipe.agent,
-        "kind": "adapter" if hasattr(model, "peft_config") else "full",
+        "kind": "adapter" if is_adapter else "full",
         "base_model": start.base_model,
         "init_from": str(Path(recipe.init_from).resolve()) if recipe.init_from else None,
+        "init_adapter": "continued" if start.continue_adapter else ("merged" if start.adapter else None),
+        "merged_dir": merged_dir,
         "recipe_sha256": recipe.sha256(),
         "data": [data_mod.fingerprint(s.path) for s in [*recipe.data.sources, *recipe.data.eval_sources]],
         "data_counts": prep.sources,
-        "metrics": {},
+        **(trained or {"metrics": {}}),
         "versions": _versions(),
         "seconds": round(time.time() - started, 1),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     _write_json(out / RUN_FILE, info)
-    print(
-        f"warning: {recipe.name}: no training rows; saved the starting model unchanged to {out}",
-        file=sys.stderr,
-    )
     return info
 
 

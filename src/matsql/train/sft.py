@@ -13,12 +13,14 @@ from typing import Any
 
 from trl import SFTConfig, SFTTrainer
 
+CONFIG = SFTConfig  # what a recipe's `trainer:` mapping is passed to (runner.trainer_config)
+
 
 def make_trainer(
     model: Any,
     tokenizer: Any,
     peft_config: Any,
-    args: dict[str, Any],
+    args: SFTConfig,
     train_rows: list[dict[str, Any]],
     eval_rows: list[dict[str, Any]],
 ) -> SFTTrainer:
@@ -29,15 +31,9 @@ def make_trainer(
 
     return SFTTrainer(
         model=model,
-        args=SFTConfig(**args),
+        args=args,
         train_dataset=ds(train_rows),
         eval_dataset=ds(eval_rows) if eval_rows else None,
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-
-
-def config_fields() -> set[str]:
-    import dataclasses
-
-    return {f.name for f in dataclasses.fields(SFTConfig)}
