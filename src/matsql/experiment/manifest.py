@@ -3,9 +3,10 @@
 
 The hash covers the stage's command line, its input stages' hashes, the *contents* of every file
 the command names that no stage writes (recipes, agents files, plans, prediction files; an
-option's value ``--x=PATH`` and an override's ``key=PATH`` count too), and the code that runs
-it: matsql's version and a digest of its packaged templates. The manifest keeps each part, so
-``matsql experiment status`` can say why a stage is stale.
+option's value ``--x=PATH`` and an override's ``key=PATH`` count too; a training recipe counts
+as resolved with its bases), and the code that runs it: matsql's version and a digest of its
+packaged templates. The manifest keeps each part, so ``matsql experiment status`` can say why a
+stage is stale.
 """
 
 from __future__ import annotations
@@ -54,8 +55,10 @@ def _inside(path: Path, roots: list[Path]) -> bool:
 
 def named_files(stage: Stage, stage_outs: list[str]) -> dict[str, str]:
     """path -> sha256 of each existing file the command names, outside every stage's output
-    (those are covered by the input stages' hashes)."""
+    (those are covered by the input stages' hashes). A training recipe counts by its resolved
+    content (:func:`recipe_sha256`), so the bases it extends count too."""
     roots = [Path(o).resolve() for o in stage_outs]
+    recipe = _train_recipe(stage.argv)
     found: dict[str, str] = {}
     for tok in stage.argv:
         cands = [tok]
@@ -68,10 +71,28 @@ def named_files(stage: Stage, stage_outs: list[str]) -> dict[str, str]:
             try:
                 if not p.is_file() or _inside(p.resolve(), roots):
                     continue
-                found[c] = file_sha256(p)
+                found[c] = recipe_sha256(p) if c == recipe else file_sha256(p)
             except OSError:
                 continue
     return found
+
+
+def _train_recipe(argv: list[str]) -> str | None:
+    """The recipe argument of ``train sft|orpo RECIPE ...``."""
+    return argv[2] if len(argv) > 2 and argv[0] == "train" and argv[1] in ("sft", "orpo") else None
+
+
+def recipe_sha256(path: Path) -> str:
+    """``recipe:<digest>`` of the recipe as resolved (bases merged, defaults filled): editing a
+    comment or moving a key between a recipe and its base does not make a stage stale, a changed
+    setting in any base does. A file that is no valid recipe counts by its bytes (the stage
+    itself will report it)."""
+    from matsql.train.config import RecipeError, recipe_digest
+
+    try:
+        return "recipe:" + recipe_digest(path)
+    except RecipeError:
+        return file_sha256(path)
 
 
 def code_identity() -> dict[str, str]:
