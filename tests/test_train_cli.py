@@ -61,7 +61,14 @@ def test_dry_run_of_a_shipped_recipe_with_a_multi_gpu_config(tiny_chat_model_dir
     per_device = 2  # recipes/tiny/sft-val-sel.v1.yaml
     assert rep["num_processes"] == 8 and rep["effective_batch_size"] == per_device * 3 * 8
     assert rep["train"]["rows"] == 10 and rep["eval"]["rows"] == 0 and rep["steps_per_epoch"] == 1
-    assert rep["total_steps"] == 20  # the recipe's max_steps
+    assert rep["total_steps"] == 20  # the recipe's max_steps (recipes/tiny/base.yaml)
+    args = rep["trainer_args"]  # what TRL's config receives: the override, the bases, matsql's own
+    assert args["gradient_accumulation_steps"] == 3 and args["learning_rate"] == 2e-4
+    assert (
+        args["eval_strategy"] == "no"
+        and args["max_length"] == 1024
+        and args["output_dir"].startswith(str(out))
+    )
     assert rep["examples"][0]["completion"] == " The query counts singers.\nConclude: correct<|im_end|>"
     assert rep["examples"][0]["prompt_tail"].endswith("SELECT.")
     assert not out.exists()  # nothing trained, nothing written
