@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from matsql.labels.common import SFTExample
-from matsql.labels.dataset import pair_row, sft_row, split_by_question, write_split
+from matsql.labels.dataset import pair_row, sft_row, write_split
 from matsql.records import PreferencePair
 
 
@@ -26,33 +26,11 @@ def _pair(qid: str, i: int) -> PreferencePair:
     )
 
 
-def test_split_is_by_question_seeded_and_sized() -> None:
-    ids = [f"q{i}" for i in range(50)]
-    train, test = split_by_question(ids + ids[:10], test_frac=0.1, seed=0)  # duplicates collapse
-    assert not train & test and train | test == set(ids)
-    assert len(test) == 5
-    assert (train, test) == split_by_question(list(reversed(ids)), 0.1, 0)  # order-free
-    assert split_by_question(ids, 0.1, 1)[1] != test
-
-
-@pytest.mark.parametrize(
-    ("n", "frac", "n_test"), [(1, 0.1, 0), (3, 0.1, 1), (2, 0.9, 1), (10, 0.0, 0), (10, 0.25, 2)]
-)
-def test_split_edge_sizes(n: int, frac: float, n_test: int) -> None:
-    train, test = split_by_question([f"q{i}" for i in range(n)], frac, 0)
-    assert len(test) == n_test and len(train) == n - n_test
-
-
-def test_split_rejects_bad_fraction() -> None:
-    with pytest.raises(ValueError, match="test fraction"):
-        split_by_question(["a"], 1.0, 0)
-
-
 def test_write_pairs_dataset_dict_split_by_question(tmp_path: Path) -> None:
     from datasets import load_from_disk
 
     pairs = [_pair(f"q{i % 7}", i) for i in range(21)]
-    _, test_ids = split_by_question([p.question_id for p in pairs], 0.3, 0)
+    test_ids = {"q1", "q4"}
     counts = write_split(tmp_path, "pairs", pairs, test_ids)
     dd = load_from_disk(str(tmp_path / "pairs"))
     assert set(dd) == {"train", "test"}

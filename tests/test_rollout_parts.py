@@ -7,8 +7,9 @@ import random
 
 import pytest
 
+from matsql.benchmarks.splits import split_questions
 from matsql.rollout.config import RolloutConfig
-from matsql.rollout.runner import parse_parts, question_parts, select_questions
+from matsql.rollout.runner import parse_parts, select_questions
 from tests.rollout_fakes import questions
 
 
@@ -21,21 +22,6 @@ def test_parse_parts_keeps_order_and_refuses_bad_specs() -> None:
     for bad, msg in (("sft", "NAME=SIZE"), ("sft=0", "positive"), ("a=1,a=2", "twice"), ("", "no parts")):
         with pytest.raises(ValueError, match=msg):
             parse_parts(bad)
-
-
-def test_parts_are_disjoint_deterministic_and_sized() -> None:
-    sizes = {"sft": 600, "label": 128, "heldout": 1000}
-    p = question_parts(7000, sizes, seed=0)
-    assert {k: len(v) for k, v in p.items()} == sizes
-    assert not set(p["sft"]) & set(p["label"]) and not set(p["label"]) & set(p["heldout"])
-    assert not set(p["sft"]) & set(p["heldout"])
-    assert all(v == sorted(v) for v in p.values())
-    assert question_parts(7000, sizes, seed=0) == p
-    assert question_parts(7000, sizes, seed=1)["label"] != p["label"]
-    # a part depends on the sizes before it and its own, not on later parts
-    assert question_parts(7000, {"sft": 600, "label": 128}, seed=0)["label"] == p["label"]
-    with pytest.raises(ValueError, match="7001"):
-        question_parts(7000, {"a": 7000, "b": 1})
 
 
 def test_sample_draws_nested_sets_parts_do_not() -> None:
@@ -60,7 +46,7 @@ def test_select_questions_part_then_sample_and_limit_and_errors() -> None:
     qs = questions(50)
     cfg = RolloutConfig(benchmark="b", parts="a=20,b=10", part="b", sample=5, limit=3)
     picked = select_questions(qs, cfg)
-    part_b = {qs[i].question_id for i in question_parts(50, {"a": 20, "b": 10})["b"]}
+    part_b = {qs[i].question_id for i in split_questions(range(50), {"a": 20, "b": 10}, 0)["b"]}
     assert len(picked) == 3 and {q.question_id for q in picked} <= part_b
     order = [q.question_id for q in qs]
     assert [order.index(q.question_id) for q in picked] == sorted(order.index(q.question_id) for q in picked)
@@ -68,10 +54,12 @@ def test_select_questions_part_then_sample_and_limit_and_errors() -> None:
         select_questions(qs, RolloutConfig(benchmark="b", part="b"))
     with pytest.raises(ValueError, match="not one of --parts: a, b"):
         select_questions(qs, RolloutConfig(benchmark="b", parts="a=20,b=10", part="c"))
+    with pytest.raises(ValueError, match="--parts a=40,b=20: the parts ask for 60 questions; there are 50"):
+        select_questions(qs, RolloutConfig(benchmark="b", parts="a=40,b=20", part="b"))
 
 
 def test_parts_stay_out_of_the_config_hash() -> None:
     base = RolloutConfig(benchmark="b")
     assert RolloutConfig(benchmark="b", parts="a=1", part="a", parts_seed=3).digest() == base.digest()
     random.seed(0)  # the partition uses its own generator, not the global one
-    assert question_parts(10, {"a": 5}) == question_parts(10, {"a": 5})
+    assert split_questions(range(10), {"a": 5}, 0) == split_questions(range(10), {"a": 5}, 0)

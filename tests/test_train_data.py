@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from matsql.benchmarks.splits import split_questions
 from matsql.records import PreferencePair
 from matsql.train.config import DataSpec, Source
 from matsql.train.data import (
@@ -17,7 +18,6 @@ from matsql.train.data import (
     mix,
     normalise_row,
     read_source,
-    split_groups,
 )
 
 PROMPT = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
@@ -95,13 +95,21 @@ def test_mix_weight_is_a_fraction_or_repeats():
     assert len(two_and_half) == 25 and all(two_and_half.count(r) >= 2 for r in rows)
 
 
-def test_eval_split_holds_out_whole_questions():
-    rows = [{"group": f"q{i % 20}", "i": i} for i in range(200)]
-    train, held = split_groups(rows, 0.25, seed=3)
-    tg, hg = {r["group"] for r in train}, {r["group"] for r in held}
-    assert tg.isdisjoint(hg) and len(train) + len(held) == 200 and 1 <= len(hg) <= 10
-    again = {r["group"] for r in split_groups(list(reversed(rows)), 0.25, seed=3)[1]}
-    assert again == hg  # stable under reordering
+def test_eval_split_holds_out_whole_questions(tmp_path):
+    """eval_fraction holds out whole questions by the hash draw of the one splitter: the same
+    questions whatever the row order."""
+    rows = [{"prompt": PROMPT, "completion": f"c{i}", "question_id": f"q{i % 20}"} for i in range(200)]
+    held = []
+    for name, rs in (("a", rows), ("b", rows[::-1])):
+        spec = DataSpec(
+            sources=[Source(path=str(_jsonl(tmp_path / f"{name}.jsonl", rs)))], eval_fraction=0.25, seed=3
+        )
+        split = load_split(spec, "sft")
+        tg, hg = {r["group"] for r in split.train}, {r["group"] for r in split.eval}
+        assert tg.isdisjoint(hg) and len(split.train) + len(split.eval) == 200 and 1 <= len(hg) <= 10
+        held.append(hg)
+    want = split_questions({f"q{i}" for i in range(20)}, {"eval": 0.25}, 3, "hash")["eval"]
+    assert held[0] == held[1] == set(want)
 
 
 def test_load_split_mixes_sources_and_reads_datasets_folders(tmp_path):

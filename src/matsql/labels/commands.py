@@ -9,9 +9,10 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from matsql.benchmarks.splits import split_questions
 from matsql.fileio import sha256_file
 from matsql.labels.common import DEFAULT_MAX_PAIRS_PER_PROMPT, PromptFn
-from matsql.labels.dataset import split_by_question, write_json, write_split
+from matsql.labels.dataset import write_json, write_split
 from matsql.labels.fixer import sft_balance
 from matsql.labels.io import RolloutReadError, benchmark_of, read_rollouts
 from matsql.labels.prompts import check_prompts, make_prompt_fn
@@ -70,7 +71,10 @@ def build_labels(
     """Label, split by question and write each mode (one mode -> ``out``; several ->
     ``out/<mode>``). Returns the yields (also written as ``yield.json``)."""
     modes = modes_for(agent, mode)
-    _, test_ids = split_by_question([r.question_id for r in records], test_frac, seed)
+    # the same test questions for every agent and mode labelled from one rollout
+    test_ids = set(
+        split_questions([r.question_id for r in records], {"test": test_frac}, seed, "shuffle")["test"]
+    )
     stats: list[YieldStats] = []
     runs = label_modes(
         records,

@@ -17,28 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from matsql.fileio import atomic_write, replace_dataset_dir, write_text_atomic
-from matsql.labels.common import SFTExample, rng_for
+from matsql.labels.common import SFTExample
 from matsql.records import PreferencePair
 
 _INFO_COLUMNS = ("question_id", "db_id", "agent", "mode", "meta")
-
-
-def split_by_question(
-    question_ids: Iterable[str], test_frac: float = 0.1, seed: int = 0
-) -> tuple[set[str], set[str]]:
-    """(train ids, test ids): a seeded shuffle of the distinct ids; ``round(test_frac * n)`` go
-    to test, at least one when ``test_frac > 0`` and there are two or more questions, and never
-    all of them. Depends only on (ids, fraction, seed), so every agent and mode labelled from the
-    same rollout gets the same test questions."""
-    if not 0.0 <= test_frac < 1.0:
-        raise ValueError(f"test fraction must be in [0, 1), got {test_frac}")
-    ids = sorted(set(question_ids))
-    rng_for(seed, "split").shuffle(ids)
-    n = len(ids)
-    n_test = round(test_frac * n)
-    if test_frac > 0 and n >= 2:
-        n_test = min(max(n_test, 1), n - 1)
-    return set(ids[n_test:]), set(ids[:n_test])
 
 
 def _assistant(text: str) -> list[dict[str, str]]:

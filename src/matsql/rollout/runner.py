@@ -20,6 +20,7 @@ from rich.progress import (
 from rich.text import Text
 
 from matsql.backends.base import Backend
+from matsql.benchmarks.splits import split_questions
 from matsql.records import Candidate, Question, RolloutRecord
 from matsql.rollout.config import RolloutConfig
 from matsql.rollout.io import RolloutWriter, read_records
@@ -57,23 +58,6 @@ def parse_parts(spec: str) -> dict[str, int]:
     return out
 
 
-def question_parts(n: int, sizes: dict[str, int], seed: int = 0) -> dict[str, list[int]]:
-    """Disjoint parts of ``range(n)``: one seeded permutation cut into consecutive slices of the
-    given sizes, each returned in ascending order. A part depends only on (n, the sizes of the
-    parts before it and its own, seed), so stages that name the same partition see the same
-    questions, and e.g. label questions never overlap SFT questions (``--sample`` with one seed
-    draws nested sets: 128 questions fall inside the 600)."""
-    total = sum(sizes.values())
-    if total > n:
-        raise ValueError(f"--parts asks for {total} questions; the benchmark has {n}")
-    perm = random.Random(f"parts:{seed}").sample(range(n), n)
-    out, start = {}, 0
-    for name, size in sizes.items():
-        out[name] = sorted(perm[start : start + size])
-        start += size
-    return out
-
-
 def select_questions(questions: Sequence[Question], cfg: RolloutConfig) -> list[Question]:
     qs = list(questions)[cfg.offset :]
     if cfg.part is not None or cfg.parts is not None:
@@ -82,7 +66,11 @@ def select_questions(questions: Sequence[Question], cfg: RolloutConfig) -> list[
         sizes = parse_parts(cfg.parts)
         if cfg.part not in sizes:
             raise ValueError(f"--part {cfg.part!r} is not one of --parts: {', '.join(sizes)}")
-        qs = [qs[i] for i in question_parts(len(qs), sizes, cfg.parts_seed)[cfg.part]]
+        try:
+            part = split_questions(range(len(qs)), sizes, cfg.parts_seed, "permutation")[cfg.part]
+        except ValueError as e:
+            raise ValueError(f"--parts {cfg.parts}: {e}") from None
+        qs = [qs[i] for i in part]
     if cfg.sample is not None and cfg.sample < len(qs):
         keep = sorted(random.Random(f"sample:{cfg.seed}").sample(range(len(qs)), cfg.sample))
         qs = [qs[i] for i in keep]

@@ -186,10 +186,10 @@ def sft_data(
     """Build SFT datasets (TRL prompt-completion) for one agent or all."""
     from matsql.benchmarks import load_benchmark
     from matsql.benchmarks.schema import DEFAULT_STYLE, styles
+    from matsql.benchmarks.splits import split_questions
     from matsql.rollout.io import schema_style_of
     from matsql.train import sft_data as sd
     from matsql.train import teacher as tch
-    from matsql.train.data import split_groups
 
     agents = list(sd.SFT_AGENTS) if agent == "all" else [agent]
     if any(a not in sd.SFT_AGENTS for a in agents):
@@ -268,9 +268,9 @@ def sft_data(
                 )
             else:
                 built = sd.selector_examples(records, schema, with_verdicts=selector_verdicts, seed=seed)
-            groups = [{"group": r["question_id"]} for r in built.rows]
-            _, held = split_groups(groups, test_frac, seed)
-            counts = sd.write_sft(built.rows, out, a, {g["group"] for g in held})
+            qids = [r["question_id"] for r in built.rows]
+            held = split_questions(qids, {"test": test_frac}, seed, "hash")["test"]
+            counts = sd.write_sft(built.rows, out, a, set(held))
             summary[a] = {"rows": counts, "skipped": dict(built.skipped)}
             if built.teacher is not None:
                 summary[a]["teacher"] = built.teacher.as_dict()

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from matsql.benchmarks.splits import split_questions
 from matsql.fileio import iter_jsonl, sha256_file
 from matsql.train.config import DataSpec, Source
 
@@ -142,18 +143,12 @@ def mix(rows: list[dict[str, Any]], weight: float, rng: random.Random) -> list[d
     return out
 
 
-def split_groups(
+def _hold_out(
     rows: list[dict[str, Any]], fraction: float, seed: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Hold out ``fraction`` of the groups (questions), chosen by a seeded hash: stable when rows
-    are added or reordered."""
-    if fraction <= 0:
-        return rows, []
-
-    def score(g: str) -> float:
-        return int(hashlib.sha256(f"{seed}:{g}".encode()).hexdigest()[:12], 16) / 16**12
-
-    held = {g for g in {r["group"] for r in rows} if score(g) < fraction}
+    """(train rows, eval rows): whole questions (groups) held out by the hash draw, so a question
+    keeps its side when sources grow or are reordered."""
+    held = set(split_questions({r["group"] for r in rows}, {"eval": fraction}, seed, "hash")["eval"])
     return [r for r in rows if r["group"] not in held], [r for r in rows if r["group"] in held]
 
 
@@ -166,7 +161,7 @@ def load_split(spec: DataSpec, method: str) -> SplitData:
         rows = [normalise_row(r, method, f"{src.path}[{j}]") for j, r in enumerate(read_source(src))]
         # an empty source is legal (a labelling mode can yield no pair): the runner then saves the
         # starting model with status no_data instead of training
-        tr, ev = (rows, []) if spec.eval_sources else split_groups(rows, spec.eval_fraction, spec.seed)
+        tr, ev = (rows, []) if spec.eval_sources else _hold_out(rows, spec.eval_fraction, spec.seed)
         mixed = mix(tr, src.weight, random.Random(f"{spec.seed}:{i}"))
         train += mixed
         evals += ev
