@@ -32,7 +32,7 @@ fi
 rm -rf .whl/blob && mkdir -p .whl/blob/whl .whl/blob/data/spider .whl/blob/data/spider-syn
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${PLAT[@]}" \
   -d .whl/blob/whl trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 sqlglot==30.30.0 gguf==0.19.0 \
-  zstandard==0.25.0
+  zstandard==0.25.0 omegaconf==2.4.0
 cp -r "$DATA"/spider/{dev.json,tables.json,dev_gold.sql,train_gold.sql,database} .whl/blob/data/spider/
 cp "$DATA"/spider-syn/train_spider.json .whl/blob/data/spider-syn/
 ln -f .whl/vllm-site.tar.zst .whl/blob/vllm-site.tar.zst
