@@ -151,7 +151,7 @@ def test_extends_arm_vars_env_and_resources(tmp_path):
     p = load_plan(child, overrides={"run_dir": str(tmp_path / "run")})
     assert p.name == "child" and p.env == {"A": "1", "B": "2"}
     sx = p.stages["s-x"]
-    assert sx.resources == {"shards": "4"}
+    assert sx.resources == {"shards": 4}  # typed once resolved (Resources)
     assert sx.argv[:4] == ["labels", "build", "--mode", "collab"]
     assert sx.argv[4:9] == ["--k", "8", "--a", "1", "--b"]  # a var holding several options is split
     assert p.stages["s-y"].argv[3] == "independent"

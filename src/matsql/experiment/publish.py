@@ -172,9 +172,7 @@ def _agent_model(plan: Any | None, agent: str) -> str | None:
 
     if plan is None or "agents" not in plan.vars:
         return None
-    from matsql.evaluate.portable import repo_root
-
-    path = Path(str(plan.vars["agents"]).replace("${base_dir}", str(repo_root() or Path.cwd())))
+    path = Path(str(plan.vars["agents"]))  # resolved by the plan (base_dir: the checkout)
     if not path.is_file():
         return None
     team = yaml.safe_load(path.read_text()) or {}
