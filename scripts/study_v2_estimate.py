@@ -1,0 +1,297 @@
+"""GPU time of experiments/study-spider-v2.yaml, stage by stage, and a lease-by-lease schedule.
+
+Nothing runs a model. Tokens per question come from the committed study's rollouts
+(results/study-spider: the same agents and prompts, trained on fewer questions): text lengths in
+characters, turned into tokens by the characters per token that its stage logs imply (tokens/s x
+seconds of each shard against the characters the rollout holds). Throughput is what
+results/vllm measured on the H100: 17,823 kept tokens/s for the base model with CUDA graphs
+(15,000 used), 5,832 with a LoRA adapter in eager mode; critique and fix rows (one sample of a
+long prompt each) ran at 0.49x the planner's rate there, which the conservative column applies
+to them. Training: seconds per optimizer step of the committed study's stages. Stages run one at
+a time (``experiment run --jobs 1``), in the order the runner picks with ``--prefer``.
+
+    python scripts/study_v2_estimate.py                      # markdown tables to stdout
+    python scripts/study_v2_estimate.py --lease-min 30 --setup-min 6.5 --json est.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from matsql.experiment.plan import load_plan
+from matsql.rollout.io import read_records
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = ROOT / "results" / "study-spider"
+PLAN = ROOT / "experiments" / "study-spider-v2.yaml"
+
+BASE_TPS = 15_000.0  # results/vllm: 17,823 kept tokens/s, base model, CUDA graphs (64 questions)
+LORA_TPS = 5_832.0  # results/vllm: LoRA, eager engine, planner prompts x 8
+CRITIQUE_FACTOR = 11_780 / 24_192  # results/vllm: validator rows vs planner rows, same engine
+VLLM_START_S = 30.0  # a later engine start on a warm machine: 9-16 s, plus imports and LoRA JIT
+TRAIN_START_S = 40.0  # model load, data, first/last eval: committed stage wall minus train time
+# seconds per optimizer step in the committed study (stages.md: train seconds / steps)
+SFT_STEP_S = {"planner": 283.363 / 120, "val-sel": 151.348 / 120, "val-cond": 151.460 / 120,
+              "fixer": 159.466 / 120, "selector": 261.466 / 120}  # fmt: skip
+ORPO_STEP_S = 29.306 / 18  # orpo-iter2-val-sel-indep, the slowest per step of the ORPO stages
+E1_STEP_S = 53.746 / 34
+LABELS_S_PER_Q = 7.0 / 128  # labels build on the committed 128 label questions (~7 s)
+
+
+def _shard_tokens(log: Path) -> float:
+    """Generated tokens of a rollout stage: each shard's tokens/s x seconds, summed (the log's
+    lines are tagged by shard and wrapped; each shard's lines are joined first)."""
+    by_shard: dict[str, list[str]] = {}
+    for line in log.read_text(encoding="utf-8").splitlines():
+        m = re.match(r"\[(\d+)\] (.*)", line)
+        tag, body = (m.group(1), m.group(2)) if m else ("", line)
+        by_shard.setdefault(tag, []).append(body.strip())
+    total = 0.0
+    for lines in by_shard.values():
+        text = " ".join(lines)
+        for sec, _, tps in re.findall(
+            r"in ([0-9.]+)s: ([0-9.]+) questions/s, ([0-9,]+) generated tokens/s", text
+        ):
+            total += float(sec) * float(tps.replace(",", ""))
+    if not total:
+        raise ValueError(f"{log}: no 'in Ns: ... generated tokens/s' lines")
+    return total
+
+
+def _chars(path: Path) -> dict[str, float]:
+    recs = read_records(path)
+    n = {"q": len(recs), "runnable": 0, "planner": 0, "planner_chars": 0, "critiques": 0, "critique_chars": 0,
+         "fixes": 0, "fix_chars": 0}  # fmt: skip
+    for r in recs:
+        n["runnable"] += bool(r.candidates)
+        for c in r.candidates:
+            n["planner"] += 1
+            n["planner_chars"] += len(c.planner.text)
+            for b in c.branches:
+                for x in b.critiques.values():
+                    n["critiques"] += 1
+                    n["critique_chars"] += len(x.text)
+                for f in b.fixes:
+                    n["fixes"] += 1
+                    n["fix_chars"] += len(f.text)
+    return n
+
+
+@dataclass
+class Rates:
+    planner_tok: float  # tokens per planner sample (SFT planner)
+    critique_tok: float
+    fix_tok: float
+    eval_critiques_q: float  # critiques per evaluation question (2 validators x 8 candidates)
+    eval_fixes_q: dict[str, float]  # fixes per evaluation question, by fixer (gated)
+    label1: dict[str, float]  # per label question: critiques, fixes (iter1: fix-all, 2 samples)
+    label2: dict[str, float]  # iter2: fix-all, 1 sample
+    runnable: float  # share of questions with a database
+    chars_per_tok: dict[str, float]
+
+
+def measure() -> Rates:
+    planner = _chars(STUDY / "eval-planner.jsonl.gz")
+    sft = _chars(STUDY / "eval-sft" / "rollout.jsonl.gz")
+    e1 = _chars(STUDY / "eval-collab" / "rollout.jsonl.gz")
+    it1 = _chars(STUDY / "rollout-iter1.jsonl.gz")
+    it2 = _chars(STUDY / "rollout-iter2-collab.jsonl.gz")
+    cpt_planner = planner["planner_chars"] / _shard_tokens(STUDY / "logs" / "eval-planner.log")
+    cpt_text = (sft["critique_chars"] + sft["fix_chars"]) / _shard_tokens(STUDY / "logs" / "eval-sft.log")
+    return Rates(
+        planner_tok=planner["planner_chars"] / planner["planner"] / cpt_planner,
+        critique_tok=sft["critique_chars"] / sft["critiques"] / cpt_text,
+        fix_tok=sft["fix_chars"] / sft["fixes"] / cpt_text,
+        eval_critiques_q=sft["critiques"] / sft["runnable"],
+        eval_fixes_q={"sft": sft["fixes"] / sft["runnable"], "e1": e1["fixes"] / e1["runnable"]},
+        label1={"critiques": it1["critiques"] / it1["runnable"], "fixes": it1["fixes"] / it1["runnable"]},
+        label2={"critiques": it2["critiques"] / it2["runnable"], "fixes": it2["fixes"] / it2["runnable"]},
+        runnable=sft["runnable"] / sft["q"],
+        chars_per_tok={"planner": cpt_planner, "critique+fix": cpt_text},
+    )
+
+
+def _opt(argv: list[str], name: str, default: str | None = None) -> str | None:
+    for i, tok in enumerate(argv):
+        if tok == name and i + 1 < len(argv):
+            return argv[i + 1]
+    return default
+
+
+def _questions(argv: list[str], parts: dict[str, int]) -> int:
+    bench = _opt(argv, "--benchmark")
+    if _opt(argv, "--part"):
+        return parts[_opt(argv, "--part")]
+    return 1034 if bench == "spider-dev" else 7000
+
+
+@dataclass
+class Cost:
+    stage: str
+    kind: str
+    tokens: float  # generated tokens (0 for training and CPU stages)
+    central_s: float
+    conservative_s: float
+    resumable: bool  # a rollout: an unfinished one resumes on the next lease
+
+
+def stage_cost(name: str, argv: list[str], parts: dict[str, int], r: Rates, steps: dict[str, int]) -> Cost:
+    cmd = argv[0]
+    if cmd == "rollout":
+        q = _questions(argv, parts) * r.runnable
+        k = int(_opt(argv, "--k", "8"))
+        planner_from = _opt(argv, "--planner-from") is not None
+        no_validators = _opt(argv, "--validators") == ""
+        adapters = [a for i, a in enumerate(argv) if i and argv[i - 1] == "--adapter"]
+        base = not adapters
+        ptok = 0.0 if planner_from else q * k * r.planner_tok
+        ctok = ftok = 0.0
+        if not no_validators:
+            branches = int(_opt(argv, "--branches", "1"))
+            if "--fix-all" in argv:
+                lab = r.label1 if int(_opt(argv, "--fixer-samples", "1")) > 1 else r.label2
+                ctok = q * lab["critiques"] * r.critique_tok * (k / 8)
+                ftok = q * lab["fixes"] * r.fix_tok * (k / 8)
+            else:
+                fixer = "e1" if any(a.startswith("fixer=") and "fixer-e1" in a for a in adapters) else "sft"
+                ctok = q * r.eval_critiques_q * (k / 8) * branches * r.critique_tok
+                ftok = q * r.eval_fixes_q[fixer] * (k / 8) * r.fix_tok
+        tps = BASE_TPS if base else LORA_TPS
+        central = (ptok + ctok + ftok) / tps
+        conservative = ptok / tps + (ctok + ftok) / (tps * CRITIQUE_FACTOR)
+        kind = "rollout (base)" if base else "rollout (LoRA)"
+        return Cost(name, kind, ptok + ctok + ftok, central + VLLM_START_S, conservative + VLLM_START_S, True)
+    if cmd == "train" and argv[1] in ("sft", "orpo"):
+        agent = next((a for a in SFT_STEP_S if f"sft-{a}." in argv[2]), None)
+        if argv[1] == "orpo":
+            s = steps["orpo"] * ORPO_STEP_S
+        elif "fixer-e1" in argv[2]:
+            s = steps["e1"] * E1_STEP_S
+        else:
+            s = steps["sft"] * SFT_STEP_S[agent or "planner"]
+        return Cost(name, f"train {argv[1]}", 0.0, s + TRAIN_START_S, s + TRAIN_START_S, False)
+    if cmd == "train" and argv[1] == "pick-checkpoint":
+        n_ckpt = steps["orpo"] // steps["save"] + (steps["orpo"] % steps["save"] != 0)
+        items = parts["heldout"] * r.runnable * 8 * int(_opt(argv, "--samples", "1"))
+        tok = n_ckpt * items * r.critique_tok
+        return Cost(name, "pick-checkpoint", tok, tok / LORA_TPS + VLLM_START_S,
+                    tok / (LORA_TPS * CRITIQUE_FACTOR) + VLLM_START_S, False)  # fmt: skip
+    if cmd == "select" and "--agents" in argv:  # the LM selector: prompts only, 8-token answers
+        return Cost(name, "select (LM)", 0.0, 25.0 + VLLM_START_S, 60.0 + VLLM_START_S, False)
+    if cmd == "diagnose" and "--counterfactual" in argv:
+        return Cost(name, "probe (GPU)", 0.0, 20.0 + VLLM_START_S, 60.0 + VLLM_START_S, False)
+    if cmd == "labels":
+        s = parts["label"] * LABELS_S_PER_Q
+        return Cost(name, "labels (CPU)", 0.0, s, 2 * s, False)
+    if cmd == "train" and argv[1] == "sft-data":
+        return Cost(name, "sft-data (CPU)", 0.0, 60.0, 120.0, False)
+    return Cost(name, f"{cmd} (CPU)", 0.0, 8.0, 20.0, False)
+
+
+def serial_order(plan, prefer: list[str]) -> list[str]:
+    """The order `experiment run --jobs 1 --prefer ...` starts stages: the best-ranked ready one."""
+    rank = {n: i for i, n in enumerate(plan.priority_order(prefer))}
+    done: set[str] = set()
+    order: list[str] = []
+    while len(order) < len(plan.stages):
+        ready = [n for n in plan.stages if n not in done and all(d in done for d in plan.stages[n].needs)]
+        nxt = min(ready, key=rank.__getitem__)
+        order.append(nxt)
+        done.add(nxt)
+    return order
+
+
+def schedule(costs: list[Cost], work_s: float, which: str) -> list[list[tuple[str, float]]]:
+    """Pack stages into leases of ``work_s`` seconds: a rollout may continue on the next lease
+    (its shard file is shipped and resumes); any other stage that does not fit starts on the next."""
+    leases: list[list[tuple[str, float]]] = [[]]
+    left = work_s
+    for c in costs:
+        need = getattr(c, which)
+        while need > 0:
+            if need <= left:
+                leases[-1].append((c.stage, need))
+                left -= need
+                need = 0
+            elif c.resumable and left > 60:
+                leases[-1].append((c.stage + " (part)", left))
+                need -= left
+                leases.append([])
+                left = work_s
+            else:
+                leases.append([])
+                left = work_s
+    return leases
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--plan", type=Path, default=PLAN)
+    ap.add_argument("--prefer", default="compare-primary")
+    ap.add_argument("--lease-min", type=float, default=30.0)
+    ap.add_argument("--setup-min", type=float, default=6.5, help="machine start, parts, join")
+    ap.add_argument(
+        "--ship-min", type=float, default=2.0, help="run folder in (carry) and out (final) per lease"
+    )
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    plan = load_plan(args.plan, base_dir=ROOT)
+    v = plan.vars
+    parts = {k: int(n) for k, n in (x.split("=") for x in str(v["parts"]).split(","))}
+    steps = {"orpo": int(v["orpo_steps"]), "save": int(v["save_steps"]), "e1": int(v["e1_steps"]), "sft": 120}
+    r = measure()
+    order = serial_order(plan, [p for p in args.prefer.split(",") if p])
+    costs = [stage_cost(n, plan.stages[n].argv, parts, r, steps) for n in order]
+    print(f"Measured (committed study): {r.planner_tok:.0f} tokens per planner sample, {r.critique_tok:.0f} per "
+          f"critique, {r.fix_tok:.0f} per fix; chars/token {r.chars_per_tok['planner']:.2f} (planner), "
+          f"{r.chars_per_tok['critique+fix']:.2f} (critiques, fixes); per evaluation question "
+          f"{r.eval_critiques_q:.1f} critiques, {r.eval_fixes_q['sft']:.1f} fixes (SFT fixer) / "
+          f"{r.eval_fixes_q['e1']:.1f} (E1); per label question {r.label1['critiques']:.1f} critiques + "
+          f"{r.label1['fixes']:.1f} fixes (iter1), {r.label2['critiques']:.1f} + {r.label2['fixes']:.1f} "
+          f"(iter2); {100 * r.runnable:.1f}% of questions runnable\n")  # fmt: skip
+    print("| # | stage | kind | generated tokens | central (min) | conservative (min) |")
+    print("|---|---|---|---|---|---|")
+    for i, c in enumerate(costs, 1):
+        tok = f"{c.tokens / 1e6:.2f} M" if c.tokens else "-"
+        print(
+            f"| {i} | {c.stage} | {c.kind} | {tok} | {c.central_s / 60:.1f} | {c.conservative_s / 60:.1f} |"
+        )
+    tot_c, tot_k = sum(c.central_s for c in costs), sum(c.conservative_s for c in costs)
+    print(
+        f"| | **total** | | {sum(c.tokens for c in costs) / 1e6:.1f} M | **{tot_c / 60:.0f}** | **{tot_k / 60:.0f}** |\n"
+    )
+    by_kind: dict[str, list[float]] = {}
+    for c in costs:
+        by_kind.setdefault(c.kind, [0.0, 0.0, 0])
+        by_kind[c.kind][0] += c.central_s
+        by_kind[c.kind][1] += c.conservative_s
+        by_kind[c.kind][2] += 1
+    print("| kind | stages | central (min) | conservative (min) |")
+    print("|---|---|---|---|")
+    for k, (a, b, n) in sorted(by_kind.items(), key=lambda kv: -kv[1][0]):
+        print(f"| {k} | {n} | {a / 60:.1f} | {b / 60:.1f} |")
+    cpu = [c for c in costs if "CPU" in c.kind]
+    print(f"| of which CPU stages (could run here between leases) | {len(cpu)} | "
+          f"{sum(c.central_s for c in cpu) / 60:.1f} | {sum(c.conservative_s for c in cpu) / 60:.1f} |")  # fmt: skip
+    work = (args.lease_min - args.setup_min - args.ship_min) * 60
+    out = {"rates": r.__dict__, "order": order, "costs": [c.__dict__ for c in costs], "leases": {}}
+    for which in ("central_s", "conservative_s"):
+        leases = schedule(costs, work, which)
+        out["leases"][which] = leases
+        print(f"\nLeases ({which.removesuffix('_s')}: {work / 60:.1f} min of stage work in each {args.lease_min:g}-min lease): "
+              f"{len(leases)}")  # fmt: skip
+        for i, lease in enumerate(leases, 1):
+            names = [n for n, _ in lease]
+            used = sum(s for _, s in lease) / 60
+            span = f"{names[0]} .. {names[-1]}" if names else "-"
+            print(f"- lease {i}: {len(names)} stage(s), {used:.1f} min: {span}")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1, default=str) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
