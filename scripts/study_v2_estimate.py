@@ -205,19 +205,44 @@ def serial_order(plan, prefer: list[str]) -> list[str]:
     return order
 
 
+def _units(costs: list[Cost]) -> list[list[Cost]]:
+    """Stages that must share a lease: an ORPO run and its pick, the pick pulled forward to run
+    next (the run's checkpoints stay on the machine: `study.sh pack` leaves them behind)."""
+    rest = list(costs)
+    units: list[list[Cost]] = []
+    while rest:
+        c = rest.pop(0)
+        pick = next((x for x in rest if x.stage == c.stage.replace("orpo-", "pick-", 1)), None)
+        if c.stage.startswith("orpo-") and pick is not None:
+            rest.remove(pick)
+            units.append([c, pick])
+        else:
+            units.append([c])
+    return units
+
+
 def schedule(costs: list[Cost], work_s: float, which: str) -> list[list[tuple[str, float]]]:
     """Pack stages into leases of ``work_s`` seconds: a rollout may continue on the next lease
-    (its shard file is shipped and resumes); any other stage that does not fit starts on the next."""
+    (its shard file is shipped and resumes); any other stage (an ORPO run with its pick) that
+    does not fit starts on the next."""
     leases: list[list[tuple[str, float]]] = [[]]
     left = work_s
-    for c in costs:
-        need = getattr(c, which)
+    for unit in _units(costs):
+        total = sum(getattr(c, which) for c in unit)
+        if len(unit) > 1 or not unit[0].resumable:
+            if total > left:
+                leases.append([])
+                left = work_s
+            leases[-1] += [(c.stage, getattr(c, which)) for c in unit]
+            left -= total
+            continue
+        c, need = unit[0], total
         while need > 0:
             if need <= left:
                 leases[-1].append((c.stage, need))
                 left -= need
                 need = 0
-            elif c.resumable and left > 60:
+            elif left > 60:
                 leases[-1].append((c.stage + " (part)", left))
                 need -= left
                 leases.append([])
@@ -275,7 +300,7 @@ def main() -> None:
     for k, (a, b, n) in sorted(by_kind.items(), key=lambda kv: -kv[1][0]):
         print(f"| {k} | {n} | {a / 60:.1f} | {b / 60:.1f} |")
     cpu = [c for c in costs if "CPU" in c.kind]
-    print(f"| of which CPU stages (could run here between leases) | {len(cpu)} | "
+    print(f"| of which CPU stages | {len(cpu)} | "
           f"{sum(c.central_s for c in cpu) / 60:.1f} | {sum(c.conservative_s for c in cpu) / 60:.1f} |")  # fmt: skip
     work = (args.lease_min - args.setup_min - args.ship_min) * 60
     out = {"rates": r.__dict__, "order": order, "costs": [c.__dict__ for c in costs], "leases": {}}
