@@ -355,3 +355,43 @@ def test_select_over_several_rollout_files_writes_one_picks_file(tmp_path):
     assert json.loads(out.with_suffix(".metrics.json").read_text())["overall"]["n"] == 3
     res = CliRunner().invoke(app, ["select", str(a), str(a), "--method", "majority", "--out", str(out)])
     assert res.exit_code != 0 and "q9" in res.output
+
+
+def test_knockout_over_union_options(tmp_path):
+    """`--options union`: the selector model sees the replaced planner SQL too, and pass@K is
+    the oracle over what it saw (echo backend: its answers do not parse, the first option of
+    each chunk advances; the benchmark only supplies schema text)."""
+    from typer.testing import CliRunner
+
+    from matsql.cli import app
+    from matsql.records import dumps
+
+    rec = record(
+        "minibench-dev-0",
+        [
+            cand(
+                0,
+                "SELECT g",
+                ok("G"),
+                True,
+                ("incorrect", "correct"),
+                ("SELECT w", ok("W"), False),
+                gate=True,
+            ),
+            cand(1, "SELECT w2", ok("W"), False, ("correct", "correct")),
+        ],
+        db="school",
+    )
+    src = tmp_path / "rollout.jsonl"
+    src.write_text(dumps(rec) + "\n")
+    team = tmp_path / "team.yaml"
+    team.write_text("defaults: {backend: echo}\nagents:\n  selector: {temperature: 0.0}\n")
+    out = {}
+    for opts in ("final", "union"):
+        path = tmp_path / f"{opts}.jsonl"
+        args = ["select", str(src), "--agents", str(team), "--benchmark", "minibench", "--options", opts]
+        res = CliRunner().invoke(app, [*args, "--out", str(path)])
+        assert res.exit_code == 0, res.output
+        out[opts] = json.loads(path.read_text())
+    assert (out["final"]["n_options"], out["final"]["pass_at_k"]) == (1, False)
+    assert (out["union"]["n_options"], out["union"]["pass_at_k"]) == (2, True)
