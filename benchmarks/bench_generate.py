@@ -144,6 +144,14 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="transformers paths' device")
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.35, help="vLLM's share of the card")
     ap.add_argument("--max-num-seqs", type=int, default=512, help="vLLM's concurrent sequences")
+    ap.add_argument(
+        "--hf-questions",
+        type=int,
+        default=None,
+        help="questions for the transformers paths (default --questions): they decode in fixed "
+        "batches of --batch-size rows, so their tokens/s does not grow with the workload, and a "
+        "prefix of it measures them in less GPU time",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
@@ -175,6 +183,11 @@ def main() -> None:
         res["vllm"] = run_backend(vb, work, args.k, budget, args.seed)
     if "transformers" in paths or "plain" in paths:
         from matsql.backends.transformers_local import LocalBackend, LocalEngine
+
+        n_hf = min(args.hf_questions or args.questions, args.questions)
+        if n_hf < args.questions:
+            work = workload(n_hf, args.k, args.candidates)
+            res["hf_prompts"] = {s: len(p) for s, p in work.items()}
 
         t0 = time.perf_counter()
         eng = LocalEngine.load(args.model, device=args.device)
@@ -208,6 +221,8 @@ def main() -> None:
             for s, v in res[p].items()
         )
         print(f"  {p:13s} {t['new_tokens_per_s']:9,.0f} kept new tokens/s in all   [{stages}]")
+    if "hf_prompts" in res:
+        print(f"  transformers paths ran the first {args.hf_questions} questions ({res['hf_prompts']})")
     if "plain" in paths:
         for p in paths:
             if p != "plain":

@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # The vLLM checks the next lease owes issue 15 (results/vllm/README.md), in one call after
 # `setup.sh join`, from the repository snapshot with scripts/device/env.sh sourced:
-#   bash scripts/device/vllm_checks.sh OUT_DIR
+#   bash scripts/device/vllm_checks.sh OUT_DIR [STEP ...]   # steps: lora_graphs_v1 parity_fp32
+#                                                          # parity_bf16 bench512 train (default: all)
+# A call is limited to 600 s: session 7 sent two calls of two or three steps each.
 # 1. LoRA with CUDA graphs on the V1 model runner (the V2 runner hung at start with LoRA);
 # 2. greedy parity in fp32 (kernel rounding out of the way) and bf16, texts kept;
 # 3. throughput at a rollout call's real size (512 questions, up to 2048 sequences at once).
 # Each step has its own time limit, so a hang costs that step only.
 set -uo pipefail
-out=${1:?usage: vllm_checks.sh OUT_DIR}
+out=${1:?usage: vllm_checks.sh OUT_DIR [STEP ...]}
+shift
+want=" ${*:-lora_graphs_v1 parity_fp32 parity_bf16 bench512 train} "
 mkdir -p "$out"
 export VLLM_ENABLE_V1_MULTIPROCESSING=0
 free_gpu() { nvidia-smi --query-compute-apps=pid --format=csv,noheader | xargs -r kill -9; sleep 1; }
 step() {  # step NAME LIMIT_S COMMAND...
   local name=$1 limit=$2; shift 2
+  [[ "$want" == *" $name "* ]] || return 0
   local t0=$SECONDS
   timeout -s ABRT "$limit" python3 -X faulthandler "$@" > "$out/$name.log" 2>&1
   echo "$name: rc $? in $((SECONDS - t0)) s"; free_gpu
@@ -21,5 +26,7 @@ VLLM_USE_V2_MODEL_RUNNER=0 step lora_graphs_v1 150 benchmarks/vllm_lora_eager.py
 step parity_fp32 200 benchmarks/vllm_parity.py --mode all --dtype float32 --adapter random --out "$out/parity_fp32.json"
 step parity_bf16 150 benchmarks/vllm_parity.py --mode greedy --adapter random --out "$out/parity_bf16.json"
 step bench512 300 benchmarks/bench_generate.py --questions 512 --max-num-seqs 2048 --gpu-memory-utilization 0.8 \
-  --paths vllm,plain --json "$out/bench512.json"
-for f in "$out"/*.log; do echo "== $f"; grep -E "^(lora|base|greedy|sampled|  )|Error|rc " "$f" | tail -n 8; done
+  --paths vllm,plain --hf-questions 64 --json "$out/bench512.json"
+step train 330 benchmarks/bench_train.py --steps 20 --variants committed,no-ckpt-bs32,no-ckpt-bs16 \
+  --json "$out/train.json" --work /root/matsql/bench-train
+for f in "$out"/*.log; do echo "== $f"; grep -E "^(lora|base|greedy|sampled|sft|orpo|  )|Error|rc " "$f" | tail -n 8; done
