@@ -182,7 +182,7 @@ def main() -> None:
                 rows[name] = {"error": str(e)[:400]}
             print(method, name, json.dumps(rows[name]), flush=True)
         base = rows.get("committed", {}).get("s_per_step")
-        for name, r in rows.items():
+        for r in rows.values():
             if base and r.get("s_per_step"):
                 r["speedup_vs_committed"] = round(base / r["s_per_step"], 2)
         results["methods"][method] = {"recipe": recipe, "variants": rows}
