@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from matsql.labels import sft_balance, sft_e1
-from tests.test_labels_records import PROMPT_FN, build_records, load_fixture
+from tests.test_labels_records import PROMPT_FN, build_records, fake_schema, load_fixture
 
 SFT_CASES = load_fixture("fixer.yaml")["sft"]
 
@@ -67,3 +67,28 @@ def test_sft_dedupes_identical_prompt_and_target() -> None:
         ],
     }
     assert len(sft_e1(build_records([spec]), PROMPT_FN)) == 1
+
+
+def test_sft_stage_fixer_rows_and_e1_come_from_one_builder() -> None:
+    """`train sft-data` fixer rows and the E1 mix are both :func:`fixer_sft`: the same prompt for
+    the same candidate and critiques, and the same target where the rule agrees (a right SQL
+    kept; a wrong one's gold, which E1 replaces by a correct fixer sample of the branch)."""
+    from matsql.labels import sft_data
+    from matsql.labels.fixer import fixer_sft
+
+    records = build_records(SFT_CASES[0]["records"])
+    assert records[0].gold_exec.ok
+    e1 = {(e.candidate.index, e.branch): e for e in fixer_sft(records, PROMPT_FN)}
+    stage = fixer_sft(records, PROMPT_FN, critiques="rollout", keep_correct=1.0)
+    built = sft_data.fixer_examples(records, fake_schema, keep_correct=1.0, max_per_question=None)
+    assert [r["prompt"] for r in built.rows] == [e.prompt.as_messages() for e in stage]
+    assert [r["completion"][0]["content"] for r in built.rows] == [e.prompt.prefix + e.target for e in stage]
+    wrong = {e.prompt: e for e in stage if not e.candidate.correct}
+    assert set(wrong) == {e1[(1, 0)].prompt, e1[(1, 1)].prompt}
+    assert {(e.target, e.source) for e in wrong.values()} == {(e1[(1, 1)].target, "gold")}
+    assert e1[(1, 0)].source == "fix"
+    right = {e.prompt: e for e in stage if e.candidate.correct}  # the uninformative branch too
+    assert {(e.target, e.source) for e in right.values()} == {(e1[(0, 0)].target, "planner")}
+    assert e1[(0, 0)].prompt in right and e1[(0, 1)].prompt in right and len(right) == 3
+    teacher_only = fixer_sft(records, PROMPT_FN, critiques="teacher", keep_correct=1.0)
+    assert teacher_only and all(e.branch is None and e.source in ("planner", "gold") for e in teacher_only)

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from matsql.agents import validator
+from matsql.labels.teacher import critique, critiques
 from matsql.records import ExecInfo
-from matsql.train.teacher import critique, critiques
 
 CASES = yaml.safe_load((Path(__file__).parent / "fixtures" / "train" / "teacher_cases.yaml").read_text())
 GOLD = ExecInfo(status="ok", rows_digest="gold", n_rows=3)
@@ -76,7 +76,7 @@ def test_unknown_agent_is_an_error():
 
 def test_every_phrase_formats_with_the_known_placeholders():
     """A typo in templates/teacher.yaml ({gold} written {gld}) fails here, not mid-labelling."""
-    from matsql.train.teacher import phrases
+    from matsql.labels.teacher import phrases
 
     for section in ("common", "val-sel", "val-cond"):
         for key, text in phrases()[section].items():

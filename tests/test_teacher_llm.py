@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from matsql.agents import validator
 from matsql.backends.registry import make_backend
 from matsql.backends.server import OpenAIServer
+from matsql.labels import sft_data as sd
+from matsql.labels import teacher as tch
 from matsql.records import AgentOutput, Candidate, ExecInfo, Question, RolloutRecord, dumps
-from matsql.train import sft_data as sd
-from matsql.train import teacher as tch
 from matsql.train.commands import train_app
 from tests.teacher_fakes import ScriptedTeacher
 
@@ -84,7 +84,7 @@ def test_shipped_template_is_versioned_and_tells_the_teacher_both_results_and_th
 
 
 def test_a_template_with_an_unknown_field_or_another_prefix_is_refused():
-    good = (ROOT / "src/matsql/train/templates/teacher-llm-val-sel.yaml").read_text()
+    good = (ROOT / "src/matsql/labels/templates/teacher-llm-val-sel.yaml").read_text()
     tch.parse_teacher_template("t", good, "val-sel")
     with pytest.raises(ValueError, match="prefix"):
         tch.parse_teacher_template("t", good, "val-cond")

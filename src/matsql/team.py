@@ -27,7 +27,7 @@ from typing import Any
 from matsql.records import AGENTS
 
 DECODING_KEYS = ("temperature", "max_tokens", "stop", "n")
-# teacher: the LLM teacher of `matsql train sft-data --teacher` (checked by matsql.train.teacher)
+# teacher: the LLM teacher of `matsql train sft-data --teacher` (checked by matsql.labels.teacher)
 TOP_KEYS = ("defaults", "agents", "teacher")
 
 

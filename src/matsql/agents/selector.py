@@ -2,7 +2,7 @@
 
 One home for the selector's options: :class:`Option` and :func:`build_options` serve inference
 (``matsql select``), preference labels (``labels/selector.py``) and SFT data
-(``train/sft_data.py``), so a training prompt shows options exactly as inference does.
+(``labels/sft_data.py``), so a training prompt shows options exactly as inference does.
 Options may carry validator verdicts (feedback-aware selector). Numbers in the prompt are
 1-based; :func:`parse` returns a 0-based index or ``None``.
 """

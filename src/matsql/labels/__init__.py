@@ -1,7 +1,11 @@
-"""Labelers: rollout records -> preference pairs, one pure module per label mode (DESIGN.md).
+"""Training data, all of it: preference pairs and SFT examples (``train/`` only trains).
 
+Labelers: rollout records -> preference pairs, one pure module per label mode (DESIGN.md);
 ``label_<mode>(records, agent, prompt_fn, **opts) -> list[PreferencePair]``; the prompt
-function is injected (``prompts.make_prompt_fn(schema_of)`` builds the real one).
+function is injected (``prompts.make_prompt_fn(schema_of)`` builds the real one). SFT data:
+``sft_data`` (every agent, ``matsql train sft-data``, from ``sft_data_cmd``) with the rule-based
+or LLM validator ``teacher`` and ``sqlparts``; ``fixer.fixer_sft`` is the one fixer SFT builder
+(the E1 mix and the SFT-stage data). ``dataset`` writes pairs and label-mode SFT examples.
 """
 
 from matsql.labels.collab import label_collab

@@ -41,9 +41,9 @@ from matsql.agents.parsing import _CONCLUDE
 from matsql.agents.templates import Template
 from matsql.agents.validator import render_target
 from matsql.backends.base import Backend, ChatPrompt
+from matsql.labels.sqlparts import Item, Parts, aggregate_of, parse_parts
 from matsql.records import ExecInfo, Question, digest
 from matsql.team import AgentSpec, _stop_list, _unknown_key_error, backend_keys
-from matsql.train.sqlparts import Item, Parts, aggregate_of, parse_parts
 
 AGENTS = ("val-sel", "val-cond")
 
@@ -65,7 +65,7 @@ class Diff:
 
 @cache
 def phrases() -> dict[str, Any]:
-    path = resources.files("matsql.train").joinpath("templates", "teacher.yaml")
+    path = resources.files("matsql.labels").joinpath("templates", "teacher.yaml")
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
@@ -316,7 +316,7 @@ def teacher_template(agent: str) -> TeacherTemplate:
     if agent not in AGENTS:
         raise ValueError(f"unknown validator {agent!r}; expected one of {AGENTS}")
     name = f"teacher-llm-{agent}"
-    path = resources.files("matsql.train").joinpath("templates", f"{name}.yaml")
+    path = resources.files("matsql.labels").joinpath("templates", f"{name}.yaml")
     return parse_teacher_template(name, path.read_text(encoding="utf-8"), agent)
 
 

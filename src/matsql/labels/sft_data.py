@@ -8,7 +8,7 @@ reason). Prompts are the agents' own builders (:mod:`matsql.agents`), so trainin
 prompts cannot drift apart; the student prompt never contains the gold SQL.
 
 - planner: question -> plan (Goal/Conditions/Tables derived from gold SQL) + gold SQL.
-- val-sel / val-cond: teacher critiques (:mod:`matsql.train.teacher`) of REAL planner samples
+- val-sel / val-cond: teacher critiques (:mod:`matsql.labels.teacher`) of REAL planner samples
   from rollouts, with their execution results; optional correct/incorrect balance. The text is
   rule-based by default; with an LLM teacher the model writes it (verdict still from execution)
   and each row names its teacher in ``TEACHER_COLUMNS``.
@@ -21,9 +21,7 @@ prompts cannot drift apart; the student prompt never contains the gold SQL.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import random
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -35,12 +33,15 @@ from typing import Any, Literal
 
 import yaml
 
-from matsql.agents import fixer, planner, selector, validator
+from matsql.agents import planner, selector, validator
 from matsql.backends.base import Backend, ChatPrompt
 from matsql.fileio import atomic_write, replace_dataset_dir
-from matsql.records import Candidate, Critique, Question, RolloutRecord
-from matsql.train import teacher
-from matsql.train.sqlparts import parse_parts, tables_and_columns
+from matsql.labels import teacher
+from matsql.labels.common import distinct_candidates, sft_rng
+from matsql.labels.fixer import fixer_sft
+from matsql.labels.prompts import make_prompt_fn
+from matsql.labels.sqlparts import parse_parts, tables_and_columns
+from matsql.records import Question, RolloutRecord
 
 SchemaFn = Callable[[str], str]
 SFT_AGENTS = ("planner", "val-sel", "val-cond", "fixer", "selector")
@@ -58,17 +59,8 @@ class Built:
 
 @cache
 def _phrases() -> dict[str, Any]:
-    path = resources.files("matsql.train").joinpath("templates", "sft_data.yaml")
+    path = resources.files("matsql.labels").joinpath("templates", "sft_data.yaml")
     return yaml.safe_load(path.read_text(encoding="utf-8"))
-
-
-def _rng(seed: int, *parts: object) -> random.Random:
-    return random.Random(":".join(map(str, (seed, *parts))))
-
-
-def _unit(seed: int, *parts: object) -> float:
-    h = hashlib.sha256(":".join(map(str, (seed, *parts))).encode()).hexdigest()
-    return int(h[:12], 16) / 16**12
 
 
 def row(
@@ -147,18 +139,6 @@ def planner_examples(questions: Sequence[Question], schema: SchemaFn) -> Built:
 # ---------------------------------------------------------------- validators
 
 
-def _distinct_candidates(rec: RolloutRecord) -> list[Candidate]:
-    """One candidate per distinct planner SQL text (the same text gets the same critique)."""
-    seen: set[str] = set()
-    out = []
-    for c in rec.candidates:
-        key = " ".join((c.planner.sql or "").split()).lower()
-        if key not in seen:
-            seen.add(key)
-            out.append(c)
-    return out
-
-
 def balance(rows: list[dict[str, Any]], correct_ratio: float | None, seed: int) -> list[dict[str, Any]]:
     """Down-sample the majority verdict so that ``correct_ratio`` of rows are "correct"."""
     if correct_ratio is None:
@@ -170,9 +150,9 @@ def balance(rows: list[dict[str, Any]], correct_ratio: float | None, seed: int) 
     if not pos or not neg:
         return rows
     if len(pos) / len(rows) > correct_ratio:
-        pos = _rng(seed, "balance").sample(pos, round(correct_ratio / (1 - correct_ratio) * len(neg)))
+        pos = sft_rng(seed, "balance").sample(pos, round(correct_ratio / (1 - correct_ratio) * len(neg)))
     else:
-        neg = _rng(seed, "balance").sample(neg, round((1 - correct_ratio) / correct_ratio * len(pos)))
+        neg = sft_rng(seed, "balance").sample(neg, round((1 - correct_ratio) / correct_ratio * len(pos)))
     keep = {id(r) for r in pos + neg}
     return [r for r in rows if id(r) in keep]  # original order
 
@@ -196,8 +176,8 @@ def validator_examples(
     jobs: dict[int, teacher.TeacherJob] = {}  # id(row) -> what the LLM teacher needs for it
     for rec in records:
         q = rec.question
-        cands = _distinct_candidates(rec)
-        _rng(seed, q.question_id, agent).shuffle(cands)
+        cands = distinct_candidates(rec)
+        sft_rng(seed, q.question_id, agent).shuffle(cands)
         taken = 0
         for c in cands:
             if max_per_question is not None and taken >= max_per_question:
@@ -241,25 +221,6 @@ def _with_teacher(r: dict[str, Any], w: teacher.Written) -> dict[str, Any]:
 # ---------------------------------------------------------------- fixer
 
 
-def _critique_sets(
-    rec: RolloutRecord, c: Candidate, source: Literal["rollout", "teacher"]
-) -> list[dict[str, Critique]]:
-    """The critique sets the fixer is trained on for one candidate (distinct texts only)."""
-    if source == "rollout":
-        sets, seen = [], set()
-        for b in c.branches:
-            if not b.critiques:
-                continue
-            key = json.dumps({k: v.text for k, v in sorted(b.critiques.items())})
-            if key not in seen:
-                seen.add(key)
-                sets.append(dict(b.critiques))
-        if sets:
-            return sets
-    tcs = teacher.critiques(c.planner.sql, c.exec, rec.question.gold_sql, rec.gold_exec)
-    return [{a: Critique(agent=a, text=t.text, verdict=t.verdict) for a, t in tcs.items()}] if tcs else []
-
-
 def fixer_examples(
     records: Sequence[RolloutRecord],
     schema: SchemaFn,
@@ -269,34 +230,22 @@ def fixer_examples(
     max_per_question: int | None = 4,
     seed: int = 0,
 ) -> Built:
-    """Wrong candidates -> gold SQL; a ``keep_correct`` share of correct ones -> themselves."""
+    """Wrong candidates -> gold SQL; a ``keep_correct`` share of correct ones -> themselves
+    (:func:`matsql.labels.fixer.fixer_sft`, the one fixer SFT builder, as rows)."""
     out = Built()
-    for rec in records:
-        q = rec.question
-        if not rec.gold_exec.ok:
-            out.skipped["gold_failed"] += 1
-            continue
-        rows = []
-        for c in _distinct_candidates(rec):
-            if c.planner.sql is None:
-                out.skipped["no_sql"] += 1
-                continue
-            if c.correct and _unit(seed, q.question_id, c.index, "keep") >= keep_correct:
-                out.skipped["correct_not_kept"] += 1
-                continue
-            target_sql = c.planner.sql if c.correct else q.gold_sql.strip().rstrip(";")
-            for crit in _critique_sets(rec, c, critiques):
-                prompt = fixer.build(q, schema(q.db_id), c.planner.sql, c.exec, crit)
-                label = "keep" if c.correct else "fix"
-                verdicts = ",".join(f"{a}={v.verdict}" for a, v in sorted(crit.items()))
-                rows.append(
-                    row(prompt, fixer.render_target(target_sql), q, "fixer", label=label, reason=verdicts)
-                )
-        _rng(seed, q.question_id, "fixer").shuffle(rows)
-        if max_per_question is not None and len(rows) > max_per_question:
-            out.skipped["over_max_per_question"] += len(rows) - max_per_question
-            rows = rows[:max_per_question]
-        out.rows += rows
+    examples = fixer_sft(
+        records,
+        make_prompt_fn(schema),
+        critiques=critiques,
+        keep_correct=keep_correct,
+        max_per_question=max_per_question,
+        seed=seed,
+        skipped=out.skipped,
+    )
+    for e in examples:
+        label = "keep" if e.candidate.correct else "fix"
+        verdicts = ",".join(f"{a}={v.verdict}" for a, v in sorted(e.critiques.items()))
+        out.rows.append(row(e.prompt, e.target, e.record.question, "fixer", label=label, reason=verdicts))
     return out
 
 
@@ -332,7 +281,7 @@ def selector_examples(
         if len(opts) < 2 or len(right) != 1:
             out.skipped["no_choice" if len(opts) < 2 else "no_correct_option"] += 1
             continue
-        rng = _rng(seed, q.question_id, "selector")
+        rng = sft_rng(seed, q.question_id, "selector")
         if max_options is not None and len(opts) > max_options:
             wrong = [o for o in opts if not o.correct]
             opts = right + rng.sample(wrong, max_options - 1)

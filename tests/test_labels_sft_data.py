@@ -8,8 +8,8 @@ import json
 import pytest
 
 from matsql.agents import fixer, planner, selector, validator
+from matsql.labels import sft_data as sd
 from matsql.records import AgentOutput, Branch, Candidate, Critique, ExecInfo, Question, RolloutRecord
-from matsql.train import sft_data as sd
 
 GOLD = (
     "SELECT T1.name FROM singer AS T1 JOIN concert AS T2 ON T1.singer_id = T2.singer_id WHERE T2.year = 2014"
