@@ -1,6 +1,7 @@
 """Small file helpers shared by every stage: JSONL reading with errors that name file and line,
 file hashes (recorded in run manifests, label metadata and training runs), and the one way to
-write a file atomically (:func:`atomic_write`)."""
+write a file or a folder atomically (:func:`atomic_write`, :func:`atomic_write_gzip`,
+:func:`atomic_dir`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import os
 import shutil
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -114,16 +115,67 @@ def write_text_atomic(path: str | Path, text: str, *, encoding: str = "utf-8") -
         fh.write(text)
 
 
-def replace_dataset_dir(tmp: str | Path, dest: str | Path) -> None:
-    """Move a finished datasets folder ``tmp`` into ``dest``. What stood there is removed only if
-    it was a datasets folder or an empty folder (e.g. left by a copy that skipped the data);
-    anything else is somebody's files and stops the write."""
-    tmp, dest = Path(tmp), Path(dest)
-    if dest.exists():
-        if not (dest / "dataset_dict.json").exists() and any(dest.iterdir()):
-            raise FileExistsError(f"{dest} exists and is not a datasets folder; refusing to overwrite it")
-        shutil.rmtree(dest)
-    tmp.rename(dest)
+class _GzipText:
+    """Text into a gzip stream, encoded as it comes: no ``TextIOWrapper``, whose flush on close
+    would add a sync marker and change the bytes."""
+
+    def __init__(self, gz: gzip.GzipFile, encoding: str, errors: str):
+        self._gz, self._encoding, self._errors = gz, encoding, errors
+
+    def write(self, text: str) -> int:
+        self._gz.write(text.encode(self._encoding, self._errors))
+        return len(text)
+
+
+@contextlib.contextmanager
+def atomic_write_gzip(
+    path: str | Path, *, name: str = "", mtime: int = 0, encoding: str = "utf-8", errors: str = "strict"
+) -> Iterator[_GzipText]:
+    """A text handle whose text ``path`` holds gzipped, written through :func:`atomic_write`.
+    The gzip header names ``name`` and ``mtime`` (by default none and 0), never the temp file or
+    the clock, so the same text always gives the same bytes."""
+    with (
+        atomic_write(path, "wb") as raw,
+        gzip.GzipFile(filename=name, fileobj=raw, mode="wb", mtime=mtime) as gz,
+    ):
+        yield _GzipText(gz, encoding, errors)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, *, keep_existing: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """A new empty folder beside ``path`` to fill; when the block ends without an error it takes
+    the place of ``path``, and on an error it is removed and ``path`` keeps what it had. What
+    stood at ``path`` is moved aside, replaced, then deleted, unless ``keep_existing(path)`` says
+    to keep it (the new folder is then dropped); ``keep_existing`` may raise to refuse both. The
+    folder gets the usual permissions (umask); the parent folder must exist."""
+    path = Path(path)
+    tag = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    tmp, old = path.with_name(f".{path.name}.{tag}.tmp"), path.with_name(f".{path.name}.{tag}.old")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.exists():
+            if keep_existing is not None and keep_existing(path):
+                shutil.rmtree(tmp)
+                return
+            path.rename(old)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not path.exists():  # a rename in between failed: put it back
+            old.rename(path)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def only_datasets_folder(dest: Path) -> bool:
+    """``keep_existing`` for a datasets folder written by :func:`atomic_dir`: what stands at
+    ``dest`` is replaced only if it is a datasets folder or an empty folder (e.g. left by a copy
+    that skipped the data); anything else is somebody's files and stops the write."""
+    if not (dest / "dataset_dict.json").exists() and any(dest.iterdir()):
+        raise FileExistsError(f"{dest} exists and is not a datasets folder; refusing to overwrite it")
+    return False
 
 
 def read_yaml(

@@ -24,9 +24,7 @@ import csv
 import hashlib
 import io
 import json
-import os
 import random
-import shutil
 import sqlite3
 from collections import Counter
 from functools import cache
@@ -41,7 +39,7 @@ from matsql.benchmarks.bird import bird_questions
 from matsql.benchmarks.minibench_questions import Family, Instance, instantiate, parse_family
 from matsql.benchmarks.minibench_tables import Row, TableSpec, generate_rows, parse_table
 from matsql.benchmarks.paths import cache_root, read_json_list, require
-from matsql.fileio import sha256_file
+from matsql.fileio import atomic_dir, sha256_file
 
 GENERATOR_VERSION = 1
 DATA_FILES = ("minibench_words.yaml", "minibench_schemas.yaml", "minibench_questions.yaml")
@@ -238,20 +236,8 @@ def build_minibench(out: Path, seed: int = 0, *, overwrite: bool = False) -> dic
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite=True (--force) to rebuild it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with atomic_dir(out) as tmp:
         manifest = _write(tmp, seed)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            shutil.rmtree(old)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

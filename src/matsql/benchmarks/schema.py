@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import sqlite3
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any
 import yaml
 
 from matsql.benchmarks.descriptions import ColumnDescription, read_descriptions
+from matsql.fileio import write_text_atomic
 
 N_VALUES = 3
 MAX_VALUE_CHARS = 40
@@ -261,7 +261,5 @@ def schema_text(
         return path.read_text(encoding="utf-8")
     text = _cached_text(sig, ddir, style, n_values)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, text)
     return text

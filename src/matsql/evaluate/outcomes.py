@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from matsql.evaluate.metrics import MissingPolicy, QuestionOutcome, question_outcome
 from matsql.evaluate.statistics import show_ids
-from matsql.fileio import atomic_write, iter_jsonl
+from matsql.fileio import atomic_write, atomic_write_gzip, is_gzip_path, iter_jsonl
 from matsql.rollout.io import read_records
 
 FileKind = Literal["rollout", "outcomes"]
@@ -165,10 +165,11 @@ def load_rows(path: Path, metric: str = "correct", *, missing: MissingPolicy = "
 
 
 def write_outcomes(path: Path, rows: Iterable[OutcomeRow | Mapping[str, Any]]) -> Path:
-    """Write an outcomes file atomically (temp file + rename), one JSON line per question."""
+    """Write an outcomes file atomically (temp file + rename), one JSON line per question; a
+    ``.gz`` name is gzipped with a fixed header (the same rows, the same bytes)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as fh:
+    with atomic_write_gzip(path) if is_gzip_path(path) else atomic_write(path) as fh:
         for row in rows:
             obj = row.to_json() if isinstance(row, OutcomeRow) else dict(row)
             fh.write(json.dumps(obj, ensure_ascii=False) + "\n")

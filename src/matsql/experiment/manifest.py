@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from matsql.experiment.plan import Stage
+from matsql.fileio import write_text_atomic
 
 
 def manifest_path(run_dir: Path, stage: str) -> Path:
@@ -192,9 +192,7 @@ def collect_metrics(out: Path) -> dict[str, Any]:
 def write_manifest(run_dir: Path, stage: Stage, data: dict[str, Any]) -> None:
     p = manifest_path(run_dir, stage.name)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, p)
+    write_text_atomic(p, json.dumps(data, indent=2, default=str))
 
 
 def now() -> str:

@@ -11,12 +11,11 @@ after it at inference. Extra columns (question_id, meta as JSON) ride along for 
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from matsql.fileio import atomic_write, replace_dataset_dir, write_text_atomic
+from matsql.fileio import atomic_dir, atomic_write, only_datasets_folder, write_text_atomic
 from matsql.labels.common import SFTExample
 from matsql.records import PreferencePair
 
@@ -94,13 +93,8 @@ def write_split(
     for it in items:
         rows["test" if it.question_id in test_ids else "train"].append(to_row(it))  # type: ignore[arg-type]
     dd = DatasetDict({s: _dataset(r, kind) for s, r in rows.items()})
-    tmp = out_dir / f".{name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    dd.save_to_disk(
-        str(tmp), num_shards={s: 1 for s in dd}
-    )  # an empty split needs one (empty) shard to reload
-    replace_dataset_dir(tmp, out_dir / name)
+    with atomic_dir(out_dir / name, keep_existing=only_datasets_folder) as tmp:
+        dd.save_to_disk(str(tmp), num_shards={s: 1 for s in dd})  # an empty split needs one shard to reload
     _write_jsonl(
         out_dir / f"{name}.jsonl",
         (

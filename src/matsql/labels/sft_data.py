@@ -22,7 +22,6 @@ prompts cannot drift apart; the student prompt never contains the gold SQL.
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ import yaml
 
 from matsql.agents import planner, selector, validator
 from matsql.backends.base import Backend, ChatPrompt
-from matsql.fileio import atomic_write, replace_dataset_dir
+from matsql.fileio import atomic_dir, atomic_write, only_datasets_folder
 from matsql.labels import teacher
 from matsql.labels.common import distinct_candidates, sft_rng
 from matsql.labels.fixer import fixer_sft
@@ -324,11 +323,8 @@ def write_sft(
             for s, rs in splits.items()
         }
     )
-    tmp = out / f".{name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    dd.save_to_disk(str(tmp), num_shards={s: 1 for s in dd})  # an empty split needs one shard to reload
-    replace_dataset_dir(tmp, out / name)
+    with atomic_dir(out / name, keep_existing=only_datasets_folder) as tmp:
+        dd.save_to_disk(str(tmp), num_shards={s: 1 for s in dd})  # an empty split needs one shard to reload
     with atomic_write(out / f"{name}.jsonl") as fh:
         for s, rs in splits.items():
             for r in rs:

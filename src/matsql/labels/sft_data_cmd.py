@@ -58,6 +58,7 @@ def sft_data(
     from matsql.benchmarks import load_benchmark
     from matsql.benchmarks.schema import DEFAULT_STYLE, styles
     from matsql.benchmarks.splits import split_questions
+    from matsql.fileio import write_text_atomic
     from matsql.labels import sft_data as sd
     from matsql.labels import teacher as tch
     from matsql.rollout.io import schema_style_of
@@ -168,4 +169,4 @@ def sft_data(
         }
         blob = json.dumps({**{k: v for k, v in meta.items() if k != "agents"}, **settings}, sort_keys=True)
         meta["config_hash"] = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    (out / "sft_data.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(out / "sft_data.json", json.dumps(meta, indent=2) + "\n")

@@ -9,12 +9,10 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from matsql.fileio import write_text_atomic
+from matsql.fileio import atomic_dir, write_text_atomic
 from matsql.models.catalog import READ_CHUNK, ModelResolutionError, models_dir
 from matsql.models.resolution import ResolvedModel, resolve_model
 
@@ -272,17 +270,8 @@ def save_hf_dir(model: Any, tokenizer: Any, out_dir: Path, *, meta: dict[str, An
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir, keep_existing=lambda d: (d / "matsql.json").is_file()) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         (tmp / "matsql.json").write_text(json.dumps(meta or {}, indent=1, default=str))
-        if (out_dir / "matsql.json").is_file():
-            return out_dir
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

@@ -25,7 +25,7 @@ from typing import Any
 
 from matsql import __version__
 from matsql.benchmarks.schema import DEFAULT_STYLE
-from matsql.fileio import is_gzip_path, iter_jsonl
+from matsql.fileio import atomic_write, atomic_write_gzip, is_gzip_path, iter_jsonl
 from matsql.records import RolloutHeader, RolloutRecord, dumps
 
 
@@ -248,14 +248,13 @@ def merge_rollouts(shards: list[Path], out: Path, order: list[str] | None = None
     else:
         ids = sorted(lines, key=lambda q: position[q])
     header = headers[0]
-    tmp = out.with_name(out.name + ".tmp")
-    opener = gzip.open if is_gzip_path(out) else open
-    with opener(tmp, "wt", encoding="utf-8", errors="backslashreplace") as f:
+    # errors: a lone surrogate can only sit in a JSON string, where "\udxxx" stays valid
+    write = atomic_write_gzip if is_gzip_path(out) else atomic_write
+    with write(out, errors="backslashreplace") as f:
         if header is not None:
             cfg = dict(header.config)
             cfg.pop("shard", None)
             f.write(dumps(header.model_copy(update={"config": cfg})) + "\n")
         for q in ids:
             f.write(lines[q] + "\n")
-    os.replace(tmp, out)
     return len(ids)

@@ -239,18 +239,7 @@ def eval_sql(
             }
             for q in questions
         ]
-        if out.suffix == ".gz":  # written plain, then gzipped (mtime 0: the same bytes every run)
-            import gzip
-            import os
-
-            plain = write_outcomes(out.with_name(f".{out.name}.tmp"), rows)
-            packed = out.with_name(f".{out.name}.gz.tmp")
-            with packed.open("wb") as fh, gzip.GzipFile(filename="", fileobj=fh, mode="wb", mtime=0) as gz:
-                gz.write(plain.read_bytes())
-            os.replace(packed, out)
-            plain.unlink()
-        else:
-            write_outcomes(out, rows)
+        write_outcomes(out, rows)  # a .gz name: gzipped, mtime 0 (the same bytes every run)
         err_console.print(f"wrote {len(questions)} question outcome(s) to {out}", highlight=False)
     if json_out:
         typer.echo(json.dumps(summary.to_json(), indent=2))

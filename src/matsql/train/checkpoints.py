@@ -25,6 +25,7 @@ from typing import Any
 from matsql.agents import validator
 from matsql.backends.base import Backend, ChatPrompt
 from matsql.evaluate.diagnostics import ValidatorDiagnostics, tally
+from matsql.fileio import atomic_dir
 from matsql.records import RolloutRecord
 
 PICK_FILE = "pick.json"
@@ -140,21 +141,23 @@ def write_pick(
     out: Path, chosen: CheckpointRef, scores: dict[str, ValidatorDiagnostics], meta: dict[str, Any]
 ) -> Path:
     """Copy the chosen adapter to ``out`` (a plain adapter folder later stages load) with
-    ``pick.json`` naming it and every checkpoint's scores; written to a temp folder, then renamed."""
+    ``pick.json`` naming it and every checkpoint's scores; written to a temp folder that then
+    replaces ``out`` (:func:`matsql.fileio.atomic_dir`)."""
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(
-        chosen.path, tmp, ignore=shutil.ignore_patterns("checkpoints", "optimizer.pt", "rng_state*")
-    )
     body = meta | {
         "chosen": chosen.name,
         "chosen_step": chosen.step,
         "scores": {k: v.as_dict() for k, v in scores.items()},
     }
-    (tmp / PICK_FILE).write_text(json.dumps(body, indent=1, sort_keys=True, default=str), encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out) as tmp:
+        shutil.copytree(
+            chosen.path,
+            tmp,
+            ignore=shutil.ignore_patterns("checkpoints", "optimizer.pt", "rng_state*"),
+            dirs_exist_ok=True,
+        )
+        (tmp / PICK_FILE).write_text(
+            json.dumps(body, indent=1, sort_keys=True, default=str), encoding="utf-8"
+        )
     return out
