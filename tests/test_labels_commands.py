@@ -28,6 +28,12 @@ class Rollout:
     seen: list[tuple[str, Path | None, str]]  # schema lookups the command made (name, root, style)
 
 
+def _rollout_file(path: Path, config: dict, specs: list = SPECS) -> Path:
+    header = RolloutHeader(matsql_version="0", config_hash="h", config=config, created="now")
+    path.write_text("\n".join([dumps(header), *map(dumps, build_records(specs))]) + "\n", encoding="utf-8")
+    return path
+
+
 @pytest.fixture
 def rollout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Rollout:
     seen: list[tuple[str, Path | None, str]] = []
@@ -37,13 +43,7 @@ def rollout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Rollout:
         return fake_schema
 
     monkeypatch.setattr(commands, "schema_lookup", lookup)
-    records = build_records(SPECS)
-    header = RolloutHeader(
-        matsql_version="0", config_hash="h", config={"benchmark": "fake-bench"}, created="now"
-    )
-    path = tmp_path / "roll.jsonl"
-    path.write_text("\n".join([dumps(header), *map(dumps, records)]) + "\n", encoding="utf-8")
-    return Rollout(path, seen)
+    return Rollout(_rollout_file(tmp_path / "roll.jsonl", {"benchmark": "fake-bench"}), seen)
 
 
 def test_build_all_modes_writes_one_folder_per_mode(rollout: Rollout, tmp_path: Path) -> None:
@@ -167,12 +167,6 @@ def test_build_bad_line_names_file_and_line(rollout: Rollout, tmp_path: Path) ->
     assert res.exit_code == 1 and f"roll.jsonl:{n}" in res.output.replace("\n", "")
 
 
-def _rollout_file(path: Path, config: dict, specs: list = SPECS) -> Path:
-    header = RolloutHeader(matsql_version="0", config_hash="h", config=config, created="now")
-    path.write_text("\n".join([dumps(header), *map(dumps, build_records(specs))]) + "\n", encoding="utf-8")
-    return path
-
-
 def test_build_uses_the_schema_style_the_header_records(rollout: Rollout, tmp_path: Path) -> None:
     path = _rollout_file(tmp_path / "tiny.jsonl", {"benchmark": "fake-bench", "schema_style": "tiny"})
     args = ["build", "--agent", "val-sel", "--mode", "independent", "--no-check-prompts"]
@@ -184,20 +178,8 @@ def test_build_uses_the_schema_style_the_header_records(rollout: Rollout, tmp_pa
 def test_build_refuses_rollouts_of_two_schema_styles(rollout: Rollout, tmp_path: Path) -> None:
     a = _rollout_file(tmp_path / "a.jsonl", {"benchmark": "fake-bench", "schema_style": "tiny"}, SPECS[:1])
     b = _rollout_file(tmp_path / "b.jsonl", {"benchmark": "fake-bench"}, SPECS[1:])  # the default style
-    res = runner.invoke(
-        commands.labels_app,
-        [
-            "build",
-            "--agent",
-            "val-sel",
-            "--rollouts",
-            str(a),
-            "--rollouts",
-            str(b),
-            "--out",
-            str(tmp_path / "o"),
-        ],
-    )
+    args = ["build", "--agent", "val-sel", "--rollouts", str(a), "--rollouts", str(b)]
+    res = runner.invoke(commands.labels_app, [*args, "--out", str(tmp_path / "o")])
     assert res.exit_code == 1 and "several schema styles" in res.output.replace("\n", "")
     assert rollout.seen == []
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from matsql.rollout.commands import schema_style_option
+
 _console = Console(stderr=True)
 
 
@@ -47,11 +49,8 @@ def sft_data(
     teacher_resamples: int = typer.Option(
         3, help="--teacher: resample a critique that disagrees with execution up to N times, then fall back."
     ),
-    schema_style: str | None = typer.Option(
-        None,
-        "--schema-style",
-        help="Schema layout in prompts (benchmarks/data/schema_format.yaml). Default: the one the "
-        "rollouts' header records, else mats.",
+    schema_style: str | None = schema_style_option(
+        None, "default: the one the rollouts' header records, else mats"
     ),
 ) -> None:
     """Build SFT datasets (TRL prompt-completion) for one agent or all."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -11,6 +12,13 @@ from matsql.benchmarks.schema import DEFAULT_STYLE, styles
 from matsql.rollout.gating import POLICIES
 
 console = Console(stderr=True)
+
+
+def schema_style_option(default: str | None, note: str) -> Any:
+    """``--schema-style``: the prompts' schema layout (a style of schema_format.yaml)."""
+    return typer.Option(
+        default, "--schema-style", help=f"Schema layout in prompts: {', '.join(styles())}; {note}."
+    )
 
 
 def _parse_shard(shard: str | None) -> tuple[int, int] | None:
@@ -77,11 +85,7 @@ def rollout(
         "wrong", "--missing", help="questions with a missing database: wrong|skip|error"
     ),
     exec_timeout: float = typer.Option(30.0, "--exec-timeout", help="seconds per SQL query (hard deadline)"),
-    schema_style: str = typer.Option(
-        DEFAULT_STYLE,
-        "--schema-style",
-        help=f"schema layout in prompts: {', '.join(styles())} (recorded in the header; later stages reuse it)",
-    ),
+    schema_style: str = schema_style_option(DEFAULT_STYLE, "recorded in the header; later stages reuse it"),
     ex_mode: str | None = typer.Option(
         None,
         "--ex",
