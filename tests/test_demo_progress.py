@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -56,3 +57,25 @@ def test_progress_executor_times_each_stage_and_reports_it(tmp_path: Path) -> No
     with pytest.raises(RuntimeError):
         failing.run(SimpleNamespace(name="sft-fixer"), tmp_path / "logs" / "sft-fixer.log")
     assert failing.times[0].ok is False and "failed sft-fixer" in buf.getvalue()
+
+
+def test_progress_executor_runs_stages_at_once(tmp_path: Path) -> None:
+    """Under `run_plan(jobs=2)` two stages run in threads and share one live display."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=120, force_terminal=True)
+    ex = ProgressExecutor(
+        _Writes(["rollout 1/2 questions 1s\n", "rollout 2/2 questions 2s\n"]), console, 0.01
+    )
+    names = ["eval-base", "eval-planner"]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for f in [
+            pool.submit(ex.run, SimpleNamespace(name=n), tmp_path / "logs" / f"{n}.log") for n in names
+        ]:
+            f.result()
+    assert sorted(t.name for t in ex.times) == names and all(t.ok for t in ex.times)
+    assert ex._running == 0 and not ex._progress.live.is_started  # the display stopped with the last
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.getvalue())
+    for n in names:
+        assert f"done {n} in" in shown

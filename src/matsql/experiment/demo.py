@@ -45,13 +45,29 @@ class StageTime:
 
 
 class ProgressExecutor:
-    """Wraps an executor: the same stages, with a live line per stage on the console."""
+    """Wraps an executor: the same stages, with a live line per running stage on the console.
+
+    Thread-safe: under ``run_plan(jobs=N)`` several stages run at once, and they share one live
+    display (rich allows one per console), started with the first running stage and stopped
+    with the last.
+    """
 
     def __init__(self, inner, console: Console | None = None, poll_s: float = 0.5):
         self.inner = inner
         self.console = console or Console(stderr=True)
         self.poll_s = poll_s
         self.times: list[StageTime] = []
+        self._lock = threading.Lock()
+        self._running = 0
+        self._progress = Progress(
+            TextColumn("  [bold]{task.fields[stage]}[/bold]"),
+            BarColumn(bar_width=24),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[unit]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
 
     def set_priorities(self, rank: dict[str, int]) -> None:
         if hasattr(self.inner, "set_priorities"):
@@ -61,16 +77,12 @@ class ProgressExecutor:
         log = Path(log)
         start_size = log.stat().st_size if log.exists() else 0
         stop = threading.Event()
-        progress = Progress(
-            TextColumn("  [bold]{task.fields[stage]}[/bold]"),
-            BarColumn(bar_width=24),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[unit]}"),
-            TimeElapsedColumn(),
-            console=self.console,
-            transient=True,
-        )
-        task = progress.add_task(stage.name, total=None, stage=stage.name, unit="")
+        progress = self._progress
+        with self._lock:
+            if self._running == 0:
+                progress.start()
+            self._running += 1
+            task = progress.add_task(stage.name, total=None, stage=stage.name, unit="")
 
         def follow() -> None:
             pos = start_size
@@ -95,15 +107,19 @@ class ProgressExecutor:
         t0 = time.perf_counter()
         watcher = threading.Thread(target=follow, daemon=True)
         ok = False
-        with progress:
-            watcher.start()
-            try:
-                self.inner.run(stage, log)
-                ok = True
-            finally:
-                stop.set()
-                watcher.join()
-                dt = time.perf_counter() - t0
+        watcher.start()
+        try:
+            self.inner.run(stage, log)
+            ok = True
+        finally:
+            stop.set()
+            watcher.join()
+            dt = time.perf_counter() - t0
+            mark = "[green]done[/green]" if ok else "[red]failed[/red]"
+            with self._lock:
                 self.times.append(StageTime(stage.name, dt, ok))
-                mark = "[green]done[/green]" if ok else "[red]failed[/red]"
+                progress.remove_task(task)
                 self.console.print(f"  {mark} {stage.name} in {dt:.1f} s (log: {portable_path(log)})")
+                self._running -= 1
+                if self._running == 0:
+                    progress.stop()
