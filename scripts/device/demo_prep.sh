@@ -119,7 +119,12 @@ for a in val-sel val-cond fixer selector; do echo "-- $a"; tail -n 5 "$W/train-$
 lap team
 
 # 4. adapters stored in float16 (half the bytes in git; PEFT casts them back to the model's float32
-#    on load): what the demo loads, and what step 5 measures
+#    on load): what the demo loads, and what step 5 measures. The validators keep the tokenizer
+#    their run saved (the demo's ORPO stages start from them and read it); the others need none.
+for a in "${AGENTS[@]}"; do
+  rm -rf "$PREP/$a/checkpoint-"* "$PREP/$a/checkpoints" "$PREP/$a/README.md" "$PREP/$a/training_args.bin"
+  case $a in val-*) ;; *) rm -f "$PREP/$a"/{tokenizer.json,tokenizer_config.json,special_tokens_map.json,chat_template.jinja} ;; esac
+done
 "$PY" - "$PREP" <<'PY'
 import sys
 from pathlib import Path
@@ -141,10 +146,7 @@ matsql select "$W/rollout-dev.jsonl" -a experiments/agents/smollm2-gpu.yaml --ad
 matsql metrics "$W/rollout-dev.jsonl" "$W/picks-dev.jsonl" || matsql metrics "$W/rollout-dev.jsonl" || true
 lap "dev check"
 
-for a in "${AGENTS[@]}"; do
-  rm -rf "$PREP/$a/checkpoint-"*
-  tar -C "$PREP" -czf "$OUT/$a.tgz" "$a"
-done
+for a in "${AGENTS[@]}"; do tar -C "$PREP" -czf "$OUT/$a.tgz" "$a"; done
 tar -C "$W" -czf "$OUT/check.tgz" rollout-train.jsonl rollout-dev.jsonl picks-dev.jsonl 2>/dev/null || true
 du -sh "$PREP"/* "$OUT"/*
 lap done
