@@ -140,13 +140,13 @@ PY
 matsql rollout "${STYLE[@]}" -b minibench -a experiments/agents/smollm2-gpu.yaml \
   --adapter planner="$PREP/planner" --adapter val-sel="$PREP/val-sel" --adapter val-cond="$PREP/val-cond" \
   --adapter fixer="$PREP/fixer" --k 2 -t 1.0 --gate exec_error_or_critique --batch-questions 64 \
-  --sample "${N_DEV:-40}" -o "$W/rollout-dev.jsonl" || true
-matsql select "$W/rollout-dev.jsonl" -a experiments/agents/smollm2-gpu.yaml --adapter selector="$PREP/selector" \
-  --out "$W/picks-dev.jsonl" || true
-matsql metrics "$W/rollout-dev.jsonl" "$W/picks-dev.jsonl" || matsql metrics "$W/rollout-dev.jsonl" || true
+  --sample "${N_DEV:-40}" -o "$W/dev/rollout.jsonl" || true
+matsql select "$W/dev/rollout.jsonl" -a experiments/agents/smollm2-gpu.yaml --adapter selector="$PREP/selector" \
+  --out "$W/dev/picks.jsonl" || true
+matsql metrics "$W/dev" || true   # a run folder: rollout.jsonl + picks.jsonl (selector EX)
 lap "dev check"
 
 for a in "${AGENTS[@]}"; do tar -C "$PREP" -czf "$OUT/$a.tgz" "$a"; done
-tar -C "$W" -czf "$OUT/check.tgz" rollout-train.jsonl rollout-dev.jsonl picks-dev.jsonl 2>/dev/null || true
+tar -C "$W" -czf "$OUT/check.tgz" rollout-train.jsonl dev 2>/dev/null || true
 du -sh "$PREP"/* "$OUT"/*
 lap done
