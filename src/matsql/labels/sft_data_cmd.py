@@ -52,6 +52,15 @@ def sft_data(
     schema_style: str | None = schema_style_option(
         None, "default: the one the rollouts' header records, else mats"
     ),
+    parts: str | None = typer.Option(
+        None,
+        "--parts",
+        help="a seeded partition of the benchmark's questions, as rollout --parts (e.g. "
+        "sft=2000,label=2000): with --part, the planner's gold examples and the rollout records are "
+        "restricted to that part, so SFT never sees the gold SQL of the other parts",
+    ),
+    part: str | None = typer.Option(None, "--part", help="the part of --parts to build from"),
+    parts_seed: int = typer.Option(0, "--parts-seed", help="the partition's seed (as the rollouts')"),
 ) -> None:
     """Build SFT datasets (TRL prompt-completion) for one agent or all."""
     from matsql.benchmarks import load_benchmark
@@ -61,6 +70,7 @@ def sft_data(
     from matsql.labels import sft_data as sd
     from matsql.labels import teacher as tch
     from matsql.rollout.io import schema_style_of
+    from matsql.rollout.runner import question_part
 
     agents = list(sd.SFT_AGENTS) if agent == "all" else [agent]
     if any(a not in sd.SFT_AGENTS for a in agents):
@@ -92,12 +102,35 @@ def sft_data(
             _console.print(
                 "[yellow]teacher temperature is 0: a resample repeats the rejected critique[/yellow]"
             )
+    if (parts is None) != (part is None):
+        raise typer.BadParameter("--parts and --part go together: the partition and the part to build from")
     bench = load_benchmark(benchmark)
+    questions = bench.runnable
+    in_part: set[str] | None = None
+    if parts is not None and part is not None:
+        # the draw of `rollout --parts` (positions in every question of the benchmark, its default
+        # --missing wrong), so that a part names the same questions in every stage
+        try:
+            in_part = {q.question_id for q in question_part(bench.select("wrong"), parts, part, parts_seed)}
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--parts") from None
+        questions = [q for q in questions if q.question_id in in_part]
+        _console.print(
+            f"part {part} of {parts} (seed {parts_seed}): {len(in_part)} questions, {len(questions)} runnable"
+        )
     records, headers = [], []
     if rollouts and need_rollouts:
         from matsql.labels.io import read_rollouts
 
         records, headers = read_rollouts(rollouts)
+        if in_part is not None:
+            kept = [r for r in records if r.question_id in in_part]
+            if len(kept) < len(records):
+                _console.print(
+                    f"[yellow]{len(records) - len(kept)} of {len(records)} rollout record(s) are not in "
+                    f"part {part}: left out[/yellow]"
+                )
+            records = kept
     style = schema_style or schema_style_of(headers)
     if style not in styles():
         raise typer.BadParameter(f"expected one of {', '.join(styles())}", param_hint="--schema-style")
@@ -117,7 +150,7 @@ def sft_data(
     try:
         for a in agents:
             if a == "planner":
-                built = sd.planner_examples(bench.runnable, schema)
+                built = sd.planner_examples(questions, schema)
             elif a in ("val-sel", "val-cond"):
                 built = sd.validator_examples(
                     records,
@@ -152,6 +185,8 @@ def sft_data(
         if callable(close):  # a served teacher's connections; other backends may have nothing to close
             close()
     meta = {"benchmark": benchmark, "rollouts": [str(p) for p in rollouts], "seed": seed, "agents": summary}
+    if in_part is not None:  # recorded when given (earlier files stay as they were)
+        meta["parts"] = {"parts": parts, "part": part, "parts_seed": parts_seed, "questions": len(in_part)}
     if style != DEFAULT_STYLE:  # recorded when it is not the default (earlier files stay as they were)
         meta["schema_style"] = style
     if llm is not None:

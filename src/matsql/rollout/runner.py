@@ -58,19 +58,27 @@ def parse_parts(spec: str) -> dict[str, int]:
     return out
 
 
+def question_part(questions: Sequence[Question], parts: str, part: str, seed: int) -> list[Question]:
+    """The questions of ``part`` of the partition ``parts`` (``--parts``/``--part``/``--parts-seed``),
+    in their order: the permutation draw over positions in ``questions``. Every command that
+    takes a part (``rollout``, ``train sft-data``) draws it here, so equal options name the same
+    questions."""
+    sizes = parse_parts(parts)
+    if part not in sizes:
+        raise ValueError(f"--part {part!r} is not one of --parts: {', '.join(sizes)}")
+    try:
+        chosen = split_questions(range(len(questions)), sizes, seed, "permutation")[part]
+    except ValueError as e:
+        raise ValueError(f"--parts {parts}: {e}") from None
+    return [questions[i] for i in chosen]
+
+
 def select_questions(questions: Sequence[Question], cfg: RolloutConfig) -> list[Question]:
     qs = list(questions)[cfg.offset :]
     if cfg.part is not None or cfg.parts is not None:
         if cfg.part is None or cfg.parts is None:
             raise ValueError("--parts and --part go together: the partition and the part to run on")
-        sizes = parse_parts(cfg.parts)
-        if cfg.part not in sizes:
-            raise ValueError(f"--part {cfg.part!r} is not one of --parts: {', '.join(sizes)}")
-        try:
-            part = split_questions(range(len(qs)), sizes, cfg.parts_seed, "permutation")[cfg.part]
-        except ValueError as e:
-            raise ValueError(f"--parts {cfg.parts}: {e}") from None
-        qs = [qs[i] for i in part]
+        qs = question_part(qs, cfg.parts, cfg.part, cfg.parts_seed)
     if cfg.sample is not None and cfg.sample < len(qs):
         keep = sorted(random.Random(f"sample:{cfg.seed}").sample(range(len(qs)), cfg.sample))
         qs = [qs[i] for i in keep]
