@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import shlex
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 
 from matsql.benchmarks.schema import DEFAULT_STYLE, styles
 from matsql.rollout.gating import POLICIES
+
+if TYPE_CHECKING:
+    from matsql.rollout.config import RolloutConfig
+    from matsql.team import Team
 
 console = Console(stderr=True)
 
@@ -108,22 +114,15 @@ def rollout(
         raise typer.Exit(code=2) from None
 
 
-def _rollout(
-    benchmark, agents, adapters, out, k, temperature, greedy_first, gate, branches, fix_all,
-    fixer_samples, fixer_temperature, validators, planner_from, seed, batch_questions, limit,
-    sample, offset, parts, part, parts_seed, shard, data, missing, exec_timeout, schema_style, ex_mode, resume,
-) -> None:  # fmt: skip
-    from matsql.benchmarks import load_benchmark
+def _config(
+    benchmark, agents, adapters, k, temperature, greedy_first, gate, branches, fix_all, fixer_samples,
+    fixer_temperature, validators, planner_from, seed, batch_questions, limit, sample, offset, parts, part,
+    parts_seed, shard, data, missing, exec_timeout, schema_style, **_: Any,
+) -> tuple[RolloutConfig, Team]:  # fmt: skip
+    """The config (what the header records, its hash) and the team of a rollout's options."""
     from matsql.rollout.config import RolloutConfig
-    from matsql.rollout.runner import run_rollout
-    from matsql.rollout.services import real_services
-    from matsql.sql.compare import MODES
-    from matsql.sql.ex_eval import official_rule
     from matsql.team import apply_adapters, load_team
 
-    ex_mode = ex_mode or official_rule(benchmark)
-    if ex_mode not in MODES:
-        raise ValueError(f"--ex {ex_mode!r}: expected one of {', '.join(MODES)}")
     team = apply_adapters(load_team(agents), adapters)
     cfg = RolloutConfig(
         benchmark=benchmark,
@@ -152,6 +151,42 @@ def _rollout(
         team_digest=team.digest(),
         schema_style=schema_style,
     )
+    return cfg, team
+
+
+def config_from_argv(argv: Sequence[str]) -> RolloutConfig:
+    """The config a ``matsql rollout ...`` command line (``rollout`` first or not, e.g. a plan
+    stage's argv) runs with, so its config hash, without loading a model or a benchmark: parsed
+    by the command's own options and built by the code the command runs. It reads the agents
+    file (the team's digest is in the hash)."""
+    args = list(argv[1:] if argv and argv[0] == "rollout" else argv)
+    app = typer.Typer()
+    app.command()(rollout)
+    cmd = typer.main.get_command(app)
+    try:
+        ctx = cmd.make_context("rollout", args)
+    except typer.TyperException as e:  # typer's click: a missing or unknown option, a bad value
+        why = e.format_message() if hasattr(e, "format_message") else str(e)
+        raise ValueError(f"not a rollout command line ({why}): {shlex.join(args)}") from None
+    return _config(**ctx.params)[0]
+
+
+def _rollout(
+    benchmark, agents, adapters, out, k, temperature, greedy_first, gate, branches, fix_all,
+    fixer_samples, fixer_temperature, validators, planner_from, seed, batch_questions, limit,
+    sample, offset, parts, part, parts_seed, shard, data, missing, exec_timeout, schema_style, ex_mode, resume,
+) -> None:  # fmt: skip
+    opts = dict(locals())
+    from matsql.benchmarks import load_benchmark
+    from matsql.rollout.runner import run_rollout
+    from matsql.rollout.services import real_services
+    from matsql.sql.compare import MODES
+    from matsql.sql.ex_eval import official_rule
+
+    ex_mode = ex_mode or official_rule(benchmark)
+    if ex_mode not in MODES:
+        raise ValueError(f"--ex {ex_mode!r}: expected one of {', '.join(MODES)}")
+    cfg, team = _config(**opts)
     bench = load_benchmark(benchmark, root=data)
     questions = bench.select(missing)
     if bench.missing:
