@@ -7,13 +7,21 @@ option's value ``--x=PATH`` and an override's ``key=PATH`` count too; a training
 as resolved with its bases), and the code that runs it: matsql's version and a digest of its
 packaged templates. The manifest keeps each part, so ``matsql experiment status`` can say why a
 stage is stale.
+
+Paths count relative to the plan's folders: inside the command line and as the names of the files
+it names, the run folder is written ``<run_dir>`` and the plan's base folder (the checkout)
+``<base_dir>`` (:func:`portable_text`); a file still counts by its content. So a run folder carried
+between machines whose checkouts sit at different absolute paths (this one and the lent GPU's
+``/root/matsql/repo``) keeps its finished stages fresh, and CPU stages can run on either.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -111,14 +119,43 @@ def code_identity() -> dict[str, str]:
     return {"version": matsql.__version__, "templates": h.hexdigest()[:16]}
 
 
+Roots = Sequence[tuple[str, Path]]
+"""(name, folder) pairs whose absolute paths a stage hash writes as ``<name>``."""
+
+
+def plan_roots(run_dir: Path, base_dir: Path) -> list[tuple[str, Path]]:
+    """The folders a plan's stage hashes are relative to: its run folder and its base folder."""
+    return [("run_dir", Path(run_dir)), ("base_dir", Path(base_dir))]
+
+
+def portable_text(text: str, roots: Roots) -> str:
+    """``text`` with each root's absolute path (as given, and resolved) written ``<name>``,
+    the longest first (a run folder inside the base folder is ``<run_dir>``). Only whole path
+    components match: ``/w/main`` is not replaced inside ``/w/main2`` or ``/x/w/main``."""
+    forms: list[tuple[str, str]] = []
+    for name, root in roots:
+        for form in dict.fromkeys((str(root), str(root.resolve()))):
+            if form not in ("", "/", "."):
+                forms.append((form.rstrip("/"), name))
+    for form, name in sorted(forms, key=lambda f: -len(f[0])):
+        text = re.sub(rf"(?<![\w./-]){re.escape(form)}(?![\w.-])", f"<{name}>", text)
+    return text
+
+
 def hash_parts(
-    stage: Stage, input_hashes: dict[str, str], stage_outs: list[str], code: dict[str, str] | None = None
+    stage: Stage,
+    input_hashes: dict[str, str],
+    stage_outs: list[str],
+    code: dict[str, str] | None = None,
+    roots: Roots = (),
 ) -> dict[str, Any]:
-    """What a stage's hash covers, part by part (kept in its manifest)."""
+    """What a stage's hash covers, part by part (kept in its manifest); with ``roots`` (the
+    plan's folders, :func:`plan_roots`) paths under them are written relative to them."""
+    files = named_files(stage, stage_outs)
     return {
-        "argv": stage.argv,
+        "argv": [portable_text(a, roots) for a in stage.argv],
         "inputs": input_hashes,
-        "files": named_files(stage, stage_outs),
+        "files": {portable_text(f, roots): h for f, h in files.items()},
         "code": code if code is not None else code_identity(),
     }
 
@@ -142,7 +179,13 @@ def stale_reasons(manifest: dict[str, Any], parts: dict[str, Any]) -> list[str]:
         return ["its manifest predates per-file hashes (written by an older matsql)"]
     why: list[str] = []
     if old.get("argv") != parts["argv"]:
-        why.append("the command changed")
+        relative = any("<base_dir>" in a or "<run_dir>" in a for a in parts["argv"])
+        if relative and not any("<base_dir>" in a or "<run_dir>" in a for a in old.get("argv", [])):
+            why.append(
+                "its manifest predates paths relative to the plan's folders (written by an older matsql)"
+            )
+        else:
+            why.append("the command changed")
     for d, h in parts["inputs"].items():
         if old.get("inputs", {}).get(d) != h:
             why.append(f"input stage {d} changed")

@@ -205,6 +205,7 @@ class Plan:
     env: dict[str, str] = field(default_factory=dict)  # environment for every stage
     slurm: dict[str, Any] = field(default_factory=dict)  # SLURM parameters for every stage
     primary: Primary | None = None
+    base_dir: Path = field(default_factory=Path.cwd)  # what ${base_dir} and a relative run_dir mean
 
     def ancestors(self, name: str) -> list[str]:
         if name not in self.stages:
@@ -681,6 +682,7 @@ def parse_plan(
         env=env,
         slurm=slurm,
         primary=spec.primary,
+        base_dir=base,
     )
 
 

@@ -15,6 +15,7 @@ from matsql.experiment.manifest import (
     git_commit,
     hash_parts,
     now,
+    plan_roots,
     read_manifest,
     stage_hash,
     stale_reasons,
@@ -30,13 +31,15 @@ def _exists(out: str) -> bool:
 
 
 def plan_hashes(plan: Plan) -> tuple[dict[str, str], dict[str, dict]]:
-    """Each stage's hash and the parts it covers (command, input stages, named files, code)."""
+    """Each stage's hash and the parts it covers (command, input stages, named files, code),
+    with paths relative to the plan's run and base folders (the same on every machine)."""
     code = code_identity()
     outs = [s.out for s in plan.stages.values()]
+    roots = plan_roots(plan.run_dir, plan.base_dir)  # paths count relative to these: portable hashes
     hashes: dict[str, str] = {}
     parts: dict[str, dict] = {}
     for name, s in plan.stages.items():  # topological order: inputs first
-        parts[name] = hash_parts(s, {d: hashes[d] for d in s.needs}, outs, code)
+        parts[name] = hash_parts(s, {d: hashes[d] for d in s.needs}, outs, code, roots)
         hashes[name] = stage_hash(s, {}, parts=parts[name])
     return hashes, parts
 
