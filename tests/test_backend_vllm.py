@@ -246,3 +246,45 @@ def test_vllm_engine_on_gpu(tiny_chat_model_dir: Path) -> None:
     s1 = b.generate(PROMPTS, n=3, temperature=1.0, max_tokens=8, seed=4)
     s2 = b.generate(PROMPTS, n=3, temperature=1.0, max_tokens=8, seed=4)
     assert s1 == s2
+
+
+def test_the_engine_takes_its_processs_share_of_the_card(
+    engine: VLLMEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Processes sharing a card (`experiment run --gpu-slots 2`: two rollouts, or a rollout beside
+    a training stage) each get MATSQL_GPU_MEMORY_FRACTION; vLLM sizes itself at start-up, so
+    the engine scales gpu_memory_utilization by that share and the engines fit side by side."""
+    from matsql.experiment.executors import LocalExecutor
+    from matsql.gpu import ENV
+
+    ex = LocalExecutor(gpus=["0"], gpu_slots=2)
+    share = ex.memory_fraction(1)  # one slot of the card's two
+    monkeypatch.setenv(ENV, f"{share:.4f}")
+    VLLMBackend(engine).generate(PROMPTS[:1], max_tokens=3)
+    assert engine.llm.kwargs["gpu_memory_utilization"] == pytest.approx(0.85 * 0.5)
+    # two such engines take what one engine alone would: the agents file's 0.85 of the card
+    assert 2 * engine.engine_kwargs(share)["gpu_memory_utilization"] == pytest.approx(0.85)
+    # the whole card (slots 2 of 2, or no runner): the configured value
+    assert ex.memory_fraction(2) is None
+    assert engine.engine_kwargs(None)["gpu_memory_utilization"] == 0.85
+    assert engine.engine_kwargs(1.0)["gpu_memory_utilization"] == 0.85
+
+
+@pytest.mark.parametrize("raw", ["", "1"])
+def test_no_share_keeps_the_configured_utilization(
+    engine: VLLMEngine, monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    from matsql.gpu import ENV
+
+    monkeypatch.setenv(ENV, raw)
+    VLLMBackend(engine).generate(PROMPTS[:1], max_tokens=3)
+    assert engine.llm.kwargs["gpu_memory_utilization"] == 0.85
+
+
+def test_a_bad_share_stops_the_engine_start(engine: VLLMEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matsql.gpu import ENV
+
+    monkeypatch.setenv(ENV, "half")
+    with pytest.raises(ValueError, match="MATSQL_GPU_MEMORY_FRACTION must be a number"):
+        VLLMBackend(engine).generate(PROMPTS[:1], max_tokens=3)
+    assert engine._llm is None

@@ -5,7 +5,11 @@
 allocator keeps each process's peak (a 256-row prefill of 1,500-token prompts: ~25 GB), and
 three such processes plus a training stage ran an 80 GB H100 out of memory (session 4). Under
 the cap an allocation past the share raises ``torch.OutOfMemoryError`` in that process only,
-where the local backend halves its batch.
+where the local backend halves its batch. A vLLM engine sizes its own memory instead
+(``gpu_memory_utilization``, the fraction of the card it takes at start-up: weights, activations
+and a KV cache filling the rest): the vllm backend scales it by the share
+(:func:`vllm_memory_utilization`), so two rollouts, or a rollout and a training stage, fit on one
+card.
 """
 
 from __future__ import annotations
@@ -41,6 +45,17 @@ def apply_memory_share(device: object = None) -> float | None:
     dev = device if device is not None else torch.cuda.current_device()
     torch.cuda.set_per_process_memory_fraction(share, dev)
     return share
+
+
+def vllm_memory_utilization(configured: float, share: float | None) -> float:
+    """The ``gpu_memory_utilization`` a vLLM engine starts with in a process holding ``share`` of
+    its card (:func:`memory_share`): the configured fraction of the whole card, scaled by the
+    share (0.8 at a share of 0.5: 0.4), so each engine keeps the headroom the agents file gives it
+    alone (CUDA context, sampler buffers) and the engines beside it fit. No share, or the whole
+    card: the configured value."""
+    if share is None or share >= 1:
+        return configured
+    return round(configured * share, 4)
 
 
 def disable_cudnn_attention() -> bool:

@@ -235,8 +235,12 @@ class VLLMEngine:
             self.adapters[p] = ad
             return ad
 
-    def engine_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``vllm.LLM`` for the current settings and adapters (pure)."""
+    def engine_kwargs(self, memory_share: float | None = None) -> dict[str, Any]:
+        """Keyword arguments of ``vllm.LLM`` for the current settings and adapters (pure). With
+        ``memory_share`` (this process's share of its card, ``matsql.gpu``) the engine takes that
+        share of ``gpu_memory_utilization`` (:func:`matsql.gpu.vllm_memory_utilization`)."""
+        from matsql.gpu import vllm_memory_utilization
+
         s = self.settings
         kw: dict[str, Any] = {
             "model": str(self.model_dir),
@@ -244,7 +248,7 @@ class VLLMEngine:
             "dtype": s.dtype,
             "seed": 0,
             "enable_prefix_caching": s.enable_prefix_caching,
-            "gpu_memory_utilization": s.gpu_memory_utilization,
+            "gpu_memory_utilization": vllm_memory_utilization(s.gpu_memory_utilization, memory_share),
             "max_model_len": s.max_model_len,
             "max_num_seqs": s.max_num_seqs,
             "enforce_eager": bool(s.enforce_eager) if s.enforce_eager is not None else bool(self.adapters),
@@ -261,7 +265,16 @@ class VLLMEngine:
     def llm(self) -> Any:
         with self.lock:
             if self._llm is None:
-                kw = self.engine_kwargs()
+                from matsql.gpu import memory_share
+
+                # a card shared with other stages (experiment run --gpu-slots): this process's part
+                kw = self.engine_kwargs(memory_share())
+                if kw["gpu_memory_utilization"] != self.settings.gpu_memory_utilization:
+                    log.info(
+                        "vLLM takes %.4f of the card: gpu_memory_utilization %.2f x this process's share",
+                        kw["gpu_memory_utilization"],
+                        self.settings.gpu_memory_utilization,
+                    )
                 # in-process engine core: scheduling, and so seeded samples, repeat run to run
                 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
                 t0 = time.perf_counter()
