@@ -233,3 +233,53 @@ def test_metrics_common_scores_the_questions_every_file_holds(tmp_path: Path) ->
     assert got[0]["selector_ex"] == pytest.approx(sum(hits) / (len(hits) + missing))
     res = runner.invoke(app, ["metrics", str(full), str(part), "--json"])
     assert json.loads(res.stdout)[0]["metrics"] != got[0]["metrics"]  # without it, all of full
+
+
+def test_pick_rate_of_a_union_rule_divides_by_the_union_oracle(tmp_path: Path) -> None:
+    """union-vote may pick a right planner SQL that the fixer replaced, on a question where every
+    final candidate is wrong: the pick rate divides by the oracle of what it picked among (the
+    union), never passing 100%, and the note says which oracle that is."""
+    from matsql.cli import app as matsql_app
+    from tests.record_builders import cand, ok, record
+
+    # q1: three right planner queries, each broken by a false alarm (distinct wrong results): the
+    # final candidates hold no right one, the union has three votes for the right result
+    q1 = record(
+        "q1",
+        [
+            cand(
+                i,
+                "SELECT g",
+                ok("G"),
+                True,
+                ("incorrect", "correct"),
+                (f"SELECT w{i}", ok(f"W{i}"), False),
+                gate=True,
+            )
+            for i in range(3)
+        ],
+    )
+    q2 = record("q2", [cand(i, "SELECT g", ok("G"), True, ("correct", "correct")) for i in range(3)])
+    run = _run_folder(tmp_path / "team", [q1, q2], None)
+    res = CliRunner().invoke(
+        matsql_app,
+        ["select", str(run / "rollout.jsonl"), "--method", "union-vote", "--out", str(run / "picks.jsonl")],
+    )
+    assert res.exit_code == 0, res.output
+    row = build_row(run)
+    assert row.summary.values["pass@K"] == pytest.approx(0.5)  # the final candidates: q2 only
+    assert row.selector_ex == pytest.approx(1.0)  # the union vote gets both right
+    assert row.pick_oracle == pytest.approx(1.0) and row.pick_rate == pytest.approx(1.0)  # was 2.0
+    assert row.pick_rate_by_difficulty == {"simple": pytest.approx(1.0)}
+    md = to_markdown([row])
+    assert "pick rate over their oracle, 100.00, not pass@3 50.00" in md
+    # majority picks among the final candidates: its oracle is pass@K and the note stays silent
+    res = CliRunner().invoke(
+        matsql_app,
+        ["select", str(run / "rollout.jsonl"), "--method", "majority", "--out", str(run / "picks.jsonl")],
+    )
+    assert res.exit_code == 0, res.output
+    row = build_row(run)
+    assert row.selector_ex == pytest.approx(0.5) and row.pick_rate == pytest.approx(1.0)
+    assert row.pick_oracle == pytest.approx(row.summary.values["pass@K"])
+    assert "their oracle" not in to_markdown([row])

@@ -96,8 +96,7 @@ def metrics(
 def _difficulty_rows(table: Table, r: RunRow) -> None:
     for diff, s in r.by_difficulty.items():
         sel = r.selector_by_difficulty.get(diff)
-        oracle = s.values["pass@K"]
-        pick = sel / oracle if (sel is not None and oracle) else None
+        pick = r.pick_rate_by_difficulty.get(diff)  # over the oracle of what the selector picked among
         table.add_row(f"  {diff}", *_summary_cells(s), fmt_pct(sel), fmt_pct(pick), style="dim")
 
 
