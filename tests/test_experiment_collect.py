@@ -128,3 +128,59 @@ def test_collect_writes_portable_paths_and_every_figure_format(run, tmp_path):
     assert (dest / "compare" / "compare.md").read_text() == f"- A: {name}/eval/picks.jsonl\n"
     for suffix in ("pdf", "svg", "csv", "tex"):
         assert (dest / "compare" / f"difference.{suffix}").is_file()
+
+
+def _with_primary(tmp_path, margin: str):
+    """The collect toy plan with a `matsql compare` stage registered as its primary comparison,
+    the margin read from a var as the study plans do."""
+    import yaml
+
+    from matsql.experiment.plan import parse_plan
+
+    raw = yaml.safe_load(PLAN.read_text())
+    raw["stages"]["compare"]["cmd"] = "compare ${stages.select.out} ${stages.select.out} --out ${out}"
+    raw["vars"]["margin"] = margin
+    raw["primary"] = {"stage": "compare", "margin_pp": "${vars.margin}", "claim": "A - B > ${vars.margin} pp"}
+    return parse_plan(raw, source="collect.yaml", overrides={"vars.root": str(tmp_path)})
+
+
+def test_collect_marks_the_primary_comparison_and_judges_it_at_the_registered_margin(run, tmp_path):
+    from matsql.evaluate.statistics import compare_arms
+
+    # A right on 60 of 100 questions, B on 50 (A's 10 extra): about +10 pp, CI well above 0
+    a = {f"q{i}": float(i < 60) for i in range(100)}
+    b = {f"q{i}": float(i < 50) for i in range(100)}
+    result = compare_arms(a, b, name_a="A", name_b="B", n_resamples=2000)  # run without --min-gap
+    assert 0.02 < result.ci_low < 0.2
+    out = Path(run.stages["compare"].out) / "compare.json"
+    out.write_text(json.dumps(result.model_dump(mode="json") | {"sources": {}}))
+
+    for margin, holds in (("1", True), ("20", False)):
+        plan = _with_primary(tmp_path, margin)
+        assert plan.primary is not None and plan.primary.margin_pp == float(margin)
+        dest = tmp_path / f"results-{margin}"
+        collect_run(plan, dest)
+        primary = json.loads((dest / "collect.json").read_text())["primary"]
+        assert primary["stage"] == "compare" and primary["claim"] == f"A - B > {margin} pp"
+        assert primary["result"]["diff_pp"] == pytest.approx(10.0)
+        assert primary["result"]["ci_pp"] == [
+            pytest.approx(100 * result.ci_low),
+            pytest.approx(100 * result.ci_high),
+        ]
+        assert primary["result"]["claim_holds"] is holds
+        md = (dest / "stages.md").read_text()
+        assert md.startswith("# Primary comparison (pre-registered in the plan)")
+        assert ("**the claim holds**" in md) is holds
+        assert "| compare (**primary**, pre-registered) | 5.000 |" in md
+        assert "| select | 4.000 |" in md  # other rows unmarked
+
+
+def test_collect_says_when_the_primary_comparison_has_not_run(run, tmp_path):
+    manifest_path(run.run_dir, "compare").unlink()
+    dest = tmp_path / "results"
+    collect_run(_with_primary(tmp_path, "1"), dest)
+    assert json.loads((dest / "collect.json").read_text())["primary"]["result"] is None
+    assert "- result: not run yet" in (dest / "stages.md").read_text()
+    collect_run(run, tmp_path / "plain")  # a plan without one: no section
+    assert json.loads((tmp_path / "plain" / "collect.json").read_text())["primary"] is None
+    assert (tmp_path / "plain" / "stages.md").read_text().startswith("# Stages")

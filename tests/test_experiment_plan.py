@@ -215,3 +215,24 @@ def test_overrides_are_run_dir_and_vars_only(tmp_path):
     assert plan.stages["eval-collab"].out == f"{tmp_path}/r/eval-collab/rollout.jsonl"
     ev = plan.stages["eval-collab"].argv
     assert ev[ev.index("--limit") + 1] == "10"
+
+
+def test_the_v2_plan_registers_its_primary_comparison_from_the_vars_its_stage_reads():
+    v2 = ROOT / "experiments" / "study-spider-v2.yaml"
+    plan = load_plan(v2, base_dir=ROOT)
+    p = plan.primary
+    assert p is not None and p.stage == "compare-primary" and p.margin_pp == 1.0
+    argv = plan.stages[p.stage].argv
+    name_a, name_b = argv[argv.index("--name-a") + 1], argv[argv.index("--name-b") + 1]
+    assert p.claim is not None and p.claim.startswith(f"{name_a} - {name_b} > 1 pp")
+    assert p.metric == "selector EX (union-vote), Spider official rule (--ex spider)"
+    # the pooled picks of seeds 0-2, COLLAB first
+    assert [f.split("/")[-2:] for f in argv[1].split(",")] == [
+        [f"pooled-s{s}", "collab-picks.jsonl"] for s in range(3)
+    ]
+    moved = load_plan(
+        v2, base_dir=ROOT, overrides={"vars.primary_margin_pp": "2", "vars.primary_name_a": "X"}
+    )
+    assert moved.primary is not None and moved.primary.margin_pp == 2.0
+    assert moved.primary.claim is not None and moved.primary.claim.startswith(f"X - {name_b} > 2 pp")
+    assert "X" in moved.stages["compare-primary"].argv

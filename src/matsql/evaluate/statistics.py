@@ -256,6 +256,21 @@ def _verdict(
     return False, f"no clear difference (tie): {ci}"
 
 
+def verdict_at(result: ComparisonResult, gap_pp: float | None) -> tuple[bool, str]:
+    """(claim, sentence) of a finished comparison at a margin it may not have been run with: a
+    plan's pre-registered ``primary.margin_pp``, read back from its ``compare.json``."""
+    return _verdict(
+        result.name_a,
+        result.name_b,
+        result.ci_low,
+        result.ci_high,
+        gap_pp,
+        diff=result.diff,
+        mde=result.mde,
+        n=result.n,
+    )
+
+
 def compare_arms(
     a: Mapping[str, float],
     b: Mapping[str, float],

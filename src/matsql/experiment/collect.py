@@ -40,6 +40,7 @@ class Collected:
     yields: dict[str, dict[str, Any]] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    primary: dict[str, Any] | None = None  # the plan's pre-registered comparison and its result
 
 
 def _gzip_copy(src: Path, dest: Path) -> None:
@@ -60,6 +61,49 @@ def training_summary(metrics: dict[str, Any]) -> dict[str, Any]:
         if k in before or k in after:
             row[k] = {"before": before.get(k), "after": after.get(k)}
     return row
+
+
+def primary_result(plan: Plan) -> dict[str, Any] | None:
+    """The plan's pre-registered primary comparison (``primary:``) with what its stage measured:
+    the difference and intervals in pp, and whether the claim holds at the registered margin (the
+    CI's lower bound above it), whatever margin the stage's own command used. None when the
+    plan registers none; without the stage's ``compare.json`` the result is absent."""
+    from matsql.evaluate.statistics import ComparisonResult, verdict_at
+
+    if plan.primary is None:
+        return None
+    p = plan.primary
+    out: dict[str, Any] = {
+        "stage": p.stage,
+        "metric": p.metric,
+        "margin_pp": p.margin_pp,
+        "claim": p.claim,
+    }
+    m = read_manifest(plan.run_dir, p.stage)
+    found = Path(plan.stages[p.stage].out) / "compare.json"
+    if not (m and m.get("status") == "done" and found.is_file()):
+        return out | {"result": None}
+    r = ComparisonResult.model_validate(json.loads(found.read_text()))
+    holds, verdict = verdict_at(r, p.margin_pp)
+
+    def pp(x: float | None) -> float | None:
+        return None if x is None else round(100 * x, 4)
+
+    out["result"] = {
+        "a": r.name_a,
+        "b": r.name_b,
+        "n": r.n,
+        "ex_a": pp(r.ex_a),
+        "ex_b": pp(r.ex_b),
+        "diff_pp": pp(r.diff),
+        "ci_pp": [pp(r.ci_low), pp(r.ci_high)],
+        "cluster_ci_pp": None if r.cluster_ci_low is None else [pp(r.cluster_ci_low), pp(r.cluster_ci_high)],
+        "mde_pp": pp(r.mde),
+        "p_value": r.mcnemar_p,
+        "claim_holds": holds,
+        "verdict": verdict,
+    }
+    return out
 
 
 def collect_run(
@@ -124,8 +168,10 @@ def collect_run(
         for fname in ADAPTER_FILES:
             if (src / fname).is_file():
                 shutil.copy2(src / fname, target / fname)
+    got.primary = primary_result(plan)
     summary = {
         "plan": plan.name,
+        "primary": got.primary,
         "stages": got.stage_rows,
         "not_done": got.missing,
         "training": got.training,
@@ -144,11 +190,40 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def primary_markdown(primary: dict[str, Any] | None) -> list[str]:
+    """The pre-registered comparison first, so a reader sees which result the claim rests on."""
+    if primary is None:
+        return []
+    lines = [
+        "# Primary comparison (pre-registered in the plan)",
+        "",
+        f"- stage: `{primary['stage']}`; metric: {primary['metric']}; margin: {primary['margin_pp']:g} pp",
+    ]
+    if primary.get("claim"):
+        lines.append(f"- claim: {primary['claim']}")
+    r = primary.get("result")
+    if r is None:
+        lines.append("- result: not run yet")
+    else:
+        ci = ", ".join(f"{x:+.2f}" for x in r["ci_pp"])
+        lines += [
+            f"- result: {r['a']} - {r['b']} = {r['diff_pp']:+.2f} pp, 95% CI [{ci}], {r['n']} questions"
+            + ("" if r["mde_pp"] is None else f", MDE {r['mde_pp']:.2f} pp"),
+            f"- at the registered margin: **{'the claim holds' if r['claim_holds'] else 'the claim does not hold'}**"
+            f" ({r['verdict']})",
+        ]
+    return [*lines, ""]
+
+
 def stages_markdown(got: Collected) -> str:
     """Stage times and training outcomes as Markdown tables (the run's manifests and metrics.json)."""
-    lines = ["# Stages", "", "| stage | seconds | started | finished |", "|---|---|---|---|"]
+    lines = primary_markdown(got.primary)
+    primary = got.primary["stage"] if got.primary else None
+    lines += ["# Stages", "", "| stage | seconds | started | finished |", "|---|---|---|---|"]
     lines += [
-        f"| {r['stage']} | {_fmt(r['seconds'])} | {r['started']} | {r['finished']} |" for r in got.stage_rows
+        f"| {r['stage']}{' (**primary**, pre-registered)' if r['stage'] == primary else ''} | "
+        f"{_fmt(r['seconds'])} | {r['started']} | {r['finished']} |"
+        for r in got.stage_rows
     ]
     if got.stage_rows:
         starts = [r["started"] for r in got.stage_rows if r["started"]]

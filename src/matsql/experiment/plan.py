@@ -40,7 +40,8 @@ pre-register its primary comparison (DESIGN.md "Study protocol") before the eval
 
     primary: {stage: compare, metric: selector EX, margin_pp: 1.0, claim: COLLAB - INDEP >= 1 pp}
 
-(``stage`` must be a ``matsql compare`` stage of the plan; :attr:`Plan.primary`).
+(``stage`` must be a ``matsql compare`` stage of the plan; the values may refer to vars, e.g.
+``margin_pp: ${vars.margin}``; :attr:`Plan.primary`).
 """
 
 from __future__ import annotations
@@ -136,12 +137,24 @@ class StageSpec(_Strict):
 
 class Primary(_Strict):
     """The pre-registered primary comparison: written into the plan before the evaluation runs,
-    so that what was to be claimed is on record beside what was measured."""
+    so that what was to be claimed is on record beside what was measured (``experiment collect``
+    marks it and states it at this margin)."""
 
     stage: str  # the `matsql compare` stage whose compare.json decides it
     metric: str = "selector EX"
     margin_pp: float = Field(default=0.0, ge=0)  # claimed only if the CI's lower bound clears it
     claim: str | None = None  # in words, e.g. "COLLAB - INDEP >= 1 pp"
+
+
+class PrimarySpec(_Strict):
+    """``primary:`` as written in the file: its values may refer to the plan's vars
+    (``margin_pp: ${vars.primary_margin_pp}``), so the block and the stage that runs the
+    comparison read one value; checked as :class:`Primary` once filled in."""
+
+    stage: str
+    metric: str = "selector EX"
+    margin_pp: Float = 0.0
+    claim: str | None = None
 
 
 class PlanSpec(_Strict):
@@ -155,7 +168,7 @@ class PlanSpec(_Strict):
     stages: dict[str, StageSpec]
     env: dict[str, Scalar] = Field(default_factory=dict)  # environment of every stage
     slurm: dict[str, Any] = Field(default_factory=dict)  # SLURM parameters of every stage
-    primary: Primary | None = None
+    primary: PrimarySpec | None = None
     extends: str | None = None  # merged by read_plan_yaml
 
     @model_validator(mode="before")
@@ -669,8 +682,14 @@ def parse_plan(
         scope.set(key, None)
     env = scope.fill({k: str(v) for k, v in spec.env.items()}, where("env"))
     slurm = scope.fill(spec.slurm, where("slurm"))
+    primary = None
     if spec.primary is not None:
-        _check_primary(spec.primary, ordered, _where(source, files, ["primary"]))
+        filled = scope.fill(spec.primary.model_dump(), where("primary"))
+        try:
+            primary = Primary.model_validate(filled)
+        except ValidationError as e:
+            raise _schema_error(e, filled, source, files, ["primary"]) from None
+        _check_primary(primary, ordered, _where(source, files, ["primary"]))
     return Plan(
         name=spec.name,
         run_dir=run_dir,
@@ -681,7 +700,7 @@ def parse_plan(
         raw=raw,
         env=env,
         slurm=slurm,
-        primary=spec.primary,
+        primary=primary,
         base_dir=base,
     )
 
