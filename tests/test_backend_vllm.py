@@ -288,3 +288,48 @@ def test_a_bad_share_stops_the_engine_start(engine: VLLMEngine, monkeypatch: pyt
     with pytest.raises(ValueError, match="MATSQL_GPU_MEMORY_FRACTION must be a number"):
         VLLMBackend(engine).generate(PROMPTS[:1], max_tokens=3)
     assert engine._llm is None
+
+
+def test_engines_on_a_shared_card_start_one_at_a_time(
+    engine: VLLMEngine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """vLLM charges whatever the card gains during its start-up to itself: a second engine
+    starting meanwhile would shrink the first one's KV cache. Under a share, a start waits for
+    the card's start-up lock (held here from outside, as another process would hold it)."""
+    import fcntl
+    import tempfile
+    import threading
+    import uuid
+
+    from matsql.gpu import ENV
+
+    card = f"test-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", card)
+    lock = Path(tempfile.gettempdir()) / f"matsql-vllm-start-{card}.lock"
+    started = threading.Event()
+    make = engine.llm_factory
+    engine.llm_factory = lambda **kw: (started.set(), make(**kw))[1]
+
+    def start() -> None:
+        VLLMBackend(engine).generate(PROMPTS[:1], max_tokens=3)
+
+    try:
+        with lock.open("a") as other:
+            fcntl.flock(other, fcntl.LOCK_EX)  # another process starting its engine on this card
+            monkeypatch.setenv(ENV, "0.5")
+            t = threading.Thread(target=start)
+            t.start()
+            assert not started.wait(0.5)  # waits for the card
+            fcntl.flock(other, fcntl.LOCK_UN)
+            t.join(10)
+        assert started.is_set() and not t.is_alive()
+        # alone on the card (no share): no lock is taken, even while one is held
+        monkeypatch.delenv(ENV)
+        engine._llm = None
+        started.clear()
+        with lock.open("a") as other:
+            fcntl.flock(other, fcntl.LOCK_EX)
+            start()
+        assert started.is_set()
+    finally:
+        lock.unlink(missing_ok=True)

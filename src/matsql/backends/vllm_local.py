@@ -42,7 +42,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,32 @@ class Adapter:
     int_id: int
     path: str
     rank: int
+
+
+@contextmanager
+def start_lock(share: float | None) -> Iterator[None]:
+    """Hold the card's start-up lock while this process starts an engine on a shared card (a
+    memory ``share`` below 1): engines sharing a card start one at a time. vLLM counts as its own
+    non-KV memory everything the card gained from its creation to the end of its profiling
+    minus its own torch memory (``vllm.utils.mem_utils.memory_profiling``), so another engine
+    allocating its KV cache meanwhile would be charged to this one and shrink, or exhaust, its
+    cache. A process alone on the card takes no lock. A training stage beside it still
+    allocates as it goes; that is not serialised."""
+    if share is None or share >= 1:
+        yield
+        return
+    import fcntl
+    import tempfile
+
+    card = os.environ.get("CUDA_VISIBLE_DEVICES", "").replace(",", "_") or "all"
+    path = Path(tempfile.gettempdir()) / f"matsql-vllm-start-{card}.lock"
+    with path.open("a") as f:
+        t0 = time.perf_counter()
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, also if the start fails
+        waited = time.perf_counter() - t0
+        if waited > 1:
+            log.info("waited %.0f s for another vLLM engine on this card to start", waited)
+        yield
 
 
 def adapter_rank(path: str | os.PathLike[str]) -> int:
@@ -268,7 +295,8 @@ class VLLMEngine:
                 from matsql.gpu import memory_share
 
                 # a card shared with other stages (experiment run --gpu-slots): this process's part
-                kw = self.engine_kwargs(memory_share())
+                share = memory_share()
+                kw = self.engine_kwargs(share)
                 if kw["gpu_memory_utilization"] != self.settings.gpu_memory_utilization:
                     log.info(
                         "vLLM takes %.4f of the card: gpu_memory_utilization %.2f x this process's share",
@@ -278,7 +306,8 @@ class VLLMEngine:
                 # in-process engine core: scheduling, and so seeded samples, repeat run to run
                 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
                 t0 = time.perf_counter()
-                self._llm = self.llm_factory(**kw)
+                with start_lock(share):
+                    self._llm = self.llm_factory(**kw)
                 if kw.get("enable_lora"):
                     self._lora = (kw["max_lora_rank"], kw["max_loras"])
                 log.info("vLLM engine on %s started in %.1f s", self.model_dir, time.perf_counter() - t0)
