@@ -9,6 +9,7 @@
 #   - the sha256-pinned Qwen2.5-Coder-0.5B GGUF.
 # Then, on the device: `setup.sh part partNN` per part (carry .carry/blob/partNN), `setup.sh join`.
 #   bash scripts/device/pack.sh            # session 6: 17 parts of 44 MiB beside a 17 MiB tree
+#   LITE=1 bash scripts/device/pack.sh     # wheels only (no Spider data, no GGUF): 8 parts of 32 MiB
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=${MATSQL_DATA:-../shared/data}
@@ -33,11 +34,15 @@ rm -rf .whl/blob && mkdir -p .whl/blob/whl .whl/blob/data/spider .whl/blob/data/
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${PLAT[@]}" \
   -d .whl/blob/whl trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 sqlglot==30.30.0 gguf==0.19.0 \
   zstandard==0.25.0 omegaconf==2.4.0
-cp -r "$DATA"/spider/{dev.json,tables.json,dev_gold.sql,train_gold.sql,database} .whl/blob/data/spider/
-cp "$DATA"/spider-syn/train_spider.json .whl/blob/data/spider-syn/
 ln -f .whl/vllm-site.tar.zst .whl/blob/vllm-site.tar.zst
-GGUF=$(python3 -c 'from matsql.models import resolve_model; print(resolve_model("qwen2.5-coder-0.5b-instruct").path)')
-ln -sf "$GGUF" .whl/blob/model.gguf
+if [ "${LITE:-0}" = 1 ]; then  # the wheels only (8 parts): random-weight checks, SmolLM2 demo training
+  rm -rf .whl/blob/data
+else
+  cp -r "$DATA"/spider/{dev.json,tables.json,dev_gold.sql,train_gold.sql,database} .whl/blob/data/spider/
+  cp "$DATA"/spider-syn/train_spider.json .whl/blob/data/spider-syn/
+  GGUF=$(python3 -c 'from matsql.models import resolve_model; print(resolve_model("qwen2.5-coder-0.5b-instruct").path)')
+  ln -sf "$GGUF" .whl/blob/model.gguf
+fi
 rm -rf .carry/blob && mkdir -p .carry/blob
 tar -C .whl/blob -chf - . | split -b "${PART}m" -d - .carry/blob/part
 (cd .carry/blob && sha256sum part* > SHA256SUMS)

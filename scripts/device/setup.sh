@@ -25,6 +25,10 @@ import sys, tarfile, zstandard
 with open(sys.argv[1], "rb") as fh, zstandard.ZstdDecompressor(max_window_size=1 << 27).stream_reader(fh) as r:
     tarfile.open(fileobj=r, mode="r|").extractall(sys.argv[2], filter="fully_trusted")
 PY
+    if [ ! -f "$STATE/in/model.gguf" ]; then  # a LITE carry: wheels only
+      rm -rf "$STATE/in" "$STATE/parts"; echo "unpacked (wheels only) in $(( $(date +%s) - t0 )) s"; nvidia-smi -L
+      exit 0
+    fi
     rm -rf "$STATE/data" && mv "$STATE/in/data" "$STATE/data"
     mv "$STATE/in/model.gguf" "$GGUF"
     echo "$SHA  $GGUF" | sha256sum -c -
