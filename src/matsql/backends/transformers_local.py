@@ -380,6 +380,10 @@ class LocalEngine:
             pad_token_id=self.stop_ids[0],  # filler after a row ends: cut like an eos
             stop_strings=list(stop) if stop else None,
             use_cache=True,
+            # On a CPU the default cache grows by torch.cat every step (the whole cache copied per
+            # layer) and that dominated decoding: 40 rows of SmolLM2-135M at ~400 tokens, one
+            # thread, 883 ms per step against 204 ms with a preallocated (static) cache.
+            cache_implementation="static" if self.device.type == "cpu" else None,
         )
         kwargs: dict[str, Any] = {"tokenizer": self.tokenizer} if stop else {}
         if sampler is not None:
