@@ -333,3 +333,128 @@ def test_engines_on_a_shared_card_start_one_at_a_time(
         assert started.is_set()
     finally:
         lock.unlink(missing_ok=True)
+
+
+def _copy_model(src: Path, dst: Path) -> Path:
+    """A second base model: the tiny model's files in another folder (another engine key)."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _fake_engines(*engines: VLLMEngine) -> None:
+    for eng in engines:
+        vocab = [i for t, i in eng.tokenizer.get_vocab().items() if t.isalpha()][:50]
+        eng.llm_factory = lambda e=eng, v=vocab, **kw: FakeLLM(v, e.stop_ids[0], kw)
+
+
+def test_a_team_on_two_base_models_gets_an_engine_each_splitting_the_memory(
+    tiny_chat_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The paper's split (1.5B planner and selector, 0.5B validators and fixer) in one process:
+    one engine per base model, each started with its memory_weight's part of what the agents
+    file gives one engine, so both fit where each alone would have taken the whole share."""
+    from matsql.gpu import ENV
+
+    monkeypatch.delenv(ENV, raising=False)
+    small = _copy_model(tiny_chat_model_dir, tmp_path / "small")
+    registry.clear_engines()
+    try:
+        big = {"backend": "vllm", "model": str(tiny_chat_model_dir), "gpu_memory_utilization": 0.8}
+        planner = registry.make_backend(big | {"memory_weight": 2}, agent="planner")
+        selector = registry.make_backend(big | {"memory_weight": 2}, agent="selector")
+        val = registry.make_backend(big | {"model": str(small)}, agent="val-sel")
+        fixer = registry.make_backend(big | {"model": str(small)}, agent="fixer")
+        assert isinstance(planner, VLLMBackend) and isinstance(val, VLLMBackend)
+        assert planner.engine is selector.engine and val.engine is fixer.engine
+        assert planner.engine is not val.engine
+        assert planner.engine.process_fraction == pytest.approx(2 / 3)
+        assert val.engine.process_fraction == pytest.approx(1 / 3)
+        _fake_engines(planner.engine, val.engine)
+        planner.generate(PROMPTS[:1], max_tokens=3)
+        val.generate(PROMPTS[:1], max_tokens=3)
+        big_kw, small_kw = planner.engine.llm.kwargs, val.engine.llm.kwargs
+        assert big_kw["model"] == str(tiny_chat_model_dir) and small_kw["model"] == str(small)
+        assert big_kw["gpu_memory_utilization"] == pytest.approx(0.8 * 2 / 3, abs=1e-4)
+        assert small_kw["gpu_memory_utilization"] == pytest.approx(0.8 / 3, abs=1e-4)
+        # together they take what the agents file gives one engine alone
+        total = big_kw["gpu_memory_utilization"] + small_kw["gpu_memory_utilization"]
+        assert total == pytest.approx(0.8, abs=1e-3)
+    finally:
+        registry.clear_engines()
+
+
+def test_two_engines_also_follow_the_processs_card_share(
+    tiny_chat_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under experiment run --gpu-slots 2 the process holds half the card: each engine takes
+    its part of that half, and starts under the card's start-up lock (a share below 1); so
+    does an engine beside another in a process that has the card to itself."""
+    from contextlib import contextmanager
+
+    from matsql.backends import vllm_local
+    from matsql.gpu import ENV
+
+    locked: list[float | None] = []
+    real_lock = vllm_local.start_lock
+
+    @contextmanager
+    def recording_lock(share: float | None):  # type: ignore[no-untyped-def]
+        locked.append(share)
+        with real_lock(share):
+            yield
+
+    monkeypatch.setattr(vllm_local, "start_lock", recording_lock)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", f"test-two-{tmp_path.name}")
+    small = _copy_model(tiny_chat_model_dir, tmp_path / "small")
+    registry.clear_engines()
+    try:
+        cfg = {"backend": "vllm", "model": str(tiny_chat_model_dir), "gpu_memory_utilization": 0.8}
+        a = registry.make_backend(cfg, agent="planner")
+        b = registry.make_backend(cfg | {"model": str(small)}, agent="fixer")
+        _fake_engines(a.engine, b.engine)
+        monkeypatch.setenv(ENV, "0.5")
+        a.generate(PROMPTS[:1], max_tokens=3)
+        b.generate(PROMPTS[:1], max_tokens=3)
+        assert a.engine.llm.kwargs["gpu_memory_utilization"] == pytest.approx(0.8 * 0.5 * 0.5)
+        assert b.engine.llm.kwargs["gpu_memory_utilization"] == pytest.approx(0.8 * 0.5 * 0.5)
+        assert locked == [pytest.approx(0.25), pytest.approx(0.25)]
+        # the card to itself: each engine's part of the process is below the whole card
+        monkeypatch.delenv(ENV)
+        assert a.engine.memory_share() == pytest.approx(0.5)
+        # one engine alone in a process with the card to itself: the configured value, no lock
+        registry.clear_engines()
+        c = registry.make_backend(cfg, agent="planner")
+        assert c.engine.process_fraction == 1.0 and c.engine.memory_share() is None
+    finally:
+        registry.clear_engines()
+        from tempfile import gettempdir
+
+        (Path(gettempdir()) / f"matsql-vllm-start-test-two-{tmp_path.name}.lock").unlink(missing_ok=True)
+
+
+def test_a_second_base_model_after_an_engine_started_is_refused(
+    tiny_chat_model_dir: Path, tmp_path: Path
+) -> None:
+    """The split is fixed when an engine starts (vLLM sizes its KV cache then): an engine for
+    another model made afterwards would not fit, so it is refused with what to do."""
+    small = _copy_model(tiny_chat_model_dir, tmp_path / "small")
+    registry.clear_engines()
+    try:
+        cfg = {"backend": "vllm", "model": str(tiny_chat_model_dir)}
+        a = registry.make_backend(cfg, agent="planner")
+        _fake_engines(a.engine)
+        a.generate(PROMPTS[:1], max_tokens=3)
+        assert a.engine.started
+        # another agent on the started engine's model is fine
+        assert registry.make_backend(cfg, agent="selector").engine is a.engine
+        with pytest.raises(RuntimeError, match="before the first generation"):
+            registry.make_backend(cfg | {"model": str(small)}, agent="fixer")
+        # agents on one model must agree on its weight, as on every engine setting
+        with pytest.raises(ValueError, match="different vLLM engine settings"):
+            registry.make_backend(cfg | {"memory_weight": 3}, agent="val-sel")
+        with pytest.raises(ValueError, match="memory_weight"):
+            registry.make_backend(cfg | {"model": str(small), "memory_weight": 0}, agent="val-cond")
+    finally:
+        registry.clear_engines()

@@ -7,8 +7,11 @@
 
 Local agents that name the same base model (and device/dtype) share one loaded model: each gets
 a ``LocalBackend`` view with its own adapter and stats, so five agents on a 0.5B base cost one
-copy of the weights. Keys other than the backend's are ignored (the entry also carries the
-agent's own settings); the backend's keys are type-checked.
+copy of the weights. vLLM agents likewise share one engine per base model in a process; a team
+on two base models (the paper's split: 1.5B planner and selector, 0.5B validators and fixer)
+gets two engines, which divide the process's vLLM memory by their ``memory_weight``. Keys other
+than the backend's are ignored (the entry also carries the agent's own settings); the backend's
+keys are type-checked.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from matsql.backends.base import Backend
 
@@ -72,6 +75,8 @@ class VLLMConfig(_Cfg):
     enforce_eager: bool | None = None
     max_loras: int | None = None
     max_lora_rank: int | None = None
+    # this model's part of the process's vLLM memory beside engines of other base models
+    memory_weight: float = Field(default=1.0, gt=0)
 
 
 _engines: dict[tuple[str, str, str], Any] = {}
@@ -96,10 +101,13 @@ _vllm_engines: dict[str, Any] = {}
 
 
 def shared_vllm_engine(c: VLLMConfig) -> Any:
-    """The process-wide vLLM engine for a model: one per process, shared by every agent.
+    """The process-wide vLLM engine for a base model: one per model, shared by its agents.
 
     Agents that name the same model share it; they must agree on the engine settings, since
-    one engine starts with one set (a mismatch is an error, not a silent pick)."""
+    one engine starts with one set (a mismatch is an error, not a silent pick). Engines of
+    different models in one process split its vLLM memory (:func:`_split_vllm_memory`), which
+    is known only while none has started: a model's first agent made after an engine started is
+    refused, since that engine already took the whole share."""
     from matsql.backends.vllm_local import EngineSettings, VLLMEngine
     from matsql.models import dense_folder, load_tokenizer, resolve_model
 
@@ -111,16 +119,35 @@ def shared_vllm_engine(c: VLLMConfig) -> Any:
         key = str(resolved.path)
         eng = _vllm_engines.get(key)
         if eng is None:
+            started = [str(e.model_dir) for e in _vllm_engines.values() if e.started]
+            if started:
+                raise RuntimeError(
+                    f"a vLLM engine for {c.model} is asked for after the engine on {started[0]} started "
+                    "with its part of this process's GPU memory; make every agent's backend before the "
+                    "first generation, so that the engines divide the memory between them"
+                )
             folder, digest = dense_folder(resolved, dtype=c.dtype)
             ident = f"{resolved.identifier}|{c.dtype}:{digest[:16]}"
             eng = VLLMEngine(folder, load_tokenizer(folder), ident, settings)
             _vllm_engines[key] = eng
+            _split_vllm_memory()
         elif eng.settings != settings:
             raise ValueError(
                 f"agents on {c.model} ask for different vLLM engine settings ({eng.settings} vs {settings}); "
                 "one process runs one engine: put the engine settings under `defaults:`"
             )
         return eng
+
+
+def _split_vllm_memory() -> None:
+    """Give each vLLM engine of this process its ``memory_weight``'s part of the process's vLLM
+    memory (``VLLMEngine.process_fraction``): each then starts with ``gpu_memory_utilization`` x
+    that part (x the process's card share, ``matsql.gpu``), so the engines together take what
+    the agents file gives one engine alone. vLLM sizes its KV cache at start-up to fill what it
+    was given; two engines each given the whole share would not both start."""
+    total = sum(e.settings.memory_weight for e in _vllm_engines.values())
+    for e in _vllm_engines.values():
+        e.process_fraction = e.settings.memory_weight / total
 
 
 def clear_engines() -> None:

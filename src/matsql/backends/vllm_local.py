@@ -16,10 +16,14 @@ the transformers backend does. Sampling is defined by the call's arguments alone
 starts with ``generation_config="vllm"``, so the checkpoint's defaults (Qwen's top_k=20,
 repetition_penalty=1.05) are not mixed in.
 
-One engine per process serves every agent of a team: each agent is a ``VLLMBackend`` view with
-its own LoRA adapter, sent per request (``LoRARequest``). The engine starts on the first call,
-when every agent has registered its adapter, so LoRA support, the largest rank and the number of
-adapters are known; an adapter registered after the start must fit what it started with.
+One engine per base model in a process serves every agent on that model: each agent is a
+``VLLMBackend`` view with its own LoRA adapter, sent per request (``LoRARequest``). The engine
+starts on the first call, when every agent has registered its adapter, so LoRA support, the
+largest rank and the number of adapters are known; an adapter registered after the start must
+fit what it started with. A team on two base models (the paper's 1.5B planner and selector, 0.5B
+validators and fixer) runs two engines in one process (vLLM 0.26 accepts a second in-process
+engine of the same tensor-parallel size); they split the process's memory by weight
+(``process_fraction``, set by ``matsql.backends.registry``) and start one at a time.
 
 Measured on the lent H100 (``results/vllm/README.md``), and why two settings are defaults:
 - Seeded samples repeat exactly from run to run only with the engine core in this process
@@ -78,6 +82,7 @@ class EngineSettings:
     dtype: str = "bfloat16"
     max_loras: int | None = None  # default: the number of registered adapters
     max_lora_rank: int | None = None  # default: the smallest accepted rank >= every adapter's
+    memory_weight: float = 1.0  # part of the process's vLLM memory beside other models' engines
 
 
 @dataclass(frozen=True)
@@ -229,6 +234,9 @@ class VLLMEngine:
     adapters: dict[str, Adapter] = field(default_factory=dict)  # path -> adapter
     _llm: Any = None
     _lora: tuple[int, int] | None = None  # (max rank, max loras) the engine started with
+    # this engine's part of the process's vLLM memory where the process runs engines for several
+    # base models (the registry sets it from their memory_weight); 1: the engine is alone
+    process_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         self.lock = threading.RLock()
@@ -289,19 +297,33 @@ class VLLMEngine:
         return kw
 
     @property
+    def started(self) -> bool:
+        """Whether ``vllm.LLM`` has started (its memory is then fixed)."""
+        return self._llm is not None
+
+    def memory_share(self) -> float | None:
+        """This engine's share of its card: the process's share (``matsql.gpu.memory_share``, a
+        card shared with other stages under ``experiment run --gpu-slots``) x its part of the
+        process (``process_fraction``); None for the whole card."""
+        from matsql.gpu import memory_share
+
+        card = memory_share()
+        share = (1.0 if card is None else card) * self.process_fraction
+        return None if share >= 1 else share
+
+    @property
     def llm(self) -> Any:
         with self.lock:
             if self._llm is None:
-                from matsql.gpu import memory_share
-
-                # a card shared with other stages (experiment run --gpu-slots): this process's part
-                share = memory_share()
+                share = self.memory_share()
                 kw = self.engine_kwargs(share)
                 if kw["gpu_memory_utilization"] != self.settings.gpu_memory_utilization:
                     log.info(
-                        "vLLM takes %.4f of the card: gpu_memory_utilization %.2f x this process's share",
+                        "vLLM takes %.4f of the card: gpu_memory_utilization %.2f x this engine's share "
+                        "(this process's share of the card x the engine's part of the process: %.3f)",
                         kw["gpu_memory_utilization"],
                         self.settings.gpu_memory_utilization,
+                        self.process_fraction,
                     )
                 # in-process engine core: scheduling, and so seeded samples, repeat run to run
                 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
