@@ -100,7 +100,8 @@ def start_lock(share: float | None) -> Iterator[None]:
     non-KV memory everything the card gained from its creation to the end of its profiling
     minus its own torch memory (``vllm.utils.mem_utils.memory_profiling``), so another engine
     allocating its KV cache meanwhile would be charged to this one and shrink, or exhaust, its
-    cache. A process alone on the card takes no lock. A training stage beside it still
+    cache. A process alone on the card with one engine takes no lock (two engines of one
+    process share it, so they take it too). A training stage beside it still
     allocates as it goes; that is not serialised."""
     if share is None or share >= 1:
         yield
