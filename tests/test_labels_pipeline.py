@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from matsql.labels import check_prompts, make_prompt_fn, modes_for, run_labels, sft_e1
-from matsql.labels.io import read_rollouts
 from matsql.labels.yield_stats import compute_yield
+from matsql.rollout.io import read_rollouts
 from matsql.rollout.runner import run_rollout
 from tests import rollout_fakes as fakes
 

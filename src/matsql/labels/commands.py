@@ -14,12 +14,11 @@ from matsql.fileio import sha256_file
 from matsql.labels.common import DEFAULT_MAX_PAIRS_PER_PROMPT, PromptFn
 from matsql.labels.dataset import write_json, write_split
 from matsql.labels.fixer import sft_balance
-from matsql.labels.io import RolloutReadError, benchmark_of, read_rollouts
 from matsql.labels.prompts import check_prompts, make_prompt_fn
 from matsql.labels.registry import MODES_BY_AGENT, LabelRun, modes_for, run_labels
 from matsql.labels.yield_stats import YieldStats, compute_yield, yield_table
 from matsql.records import RolloutRecord
-from matsql.rollout.io import schema_style_of
+from matsql.rollout.io import benchmark_of, read_rollouts, schema_style_of
 
 labels_app = typer.Typer(
     help="Preference labels from rollout records (one module per label mode).", no_args_is_help=True
@@ -179,7 +178,7 @@ def build(
                 "benchmark": name,
             },
         )
-    except (RolloutReadError, ValueError, FileExistsError) as e:
+    except (ValueError, FileExistsError) as e:
         raise _fail(str(e)) from e
     console.print(yield_table(stats, title=f"pair yield ({len(records)} questions) -> {out}"))
 
@@ -202,7 +201,7 @@ def yield_cmd(
     try:
         modes_for(agent, "all")
         records, _ = read_rollouts(rollouts)
-    except (RolloutReadError, ValueError) as e:
+    except ValueError as e:
         raise _fail(str(e)) from e
     runs = label_modes(
         records,

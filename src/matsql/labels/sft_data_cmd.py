@@ -120,7 +120,7 @@ def sft_data(
         )
     records, headers = [], []
     if rollouts and need_rollouts:
-        from matsql.labels.io import read_rollouts
+        from matsql.rollout.io import read_rollouts
 
         records, headers = read_rollouts(rollouts)
         if in_part is not None:

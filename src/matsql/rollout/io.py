@@ -118,24 +118,55 @@ def _first_error(e: Exception) -> str:
     return str(e).splitlines()[0]
 
 
+def read_rollouts(paths: Sequence[str | Path]) -> tuple[list[RolloutRecord], list[RolloutHeader]]:
+    """The records of all files, in order, and the headers found (one per file at most). Every
+    command reads rollout records here. A line that is not a record or a header names its file
+    and line, and a question seen twice, in one file or across files, is an error naming both
+    places: the records of one question must come from one rollout."""
+    records: list[RolloutRecord] = []
+    headers: list[RolloutHeader] = []
+    seen: dict[str, str] = {}
+    for p in map(Path, paths):
+        if not p.is_file():
+            raise RolloutFileError(f"rollout file not found: {p}")
+        for lineno, obj in iter_lines(p):
+            where = f"{p}:{lineno}"
+            try:
+                if obj.get("kind") == "header":
+                    headers.append(RolloutHeader.model_validate(obj))
+                    continue
+                rec = RolloutRecord.model_validate(obj)
+            except ValueError as e:
+                raise RolloutFileError(f"{where}: not a rollout record ({_first_error(e)})") from None
+            if rec.question_id in seen:
+                raise RolloutFileError(
+                    f"{where}: question {rec.question_id} already read at {seen[rec.question_id]}"
+                )
+            seen[rec.question_id] = where
+            records.append(rec)
+    return records, headers
+
+
 def read_records(path: str | Path) -> list[RolloutRecord]:
+    """The records of one rollout file (:func:`read_rollouts`); a missing file is a
+    ``FileNotFoundError``."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"rollout file not found: {path}")
-    out: list[RolloutRecord] = []
-    seen: set[str] = set()
-    for lineno, obj in iter_lines(path):
-        if obj.get("kind") == "header":
-            continue
-        try:
-            rec = RolloutRecord.model_validate(obj)
-        except ValueError as e:
-            raise RolloutFileError(f"{path}:{lineno}: not a rollout record ({_first_error(e)})") from None
-        if rec.question_id in seen:
-            raise RolloutFileError(f"{path}:{lineno}: duplicate record for question {rec.question_id}")
-        seen.add(rec.question_id)
-        out.append(rec)
-    return out
+    return read_rollouts([path])[0]
+
+
+def benchmark_of(headers: Sequence[RolloutHeader], records: Sequence[RolloutRecord]) -> str | None:
+    """The benchmark named by the headers' config (else by the questions); None if unknown.
+    Raises if the files disagree: one schema lookup must serve every record."""
+    names = {str(h.config["benchmark"]) for h in headers if h.config.get("benchmark")}
+    if not names:
+        names = {r.question.benchmark for r in records if r.question.benchmark}
+    if len(names) > 1:
+        raise RolloutFileError(
+            f"rollout files name several benchmarks: {', '.join(sorted(names))}; pass --benchmark"
+        )
+    return next(iter(names), None)
 
 
 def _config_diff(old: dict[str, Any], new: dict[str, Any]) -> str:

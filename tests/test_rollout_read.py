@@ -1,4 +1,5 @@
-"""Reading rollout files for labelling: header skipped, bad lines named, duplicates refused."""
+"""Reading rollout files (every command's one reader): headers kept apart, bad lines named,
+duplicates refused across files."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from matsql.labels.io import RolloutReadError, benchmark_of, read_rollouts
 from matsql.records import RolloutHeader, dumps
+from matsql.rollout.io import RolloutFileError, benchmark_of, read_records, read_rollouts
 from tests.test_labels_records import build_records
 
 RECS = build_records(
@@ -46,24 +47,34 @@ def test_reads_records_and_headers_across_files(tmp_path: Path) -> None:
 )
 def test_bad_line_names_file_and_line(tmp_path: Path, line: str, match: str) -> None:
     b = _write(tmp_path / "b.jsonl", [dumps(RECS[0]), line])
-    with pytest.raises(RolloutReadError, match=match):
+    with pytest.raises(RolloutFileError, match=match):
         read_rollouts([b])
 
 
 def test_duplicate_question_names_both_places(tmp_path: Path) -> None:
     a = _write(tmp_path / "a.jsonl", [_header(), dumps(RECS[0])])
     b = _write(tmp_path / "b.jsonl", [dumps(RECS[0])])
-    with pytest.raises(RolloutReadError, match=r"b\.jsonl:1: question q0 already read at .*a\.jsonl:2"):
+    with pytest.raises(RolloutFileError, match=r"b\.jsonl:1: question q0 already read at .*a\.jsonl:2"):
         read_rollouts([a, b])
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(RolloutReadError, match="not found"):
+    with pytest.raises(RolloutFileError, match="not found"):
         read_rollouts([tmp_path / "nope.jsonl"])
 
 
 def test_benchmark_from_questions_and_conflicts(tmp_path: Path) -> None:
     assert benchmark_of([], RECS) == "fake"  # Question.benchmark of the fixtures
     hs = [RolloutHeader.model_validate_json(_header(n)) for n in ("spider-dev", "bird-dev")]
-    with pytest.raises(RolloutReadError, match="several benchmarks"):
+    with pytest.raises(RolloutFileError, match="several benchmarks"):
         benchmark_of(hs, RECS)
+
+
+def test_one_file_reads_as_its_records_and_a_duplicate_names_both_lines(tmp_path: Path) -> None:
+    a = _write(tmp_path / "a.jsonl", [_header(), dumps(RECS[0]), dumps(RECS[1])])
+    assert read_records(a) == list(RECS[:2])
+    _write(a, [_header(), dumps(RECS[0]), dumps(RECS[1]), dumps(RECS[0])])
+    with pytest.raises(RolloutFileError, match=r"a\.jsonl:4: question q0 already read at .*a\.jsonl:2"):
+        read_records(a)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        read_records(tmp_path / "nope.jsonl")
