@@ -3,13 +3,12 @@
 import json
 from pathlib import Path
 
-from matsql.agents.selector import build_options
+from matsql.agents.selector import build_options, fixer_changed
 from matsql.evaluate.metrics import majority_pick, question_outcome
 from matsql.evaluate.selection import (
     PICK_RULES,
     approvals,
     approved_first_rule,
-    fixer_changed,
     knockout,
     majority_chooser,
     majority_rule,
@@ -19,7 +18,6 @@ from matsql.evaluate.selection import (
     rule_picks,
     selector_near_top,
     selector_unless_majority,
-    union_options,
     verdict_vote_rule,
 )
 from matsql.rollout.io import read_records
@@ -53,6 +51,9 @@ def test_options_drop_failures_dedupe_and_order_is_arm_independent():
     # the seed changes the order (for some seed)
     orders = {tuple(o.exec.rows_digest for o in build_options(r, seed=s)) for s in range(10)}
     assert len(orders) > 1
+    # no fixer changed a result here: the union options are these options, order and all
+    assert not any(fixer_changed(c) for c in r.candidates)
+    assert build_options(r, seed=3, union=True) == opts
 
 
 def test_knockout_rounds_chunks_of_three():
@@ -155,7 +156,7 @@ def _fixed_rec():
 
 def test_union_options_add_the_planner_sql_the_fixer_replaced():
     r = _fixed_rec()
-    opts = {o.exec.rows_digest: o for o in union_options(r, seed=0)}
+    opts = {o.exec.rows_digest: o for o in build_options(r, seed=0, union=True)}
     assert sorted(opts) == ["B", "G", "W1", "W2"]
     # G: candidate 6's fix (a final SQL) speaks for it, then the replaced planner SQL of 0 and 1
     assert opts["G"].candidates == (6, 0, 1) and opts["G"].sql == "SELECT g3" and opts["G"].correct
@@ -167,8 +168,8 @@ def test_union_options_add_the_planner_sql_the_fixer_replaced():
     assert final["G"].votes == 1 and final["B"].votes == 4
     # same seeded order as the final options' builder, for another arm's candidate order too
     r2 = record("q9", list(reversed(r.candidates)))
-    assert [o.exec.rows_digest for o in union_options(r2, seed=4)] == [
-        o.exec.rows_digest for o in union_options(r, seed=4)
+    assert [o.exec.rows_digest for o in build_options(r2, seed=4, union=True)] == [
+        o.exec.rows_digest for o in build_options(r, seed=4, union=True)
     ]
 
 

@@ -49,29 +49,55 @@ def _order_key(seed: int, qid: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}|{qid}".encode()).digest()[:8], "little")
 
 
-def build_options(record: RolloutRecord, seed: int = 0, with_verdicts: bool = False) -> list[Option]:
+def executed_digest(info: ExecInfo | None) -> str | None:
+    """The result digest of an executed SQL, None for a failure (it cannot be an option)."""
+    return info.rows_digest if info is not None and info.status == "ok" else None
+
+
+def fixer_changed(c: Candidate) -> bool:
+    """The candidate ends with a different result than its planner SQL had (the fixer ran and
+    its SQL gave another result, or failed where the planner's ran, or the reverse)."""
+    fin = c.final_exec
+    return (fin.status, executed_digest(fin)) != (c.exec.status, executed_digest(c.exec))
+
+
+def build_options(
+    record: RolloutRecord, seed: int = 0, with_verdicts: bool = False, union: bool = False
+) -> list[Option]:
     """The options of one question: final candidates whose SQL executed, one per distinct
     execution result (``rows_digest``; the lowest candidate index speaks for the group).
     Their order is a seeded shuffle keyed by question id over options sorted by result digest,
-    so two arms with the same candidate results present them in the same order."""
-    groups: dict[str, list[Candidate]] = {}
+    so two arms with the same candidate results present them in the same order.
+
+    ``union`` (``select --options union``, the union-vote rule): options over every SQL the
+    pipeline executed, each candidate's final SQL and, where the fixer changed a candidate's
+    result, its planner SQL too (up to 2K results). The fixer then adds a candidate instead of
+    replacing one, so a right planner SQL that a false alarm sent to the fixer keeps its vote.
+    A planner SQL ranks after every final SQL (K + index): an option's ``candidates`` list the
+    candidates that produced its result, final SQL first, and its SQL, result and correctness
+    are its first producer's. Without ``union`` this is the same builder with no planner SQL."""
+    k = len(record.candidates)
+    groups: dict[str, list[tuple[int, Candidate]]] = {}
     for c in record.candidates:
-        info = c.final_exec
-        if info.status != "ok" or not c.final_sql or info.rows_digest is None:
-            continue
-        groups.setdefault(info.rows_digest, []).append(c)
+        if (dg := executed_digest(c.final_exec)) is not None and c.final_sql:
+            groups.setdefault(dg, []).append((c.index, c))
+        if union and fixer_changed(c) and (dg := executed_digest(c.exec)) is not None and c.planner.sql:
+            groups.setdefault(dg, []).append((k + c.index, c))
     opts = []
     for dg in sorted(groups):
-        first = min(groups[dg], key=lambda c: c.index)
+        members = sorted(groups[dg], key=lambda rc: rc[0])
+        rank, first = members[0]
+        final = rank < k
         main = first.main
-        verdicts = {k: v.verdict for k, v in main.critiques.items()} if (with_verdicts and main) else None
         opts.append(
             Option(
-                sql=first.final_sql or "",
-                exec=first.final_exec,
-                verdicts=verdicts,
-                correct=first.final_correct,
-                candidates=tuple(sorted(c.index for c in groups[dg])),
+                sql=(first.final_sql if final else first.planner.sql) or "",
+                exec=first.final_exec if final else first.exec,
+                verdicts={n: v.verdict for n, v in main.critiques.items()}
+                if (with_verdicts and main)
+                else None,
+                correct=first.final_correct if final else first.correct,
+                candidates=tuple(c.index for _, c in members),
             )
         )
     random.Random(_order_key(seed, record.question_id)).shuffle(opts)

@@ -78,7 +78,7 @@ def select(
     difficulty."""
     from matsql.agents.selector import build_options
     from matsql.evaluate.metrics import question_outcome
-    from matsql.evaluate.selection import PICK_RULES, rule_picks, union_options
+    from matsql.evaluate.selection import PICK_RULES, rule_picks
     from matsql.fileio import atomic_write
     from matsql.rollout.io import read_header, read_records
 
@@ -97,12 +97,15 @@ def select(
     if method in PICK_RULES:  # model-free: no agents, no benchmark
         picks = rule_picks(records, PICK_RULES[method], seed=seed)
     else:
-        build = union_options if options_from == "union" else build_options
+        union = options_from == "union"
         per_file = [
-            (recs, [build(r, seed=seed, with_verdicts=with_verdicts) for r in recs], header)
+            (
+                recs,
+                [build_options(r, seed=seed, with_verdicts=with_verdicts, union=union) for r in recs],
+                header,
+            )
             for _, recs, header in files
         ]
-        union = options_from == "union"
         picks = _knockout_picks(per_file, agents, adapters, benchmark, data, seed, batch_questions, union)
     maj = [bool(question_outcome(r).majority) for r in records]
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,18 +1,17 @@
 """Selector best-of-N over a rollout record's options: MATS knockout, model-free pick rules, picks.
 
 The options (final candidates whose SQL executed, deduplicated by execution result, in a seeded
-order) are built by :func:`matsql.agents.selector.build_options`, the one builder that labels
-and SFT data use too.
+order; with ``union=True`` the planner SQL the fixer replaced too) are built by
+:func:`matsql.agents.selector.build_options`, the one builder that labels and SFT data use too.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from matsql.agents.selector import Option
-from matsql.records import Candidate, ExecInfo, RolloutRecord
+from matsql.agents.selector import Option, build_options, executed_digest, fixer_changed
+from matsql.records import Candidate, RolloutRecord
 
 
 @dataclass
@@ -149,18 +148,6 @@ RuleFn = Callable[[RolloutRecord, Sequence[Option]], int | None]
 """Given one record and its options, the chosen option's position (None when there are none)."""
 
 
-def _executed(info: ExecInfo | None) -> str | None:
-    """The result digest of an executed SQL, None for a failure (it cannot be voted for)."""
-    return info.rows_digest if info is not None and info.status == "ok" else None
-
-
-def fixer_changed(c: Candidate) -> bool:
-    """The candidate ends with a different result than its planner SQL had (the fixer ran and
-    its SQL gave another result, or failed where the planner's ran, or the reverse)."""
-    fin = c.final_exec
-    return (fin.status, _executed(fin)) != (c.exec.status, _executed(c.exec))
-
-
 def approvals(c: Candidate) -> int:
     """'correct' verdicts that apply to the candidate's final SQL. The inference branch's
     critiques judge the planner SQL, so a candidate the fixer changed has none."""
@@ -181,47 +168,8 @@ def producers(record: RolloutRecord, option: Option) -> list[tuple[int, Candidat
     out = []
     for i in option.candidates:
         c = by_index[i]
-        out.append((i if _executed(c.final_exec) == digest else k + i, c))
+        out.append((i if executed_digest(c.final_exec) == digest else k + i, c))
     return sorted(out, key=lambda rc: rc[0])
-
-
-def union_options(record: RolloutRecord, seed: int = 0, with_verdicts: bool = False) -> list[Option]:
-    """Options over every SQL the pipeline executed: each candidate's final SQL and, where the
-    fixer changed a candidate's result, its planner SQL too (up to 2K results, deduplicated by
-    result, failures dropped). The fixer then adds a candidate instead of replacing one, so a
-    right planner SQL that a false alarm sent to the fixer keeps its vote.
-
-    An option's ``candidates`` are the indices of the candidates that produced its result, final
-    SQL first (``votes`` counts them); its SQL, result and correctness are its first
-    producer's. Same seeded order as :func:`matsql.agents.selector.build_options`."""
-    from matsql.agents.selector import _order_key
-
-    k = len(record.candidates)
-    groups: dict[str, list[tuple[int, Candidate]]] = {}
-    for c in record.candidates:
-        if (dg := _executed(c.final_exec)) is not None and c.final_sql:
-            groups.setdefault(dg, []).append((c.index, c))
-        if fixer_changed(c) and (dg := _executed(c.exec)) is not None and c.planner.sql:
-            groups.setdefault(dg, []).append((k + c.index, c))
-    opts = []
-    for dg in sorted(groups):
-        members = sorted(groups[dg], key=lambda rc: rc[0])
-        rank, first = members[0]
-        final = rank < k
-        main = first.main
-        opts.append(
-            Option(
-                sql=(first.final_sql if final else first.planner.sql) or "",
-                exec=first.final_exec if final else first.exec,
-                verdicts={n: v.verdict for n, v in main.critiques.items()}
-                if (with_verdicts and main)
-                else None,
-                correct=first.final_correct if final else first.correct,
-                candidates=tuple(c.index for _, c in members),
-            )
-        )
-    random.Random(_order_key(seed, record.question_id)).shuffle(opts)
-    return opts
 
 
 def _argmax(record: RolloutRecord, options: Sequence[Option], score: Callable[[Option], tuple]) -> int | None:
@@ -289,14 +237,11 @@ class PickRule:
 
     name: str
     choose: RuleFn
-    union: bool  # options from union_options (planner and final SQL) instead of build_options
+    union: bool  # options over the planner and the final SQL (build_options(union=True))
     help: str
 
     def options(self, record: RolloutRecord, seed: int = 0, with_verdicts: bool = False) -> list[Option]:
-        from matsql.agents.selector import build_options
-
-        build = union_options if self.union else build_options
-        return build(record, seed=seed, with_verdicts=with_verdicts)
+        return build_options(record, seed=seed, with_verdicts=with_verdicts, union=self.union)
 
 
 PICK_RULES: dict[str, PickRule] = {
