@@ -240,6 +240,9 @@ def _repo_root() -> Path:
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="run folder (resumed if it exists)"),
     sets: list[str] = typer.Option([], "--set", help="override vars.NAME of the demo plan"),
+    jobs: int = typer.Option(
+        2, "--jobs", "-j", help="stages run at once (the plan gives each one CPU thread)"
+    ),
 ) -> None:
     """The iter2 programme in miniature on the embedded minibench with SmolLM2-135M on a CPU: an
     untrained team, the SFT team and the COLLAB / INDEP arms on the same questions; prints the
@@ -265,7 +268,7 @@ def demo(
             console.print(f"[green]check[/green] {line}")
         console.print(f"[bold]{p.name}[/bold]: {len(p.stages)} stages; run folder {portable_path(p.run_dir)}")
         ex = ProgressExecutor(LocalExecutor(env=p.env, echo=False), console=console)
-        run_plan(p, ex)
+        run_plan(p, ex, jobs=jobs)
     except (PlanError, StageFailed) as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from e
