@@ -1,5 +1,7 @@
 """Writing labels to disk: a ``datasets`` DatasetDict (train/test split by question) that TRL
-reads directly, a JSONL view a person can open, and the yield next to them.
+reads directly, a JSONL view a person can open, and the yield next to them. Every training-data
+folder (pairs and E1 here, ``train sft-data`` in ``sft_data.py``) is written by
+:func:`write_datasets`.
 
 TRL conversational formats (TRL 1.x ``dataset_formats``): preference = ``prompt`` (messages up
 to the assistant turn), ``chosen`` / ``rejected`` (one assistant message each);
@@ -11,7 +13,7 @@ after it at inference. Extra columns (question_id, meta as JSON) ride along for 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,17 +65,33 @@ def _features(kind: str):
     return Features(cols)
 
 
-def _dataset(rows: Sequence[dict[str, Any]], kind: str):
-    from datasets import Dataset
+def write_datasets(
+    out_dir: Path,
+    name: str,
+    splits: Mapping[str, Sequence[dict[str, Any]]],
+    features: Any,
+    jsonl_rows: Iterable[dict[str, Any]],
+) -> dict[str, int]:
+    """The one writer of a training-data folder (preference pairs, E1 and SFT data):
+    ``out_dir/<name>/``, a DatasetDict of ``splits`` with ``features`` (an empty split keeps one
+    shard so that it reloads), swapped in whole (:func:`matsql.fileio.atomic_dir`; only a
+    datasets folder is replaced), and ``out_dir/<name>.jsonl``, one JSON line per row of
+    ``jsonl_rows`` for a person to read. Returns the row count of each split."""
+    from datasets import Dataset, DatasetDict
 
-    features = _features(kind)
-    return Dataset.from_dict({c: [r[c] for r in rows] for c in features}, features=features)
-
-
-def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    with atomic_write(path) as f:
-        for r in rows:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dd = DatasetDict(
+        {
+            s: Dataset.from_dict({c: [r[c] for r in rs] for c in features}, features=features)
+            for s, rs in splits.items()
+        }
+    )
+    with atomic_dir(out_dir / name, keep_existing=only_datasets_folder) as tmp:
+        dd.save_to_disk(str(tmp), num_shards={s: 1 for s in dd})
+    with atomic_write(out_dir / f"{name}.jsonl") as f:
+        for r in jsonl_rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return {s: len(rs) for s, rs in splits.items()}
 
 
 def write_split(
@@ -83,26 +101,22 @@ def write_split(
     test_ids: set[str],
 ) -> dict[str, int]:
     """``out_dir/<name>/`` (DatasetDict train/test) and ``out_dir/<name>.jsonl`` (all items,
-    with their split). Returns the row count of each split."""
-    from datasets import DatasetDict
-
-    out_dir.mkdir(parents=True, exist_ok=True)
+    in their order, with their split). Returns the row count of each split."""
     kind = "preference" if name == "pairs" else "sft"
     to_row = pair_row if kind == "preference" else sft_row
-    rows = {"train": [], "test": []}
+    rows: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
     for it in items:
         rows["test" if it.question_id in test_ids else "train"].append(to_row(it))  # type: ignore[arg-type]
-    dd = DatasetDict({s: _dataset(r, kind) for s, r in rows.items()})
-    with atomic_dir(out_dir / name, keep_existing=only_datasets_folder) as tmp:
-        dd.save_to_disk(str(tmp), num_shards={s: 1 for s in dd})  # an empty split needs one shard to reload
-    _write_jsonl(
-        out_dir / f"{name}.jsonl",
+    return write_datasets(
+        out_dir,
+        name,
+        rows,
+        _features(kind),
         (
             {"split": "test" if it.question_id in test_ids else "train", **it.model_dump(mode="json")}
             for it in items
         ),
     )
-    return {s: len(r) for s, r in rows.items()}
 
 
 def write_json(path: Path, obj: Any) -> None:

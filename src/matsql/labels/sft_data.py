@@ -21,7 +21,6 @@ prompts cannot drift apart; the student prompt never contains the gold SQL.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,9 +33,9 @@ import yaml
 
 from matsql.agents import planner, selector, validator
 from matsql.backends.base import Backend, ChatPrompt
-from matsql.fileio import atomic_dir, atomic_write, only_datasets_folder
 from matsql.labels import teacher
 from matsql.labels.common import distinct_candidates, sft_rng
+from matsql.labels.dataset import write_datasets
 from matsql.labels.fixer import fixer_sft
 from matsql.labels.prompts import make_prompt_fn
 from matsql.labels.sqlparts import parse_parts, tables_and_columns
@@ -299,10 +298,8 @@ def write_sft(
 ) -> dict[str, int]:
     """``out_dir/<name>/`` (a datasets DatasetDict: train and test, test possibly empty) and ``out_dir/<name>.jsonl``
     (every row with its split). Rows of questions in ``test_ids`` go to ``test``."""
-    from datasets import Dataset, DatasetDict, Features, Value
+    from datasets import Features, Value
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     msgs = [{"role": Value("string"), "content": Value("string")}]
     features = Features(
         {
@@ -317,16 +314,5 @@ def write_sft(
     splits: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
     for r in rows:
         splits["test" if r["question_id"] in test_ids else "train"].append(r)
-    dd = DatasetDict(
-        {
-            s: Dataset.from_dict({c: [r[c] for r in rs] for c in features}, features=features)
-            for s, rs in splits.items()
-        }
-    )
-    with atomic_dir(out / name, keep_existing=only_datasets_folder) as tmp:
-        dd.save_to_disk(str(tmp), num_shards={s: 1 for s in dd})  # an empty split needs one shard to reload
-    with atomic_write(out / f"{name}.jsonl") as fh:
-        for s, rs in splits.items():
-            for r in rs:
-                fh.write(json.dumps({"split": s, **r}, ensure_ascii=False) + "\n")
-    return {s: len(rs) for s, rs in splits.items()}
+    jsonl = ({"split": s, **r} for s, rs in splits.items() for r in rs)  # train rows, then test rows
+    return write_datasets(Path(out_dir), name, splits, features, jsonl)
