@@ -12,6 +12,7 @@ import pytest
 from matsql.benchmarks import BenchmarkDataError, load_benchmark
 from matsql.benchmarks.paths import data_root
 from matsql.benchmarks.spider import load_spider_dev, read_gold_sql
+from tests.real_benchmarks import real_benchmark
 
 
 def _need(rel: str) -> Path:
@@ -37,7 +38,7 @@ def test_spider_dev_counts() -> None:
 
 def test_spider_train_counts() -> None:
     _need("spider-syn/train_spider.json")
-    b = load_benchmark("spider-train")
+    b = real_benchmark("spider-train")  # load_benchmark's, loaded once for every test that reads it
     assert len(b.questions) == 7000
     assert len(b.missing) == 96
     assert set(b.missing_dbs) == {"baseball_1", "soccer_1"}

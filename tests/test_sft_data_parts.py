@@ -4,20 +4,19 @@ label, held-out or evaluation questions (issue 16)."""
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from matsql.benchmarks import load_benchmark
 from matsql.benchmarks.base import Benchmark
 from matsql.benchmarks.paths import BenchmarkDataError
 from matsql.cli import app
 from matsql.records import RolloutHeader, RolloutRecord, dumps
 from matsql.rollout.config import RolloutConfig
 from matsql.rollout.runner import select_questions
+from tests.real_benchmarks import commands_share_the_loaded_benchmarks, real_benchmark
 from tests.record_builders import cand, err, ok
 
 runner = CliRunner()
@@ -25,16 +24,15 @@ PARTS = "sft=2000,label=2000,heldout=150,evaltrain=1000"  # experiments/study-sp
 NAMES = ("sft", "label", "heldout", "evaltrain")
 
 
-@functools.cache
-def _spider_train() -> Benchmark:
-    return load_benchmark("spider-train")
-
-
-def _bench() -> Benchmark:
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch) -> Benchmark:
+    """spider-train, loaded once per session and shared with the command under test."""
     try:
-        return _spider_train()
+        loaded = real_benchmark("spider-train")
     except BenchmarkDataError as e:
         pytest.skip(f"spider-train data not here: {e}")
+    commands_share_the_loaded_benchmarks(monkeypatch)
+    return loaded
 
 
 def _rollout_parts(bench: Benchmark) -> dict[str, set[str]]:
@@ -73,8 +71,7 @@ def _rows(out: Path, agent: str) -> list[dict]:
     return [json.loads(line) for line in (out / f"{agent}.jsonl").read_text().splitlines()]
 
 
-def test_sft_data_of_the_sft_part_holds_only_its_questions(tmp_path: Path) -> None:
-    bench = _bench()
+def test_sft_data_of_the_sft_part_holds_only_its_questions(tmp_path: Path, bench: Benchmark) -> None:
     parts = _rollout_parts(bench)
     sizes = {"sft": 2000, "label": 2000, "heldout": 150, "evaltrain": 1000}
     for a in NAMES:  # the partition itself: disjoint, of the asked sizes
@@ -118,8 +115,7 @@ def test_sft_data_of_the_sft_part_holds_only_its_questions(tmp_path: Path) -> No
         assert not seen & parts[other], other
 
 
-def test_parts_and_part_go_together_and_a_bad_part_is_refused(tmp_path: Path) -> None:
-    _bench()
+def test_parts_and_part_go_together_and_a_bad_part_is_refused(tmp_path: Path, bench: Benchmark) -> None:
     base = [
         "train",
         "sft-data",

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from matsql.benchmarks import load_benchmark
 from matsql.benchmarks.paths import BenchmarkDataError
 from matsql.benchmarks.splits import split_questions
 from matsql.rollout.io import read_records
+from tests.real_benchmarks import real_benchmark
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 IDS = [f"q{i}" for i in range(50)]
@@ -139,7 +139,7 @@ OLD = [
 
 @functools.cache
 def _question_ids(benchmark: str) -> list[str]:
-    return [q.question_id for q in load_benchmark(benchmark).questions]
+    return [q.question_id for q in real_benchmark(benchmark).questions]
 
 
 @pytest.mark.parametrize(("benchmark", "draw", "parts", "seed", "want"), OLD)
