@@ -61,5 +61,9 @@ def test_select_questions_part_then_sample_and_limit_and_errors() -> None:
 def test_parts_stay_out_of_the_config_hash() -> None:
     base = RolloutConfig(benchmark="b")
     assert RolloutConfig(benchmark="b", parts="a=1", part="a", parts_seed=3).digest() == base.digest()
-    random.seed(0)  # the partition uses its own generator, not the global one
-    assert split_questions(range(10), {"a": 5}, 0) == split_questions(range(10), {"a": 5}, 0)
+    # the partition uses its own generator, not the global one: the global state does not move it
+    random.seed(0)
+    first = split_questions(range(10), {"a": 5}, 0)
+    random.seed(1)
+    assert split_questions(range(10), {"a": 5}, 0) == first and len(first["a"]) == 5
+    assert any(split_questions(range(10), {"a": 5}, s) != first for s in range(1, 5))  # its seed does
