@@ -12,10 +12,11 @@ picks the one whose property it needs:
 - ``permutation`` (rollout ``--parts``): one seeded permutation of the sorted keys cut into
   consecutive slices of exact sizes; a part depends only on the sizes of the parts before it
   and its own, so adding a later part leaves earlier ones unchanged.
-- ``shuffle`` (label test split): a seeded shuffle of the sorted keys cut the same way.
+- ``shuffle`` (label test split): a seeded shuffle of the sorted keys cut the same way
+  (``matsql.draws.rng_for(seed, "split")``).
 - ``hash`` (SFT / training eval split): each key falls in a part by a seeded hash of the key
-  alone, so a key keeps its part when other keys are added or removed; part sizes are only
-  approximately the shares.
+  alone (``matsql.draws.sft_unit(seed, key)``), so a key keeps its part when other keys are
+  added or removed; part sizes are only approximately the shares.
 
 Part sizes: an ``int`` is a count; a ``float`` is a share of the keys, for the cut draws
 ``round(share * n)`` with at least one key when the share is positive and there are two or more
@@ -24,12 +25,11 @@ keys, and never all of them; for ``hash`` the probability of falling in the part
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Iterable, Mapping
 from typing import Literal, TypeVar
 
-from matsql.records import digest
+from matsql.draws import rng_for, sft_unit
 
 Draw = Literal["permutation", "shuffle", "hash"]
 DRAWS: tuple[Draw, ...] = ("permutation", "shuffle", "hash")
@@ -47,11 +47,6 @@ def _count(size: int | float, n: int) -> int:
     return size
 
 
-def _hash_score(seed: int, key: K) -> float:
-    """A key's place in [0, 1): the first 48 bits of sha256("seed:key")."""
-    return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:12], 16) / 16**12
-
-
 def split_questions(
     keys: Iterable[K], parts: Mapping[str, int | float], seed: int, draw: Draw = "permutation"
 ) -> dict[str, list[K]]:
@@ -66,13 +61,13 @@ def split_questions(
         for name, share in parts.items():
             if not 0.0 <= share <= 1.0:
                 raise ValueError(f"the hash draw takes shares in [0, 1], got {name}={share!r}")
-            out[name] = [k for k in ordered if low <= _hash_score(seed, k) < low + share]
+            out[name] = [k for k in ordered if low <= sft_unit(seed, k) < low + share]
             low += share
         return out
     if draw == "permutation":
         ordered = random.Random(f"parts:{seed}").sample(ordered, n)
     elif draw == "shuffle":
-        random.Random(int(digest(f"{seed}|split"), 16)).shuffle(ordered)
+        rng_for(seed, "split").shuffle(ordered)
     else:
         raise ValueError(f"draw must be one of {', '.join(DRAWS)}, got {draw!r}")
     sizes = {name: _count(size, n) for name, size in parts.items()}

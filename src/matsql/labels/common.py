@@ -7,7 +7,6 @@ once, so the modes differ only in their credit rule.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -19,12 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from matsql.agents.selector import Option
 from matsql.backends.base import ChatPrompt
+from matsql.draws import rng_for
 from matsql.records import (
     Branch,
     Candidate,
     PreferencePair,
     RolloutRecord,
-    digest,
     record_prompt_digest,
 )
 
@@ -92,27 +91,6 @@ class SFTExample(BaseModel):
     prefix: str = ""
     completion: str  # continuation after ``prefix``
     meta: dict[str, Any] = Field(default_factory=dict)
-
-
-def rng_for(seed: int, *keys: str) -> random.Random:
-    """A generator keyed on (seed, keys): a choice for one prompt does not depend on which other
-    prompts or questions were processed before it."""
-    return random.Random(int(digest("|".join([str(seed), *keys])), 16))
-
-
-# The SFT data builders' own keyed draws (``train sft-data``): the same idea as ``rng_for`` with
-# other formulas, kept because committed SFT datasets were drawn with them.
-
-
-def sft_rng(seed: int, *keys: object) -> random.Random:
-    """A generator keyed on (seed, keys), seeded by the string ``"seed:key:..."``."""
-    return random.Random(":".join(map(str, (seed, *keys))))
-
-
-def sft_unit(seed: int, *keys: object) -> float:
-    """A number in [0, 1) keyed on (seed, keys): the first 48 bits of sha256 of ``"seed:key:..."``."""
-    h = hashlib.sha256(":".join(map(str, (seed, *keys))).encode()).hexdigest()
-    return int(h[:12], 16) / 16**12
 
 
 def distinct_candidates(rec: RolloutRecord) -> list[Candidate]:

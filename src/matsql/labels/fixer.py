@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from matsql.agents import fixer as fixer_agent
 from matsql.backends.base import ChatPrompt
+from matsql.draws import rng_for, sft_rng, sft_unit
 from matsql.labels import teacher
 from matsql.labels.common import (
     Group,
@@ -31,9 +32,6 @@ from matsql.labels.common import (
     check_agent,
     distinct_candidates,
     make_labeler,
-    rng_for,
-    sft_rng,
-    sft_unit,
 )
 from matsql.records import Branch, Candidate, Critique, Fix, RolloutRecord
 

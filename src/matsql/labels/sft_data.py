@@ -33,8 +33,9 @@ import yaml
 
 from matsql.agents import planner, selector, validator
 from matsql.backends.base import Backend, ChatPrompt
+from matsql.draws import sft_rng
 from matsql.labels import teacher
-from matsql.labels.common import distinct_candidates, sft_rng
+from matsql.labels.common import distinct_candidates
 from matsql.labels.dataset import write_datasets
 from matsql.labels.fixer import fixer_sft
 from matsql.labels.prompts import make_prompt_fn
