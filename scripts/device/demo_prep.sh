@@ -16,6 +16,8 @@
 #   here:   bash scripts/device/demo_prep.sh unpack /work/.device/N  # into recipes/tiny/prepared/
 # Knobs (environment): EPOCHS_PLANNER (5), EPOCHS_TEAM (3), K_TRAIN (8 planner samples per train
 # question for the team's SFT data), SMOKE=1 (one step each, 6 questions: checks the commands on a CPU).
+# TEAM_JOBS (2 team SFTs at once on the card). The GPU image lacks pydantic: a carry without vLLM brings
+# the pydantic, pydantic_core, annotated_types and typing_inspection wheels from .whl/vllm/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 GGUF_NAME=SmolLM2-135M-Instruct.Q4_1.gguf
@@ -71,7 +73,9 @@ if ! "$PY" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("ll
   cat "$STORE"/part* > "$GGUF.tmp"
   echo "$GGUF_SHA  $GGUF.tmp" | sha256sum -c - && mv "$GGUF.tmp" "$GGUF"
 fi
-"$PY" -c 'import torch, transformers, peft, trl, datasets, sqlglot; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "transformers", transformers.__version__, "trl", trl.__version__)'
+# pydantic too: the GPU image lacks it (and typing-inspection, annotated-types); a carry without vLLM
+# must bring the pydantic, pydantic_core, annotated_types and typing_inspection wheels from .whl/vllm/
+"$PY" -c 'import torch, transformers, peft, trl, datasets, sqlglot, pydantic; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "transformers", transformers.__version__, "trl", trl.__version__)'
 
 SMOKE=${SMOKE:-0}
 EP=${EPOCHS_PLANNER:-5}; ET=${EPOCHS_TEAM:-3}; K=${K_TRAIN:-8}; BS=16
@@ -100,9 +104,15 @@ matsql train sft-data --agent all --benchmark minibench-train --rollouts "$W/rol
   --correct-ratio 0.5 --test-frac 0 --out "$W/sft-data"
 lap "train rollout + team data"
 
-# 3. val-sel, val-cond, fixer, selector at once on the one card; LoRA on attention only (~1.8 MiB
-#    in float16) but for the fixer, which writes SQL as the planner does (every linear layer)
+# 3. val-sel, val-cond, fixer, selector, two at once on the one card (TEAM_JOBS): four at once at
+#    batch 16 ran val-sel out of CUDA memory on an 80 GB H100 (session 7); each takes 15-90 s.
+#    LoRA on attention only (~1.8 MiB in float16) but for the fixer, which writes SQL as the
+#    planner does (every linear layer)
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+TEAM_JOBS=${TEAM_JOBS:-2}
+fail=0; pids=()
 for a in val-sel val-cond fixer selector; do
+  if [ "${#pids[@]}" -ge "$TEAM_JOBS" ]; then wait "${pids[0]}" || fail=1; pids=("${pids[@]:1}"); fi
   rm -rf "${PREP:?}/$a"
   mods="[q_proj,k_proj,v_proj,o_proj]"
   [ "$a" = fixer ] && mods="[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]"
@@ -111,9 +121,9 @@ for a in val-sel val-cond fixer selector; do
     "${STEPS[@]}" --set trainer.num_train_epochs="$ET" --set trainer.per_device_train_batch_size=$BS \
     --set trainer.learning_rate=5e-4 --set trainer.logging_steps=10 \
     --set "peft.target_modules=$mods" > "$W/train-$a.log" 2>&1 &
+  pids+=("$!")
 done
-fail=0
-for j in $(jobs -p); do wait "$j" || fail=1; done
+for j in "${pids[@]}"; do wait "$j" || fail=1; done
 for a in val-sel val-cond fixer selector; do echo "-- $a"; tail -n 5 "$W/train-$a.log"; done
 [ "$fail" = 0 ] || { echo "a team SFT failed"; exit 1; }
 lap team
