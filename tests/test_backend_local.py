@@ -401,42 +401,6 @@ def test_registry_errors_name_the_agent(cfg: dict, message: str) -> None:
     assert "fixer" in str(e.value)
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_out_of_memory_halves_the_batch_and_changes_no_completion(
-    engine: LocalEngine, temperature: float, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import torch
-
-    kw = {"n": 3, "temperature": temperature, "max_tokens": 12, "seed": 3}
-    ref = LocalBackend(engine, batch_size=16).generate(PROMPTS, **kw)
-    real = engine._decode
-    seen: list[int] = []
-
-    def tight(inputs, *a, **k):  # a device that holds at most 3 rows
-        seen.append(len(inputs))
-        if len(inputs) > 3:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(inputs, *a, **k)
-
-    monkeypatch.setattr(engine, "_decode", tight)
-    monkeypatch.setattr(engine, "oom_token_cap", None)
-    b = LocalBackend(engine, batch_size=16)
-    assert b.generate(PROMPTS, **kw) == ref
-    assert max(seen) > 3 and b.stats.extra["oom_splits"] >= 1
-    first_splits, cap = b.stats.extra["oom_splits"], engine.oom_token_cap
-    assert cap is not None  # the engine remembers what did not fit ...
-    b.stats.__init__()
-    assert b.generate(PROMPTS, **kw) == ref
-    assert b.stats.extra.get("oom_splits", 0) < first_splits  # ... and splits less the next time
-
-    def never(inputs, *a, **k):
-        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-
-    monkeypatch.setattr(engine, "_decode", never)
-    with pytest.raises(torch.OutOfMemoryError):  # one row that does not fit is an error
-        LocalBackend(engine, batch_size=16).generate(PROMPTS[:1], n=1, temperature=0.0, max_tokens=4)
-
-
 def test_cpu_decoding_uses_a_preallocated_cache(engine: LocalEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     """On a CPU a cache grown by torch.cat each step dominated decoding (4x slower per step)."""
     seen: list[object] = []

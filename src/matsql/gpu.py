@@ -4,8 +4,8 @@
 ``MATSQL_GPU_MEMORY_FRACTION`` = (its slots on the card) / N. Without a cap PyTorch's caching
 allocator keeps each process's peak (a 256-row prefill of 1,500-token prompts: ~25 GB), and
 three such processes plus a training stage ran an 80 GB H100 out of memory (session 4). Under
-the cap an allocation past the share raises ``torch.OutOfMemoryError`` in that process only,
-where the local backend halves its batch. A vLLM engine sizes its own memory instead
+the cap an allocation past the share raises ``torch.OutOfMemoryError`` in that process only.
+A vLLM engine sizes its own memory instead
 (``gpu_memory_utilization``, the fraction of the card it takes at start-up: weights, activations
 and a KV cache filling the rest): the vllm backend scales it by the share
 (:func:`vllm_memory_utilization`), so two rollouts, or a rollout and a training stage, fit on one

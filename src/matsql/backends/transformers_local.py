@@ -119,9 +119,6 @@ class LocalEngine:
         self.adapters: dict[str, str] = {}  # name -> path
         self.merged: dict[str, Any] = {}  # name -> base weights with that adapter merged in
         self.merge_adapters = resolve_merge(merge_adapters, self.device)
-        # rows x (input + budget) of the largest batch that ran out of memory, halved: later
-        # batches stay under it instead of failing and splitting again (see _decode_fitting)
-        self.oom_token_cap: int | None = None
         self.lock = threading.RLock()
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         extra = gen_eos if isinstance(gen_eos, list) else ([gen_eos] if gen_eos is not None else [])
@@ -267,8 +264,7 @@ class LocalEngine:
                     break
                 counts["rounds"] += 1
                 carry: list[Row] = []
-                caps = [c for c in (max_batch_tokens, self.oom_token_cap) if c is not None]
-                for batch in pack_rows(pending, batch_size, min(caps) if caps else None, budget):
+                for batch in pack_rows(pending, batch_size, max_batch_tokens, budget):
                     inputs = [enc[r.prompt] + made[(r.prompt, r.sample)] for r in batch]
                     sampler = None
                     if not greedy:
@@ -276,9 +272,9 @@ class LocalEngine:
                             [keys[(r.prompt, r.sample)] for r in batch],
                             [len(made[(r.prompt, r.sample)]) for r in batch],
                         )
-                    new = self._decode_fitting(
+                    new = self._decode(
                         inputs,
-                        sampler,
+                        sampler=sampler,
                         budget=budget,
                         stop=stop,
                         temperature=temperature,
@@ -312,38 +308,6 @@ class LocalEngine:
                 extra={"rows": len(rows), **counts},
             )
         return result
-
-    def _decode_fitting(
-        self, inputs: list[list[int]], sampler: tuple[list[int], list[int]] | None, **kw: Any
-    ) -> list[list[int]]:
-        """``_decode``, halving the batch and retrying when the device runs out of memory.
-
-        Several processes may share one GPU (``--gpu-slots``, each capped at its share of the
-        card: ``matsql.gpu``), so what fits is found by trying; the halved size is remembered
-        as a token cap for later batches. Sampling is keyed per row, so a split changes no
-        completion.
-        """
-        import torch
-
-        try:
-            return self._decode(inputs, sampler=sampler, **kw)
-        except torch.OutOfMemoryError:
-            if len(inputs) < 2:
-                raise
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        half = len(inputs) // 2
-        cap = half * (max(len(x) for x in inputs) + kw["budget"])
-        self.oom_token_cap = cap if self.oom_token_cap is None else min(cap, self.oom_token_cap)
-        kw["counts"]["oom_splits"] = kw["counts"].get("oom_splits", 0) + 1
-        log.warning(
-            "out of memory on a batch of %d rows: retrying as %d + %d", len(inputs), half, len(inputs) - half
-        )
-        parts = []
-        for lo, hi in ((0, half), (half, len(inputs))):
-            sub = None if sampler is None else (sampler[0][lo:hi], sampler[1][lo:hi])
-            parts += self._decode_fitting(inputs[lo:hi], sub, **kw)
-        return parts
 
     def _decode(
         self,

@@ -127,8 +127,8 @@ class LocalExecutor:
 
     def _share(self, env: dict[str, str], slots_on_card: int) -> None:
         """Cap the process at its slots' share of the card's memory (``matsql.gpu``): processes
-        sharing a card then cannot push each other out of memory; a rollout that hits its own
-        cap halves its batch, and a training stage asks for more slots (``resources.slots``)."""
+        sharing a card then cannot push each other out of memory; a training stage asks for
+        more slots (``resources.slots``)."""
         frac = self.memory_fraction(slots_on_card)
         if frac is None:
             env.pop(GPU_SHARE_ENV, None)
