@@ -1,13 +1,15 @@
 """Rollout-style generation throughput of LocalBackend vs plain ``model.generate``, and the
-per-step cost of the keyed sampler in isolation (the transformers backend's own paths: decode
-rounds, merged vs unmerged LoRA, random weights, a profile). Sessions 2-5 measured with this
-script, under its old name ``bench_generate.py``; that name now times the vllm backend against
-these paths on real spider-dev prompts.
+per-step cost of the keyed sampler in isolation (the transformers backend's own paths: merged
+vs unmerged LoRA, random weights, a profile). Sessions 2-5 measured with this script, under
+its old name ``bench_generate.py``; that name now times the vllm backend against these paths
+on real spider-dev prompts. Until issue 15 the script also timed LocalBackend's decode rounds
+against one round per batch (``local_one_round``, ``--round-tokens``, ``--one-round``); the
+rounds were deleted with the rest of the GPU-only machinery (run it from commit 7ba0163 to
+repeat those rows).
 
 Builds ``--questions`` synthetic schema-style prompts whose lengths spread around
 ``--prompt-tokens`` (real schema prompts vary, which is where padding waste comes from), then
-times LocalBackend (length-sorted batches, decode rounds, keyed sampling), LocalBackend in one
-round per batch (the straggler-bound way), and, as the baseline, plain
+times LocalBackend (length-sorted batches, keyed sampling) and, as the baseline, plain
 ``model.generate`` over the same prompts in their given order with the same batch size. All
 count generated tokens up to and including the end token. Prints questions/s, new tokens/s,
 decode steps, the share of row-steps that produced a kept token, and the ratios to the
@@ -21,8 +23,7 @@ keyed Gumbel-max sampler it replaced (int64 hash per vocabulary entry, kept here
 ``argmax`` (greedy, the floor), with the number of GPU kernels (CPU: aten ops) per call.
 
 ``--system`` sets the instruction; the default asks for bare SQL (short answers); a planner-like
-instruction that asks for reasoning first gives long, uneven completions, where decode rounds
-matter most.
+instruction that asks for reasoning first gives long, uneven completions.
 
 Reference (DEVICE.md, H100, Qwen2.5-Coder-0.5B bf16, plain generate, T=1, 128 new tokens):
 7,105 new tokens/s at batch 512 with 794-token prompts.
@@ -53,7 +54,7 @@ REFERENCE = {"new_tokens_per_s": 7105, "batch": 512, "prompt_tokens": 794, "devi
 
 TYPES = ("INTEGER", "TEXT", "REAL", "DATE")
 SYSTEM = "Write one SQLite query."
-PATHS = ("local_backend", "local_one_round", "plain_generate", "lora_unmerged", "lora_merged")
+PATHS = ("local_backend", "plain_generate", "lora_unmerged", "lora_merged")
 
 
 def synthetic_prompts(
@@ -107,7 +108,7 @@ def run_backend(
         s.extra.get("padded_prompt_tokens", 0),
         s.extra.get("decode_steps", 0),
         s.extra.get("row_steps", 0),
-    ) | {"batches": s.extra.get("batches", 0), "rounds": s.extra.get("rounds", 0)}
+    ) | {"batches": s.extra.get("batches", 0)}
 
 
 def run_plain(engine: Any, prompts: list[Any], args: argparse.Namespace, max_tokens: int) -> dict[str, float]:
@@ -286,18 +287,11 @@ def main() -> None:
     ap.add_argument("--spread", type=float, default=0.5, help="prompt lengths uniform in L*(1 +- spread)")
     ap.add_argument("--system", default=SYSTEM, help="system instruction of the synthetic prompts")
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument(
-        "--round-tokens",
-        type=int,
-        default=None,
-        help="first decode round of local_backend (default: ROUND_TOKENS, also on CPU)",
-    )
     ap.add_argument("--n", type=int, default=1, help="samples per question")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=1, help="timed runs of each; the median is reported")
     ap.add_argument("--baseline", choices=("auto", "yes", "no"), default="auto", help="auto: only on CUDA")
-    ap.add_argument("--one-round", choices=("auto", "yes", "no"), default="auto", help="auto: only on CUDA")
     ap.add_argument("--sampler-only", action="store_true", help="time the sampler alone, no generation")
     ap.add_argument("--sampler-repeats", type=int, default=None, help="default: 20 on CUDA, 3 on CPU")
     ap.add_argument(
@@ -322,7 +316,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
 
-    from matsql.backends.transformers_local import ROUND_TOKENS, LocalBackend, LocalEngine
+    from matsql.backends.transformers_local import LocalBackend, LocalEngine
 
     t0 = time.perf_counter()
     if args.random_weights:
@@ -348,18 +342,10 @@ def main() -> None:
     prompts = synthetic_prompts(
         engine.tokenizer, args.questions, args.prompt_tokens, args.spread, args.seed, args.system
     )
-    rounds = args.round_tokens or ROUND_TOKENS  # rounds even on CPU, where "auto" would not use them
-    backend = LocalBackend(
-        engine, batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens, round_tokens=rounds
-    )
-    one_round = LocalBackend(
-        engine, batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens, round_tokens=None
-    )
+    backend = LocalBackend(engine, batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens)
     runners: dict[str, Callable[[list[Any], int], dict[str, float]]] = {
         "local_backend": lambda ps, m: run_backend(backend, ps, args, m)
     }
-    if args.one_round == "yes" or (args.one_round == "auto" and cuda):
-        runners["local_one_round"] = lambda ps, m: run_backend(one_round, ps, args, m)
     if args.baseline == "yes" or (args.baseline == "auto" and cuda):
         runners["plain_generate"] = lambda ps, m: run_plain(engine, ps, args, m)
     if args.adapter:
@@ -374,7 +360,6 @@ def main() -> None:
                 adapter=args.adapter,
                 batch_size=args.batch_size,
                 max_batch_tokens=args.max_batch_tokens,
-                round_tokens=rounds,
             )
             runners[name] = lambda ps, m, b=b: run_backend(b, ps, args, m)
     for run in runners.values():  # warm-up: one full-size batch per path, 2 new tokens
@@ -387,11 +372,10 @@ def main() -> None:
         res["profile"] = profile_paths(runners, prompts[: args.batch_size], args.profile, cuda)
     for name, rs in runs.items():  # the median run by wall time
         res[name] = sorted(rs, key=lambda r: r["seconds"])[len(rs) // 2]
-    for name in ("local_backend", "local_one_round"):
-        if name in res and "plain_generate" in res:
-            res[f"ratio_{name}_new_tokens_per_s"] = (
-                res[name]["new_tokens_per_s"] / res["plain_generate"]["new_tokens_per_s"]
-            )
+    if "local_backend" in res and "plain_generate" in res:
+        res["ratio_local_backend_new_tokens_per_s"] = (
+            res["local_backend"]["new_tokens_per_s"] / res["plain_generate"]["new_tokens_per_s"]
+        )
     if "lora_unmerged" in res:
         res["ratio_lora_merged_over_unmerged_new_tokens_per_s"] = (
             res["lora_merged"]["new_tokens_per_s"] / res["lora_unmerged"]["new_tokens_per_s"]
@@ -400,7 +384,7 @@ def main() -> None:
     print(
         f"model {engine.identifier} on {res.get('gpu', dev)} (loaded in {load_s:.1f}s); {args.questions} questions x n={args.n}, "
         f"~{args.prompt_tokens} prompt tokens (+-{args.spread:.0%}), {args.new_tokens} new, T={args.temperature}, "
-        f"batch {args.batch_size}, rounds from {rounds}, median of {args.repeats} runs"
+        f"batch {args.batch_size}, median of {args.repeats} runs"
     )
     for name in PATHS:
         if name in res:
@@ -411,11 +395,10 @@ def main() -> None:
                 f"{r['ms_per_decode_step']:.1f} ms each incl. prefill; {r['useful_row_steps']:.0%} of row-steps kept; "
                 f"{r['padded_prompt_tokens']:.0f} padded prompt tokens)"
             )
-    for name in ("local_backend", "local_one_round"):
-        if f"ratio_{name}_new_tokens_per_s" in res:
-            print(
-                f"  ratio {name} / plain generate: {res[f'ratio_{name}_new_tokens_per_s']:.2f}x new tokens/s"
-            )
+    if "ratio_local_backend_new_tokens_per_s" in res:
+        print(
+            f"  ratio local_backend / plain generate: {res['ratio_local_backend_new_tokens_per_s']:.2f}x new tokens/s"
+        )
     if "ratio_lora_merged_over_unmerged_new_tokens_per_s" in res:
         print(
             "  ratio lora_merged / lora_unmerged: "

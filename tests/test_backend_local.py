@@ -17,7 +17,6 @@ from matsql.backends.transformers_local import (  # noqa: E402
     LocalEngine,
     Row,
     pack_rows,
-    round_budgets,
 )
 
 MAX = 10
@@ -221,44 +220,6 @@ def test_pack_rows(
     rows = [Row(i, 0, n) for i, n in enumerate(lengths)]
     got = pack_rows(rows, batch_size, max_batch_tokens, max_tokens=4)
     assert [[r.prompt for r in b] for b in got] == expected
-
-
-@pytest.mark.parametrize(
-    ("max_tokens", "round_tokens", "expected"),
-    [
-        (320, 32, [32, 64, 128, 96]),
-        (160, 32, [32, 64, 64]),
-        (10, 32, [10]),
-        (10, None, [10]),
-        (7, 1, [1, 2, 4]),
-    ],
-)
-def test_round_budgets(max_tokens: int, round_tokens: int | None, expected: list[int]) -> None:
-    assert round_budgets(max_tokens, round_tokens) == expected
-
-
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_rounds_do_not_change_completions(engine: LocalEngine, temperature: float) -> None:
-    """Re-prefilling survivors between rounds continues each row exactly (keyed steps carry on)."""
-    kw = {"n": 3, "temperature": temperature, "max_tokens": 24, "seed": 5}
-    one = LocalBackend(engine, batch_size=4, round_tokens=None)
-    rounds = LocalBackend(engine, batch_size=2, round_tokens=3)
-    ref = one.generate(PROMPTS, **kw)
-    assert rounds.generate(PROMPTS, **kw) == ref
-    assert one.stats.extra["rounds"] == 1 and rounds.stats.extra["rounds"] == 4  # 3 + 6 + 12 + 3
-    assert rounds.stats.completion_tokens == one.stats.completion_tokens
-    assert rounds.stats.extra["row_steps"] <= one.stats.extra["row_steps"]
-
-
-def test_a_stop_string_ends_a_row_between_rounds(engine: LocalEngine) -> None:
-    b = LocalBackend(engine, round_tokens=2)
-    full = b.generate(PROMPTS, max_tokens=16)
-    k, text = next((i, o[0]) for i, o in enumerate(full) if len(o[0]) >= 6)
-    stop = text[2:4]
-    b.stats.__init__()
-    got = b.generate([PROMPTS[k]], max_tokens=16, stop=[stop])[0][0]
-    assert got == text[: text.find(stop)]
-    assert b.stats.extra["rounds"] < len(round_budgets(16, 2))  # no rounds after the stop string
 
 
 def test_stats_count_tokens(engine: LocalEngine) -> None:

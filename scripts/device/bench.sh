@@ -18,7 +18,7 @@ M=qwen2.5-coder-0.5b-instruct
 PLANNER="First explain which tables, columns and conditions answer the question, then write one SQLite query."
 jobs=(
   "bench_generate|benchmarks/bench_transformers_paths.py --model $M --questions 256 --batch-size 256 --prompt-tokens 794 --new-tokens 320 --system '$PLANNER' --profile $out/profile"
-  "bench_generate_lora|benchmarks/bench_transformers_paths.py --model $M --questions 256 --batch-size 256 --prompt-tokens 794 --new-tokens 160 --baseline no --one-round no --adapter $adapter"
+  "bench_generate_lora|benchmarks/bench_transformers_paths.py --model $M --questions 256 --batch-size 256 --prompt-tokens 794 --new-tokens 160 --baseline no --adapter $adapter"
   "bench_decode_attention|benchmarks/bench_decode_attention.py --model $M --batch 256 --prompt-tokens 1000 --steps 32 --repeats 3"
   "bench_generate_peak|benchmarks/bench_transformers_paths.py --model $M --questions 512 --batch-size 256 --prompt-tokens 794 --new-tokens 128"
 )

@@ -38,20 +38,18 @@ def splitmix64(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def row_uniforms(keys: Sequence[int], first_step: int | Sequence[int], steps: int) -> np.ndarray:
-    """``(len(keys), steps)`` float64 uniforms in [0, 1) for decode steps ``first_step ...``
-    (one first step for all rows, or one per row).
+def row_uniforms(keys: Sequence[int], first_step: int, steps: int) -> np.ndarray:
+    """``(len(keys), steps)`` float64 uniforms in [0, 1) for decode steps ``first_step ...``.
 
-    Entry ``[r, j]`` is the ``(first_step[r] + j)``-th output of SplitMix64 seeded with
+    Entry ``[r, j]`` is the ``(first_step + j)``-th output of SplitMix64 seeded with
     ``keys[r]``, cut to 52 bits: a pure function of (key, step). 52 bits keep ``u * total``
     strictly below ``total`` in float64 rounding, so a draw never falls past the last token.
     """
-    first = np.broadcast_to(np.asarray(first_step, dtype=np.int64), (len(keys),))
-    if steps < 0 or (first < 0).any():
+    if steps < 0 or first_step < 0:
         raise ValueError(f"need first_step >= 0 and steps >= 0, got {first_step}, {steps}")
     k = np.array([int(x) & ((1 << 64) - 1) for x in keys], dtype=np.uint64)
-    s = (first[:, None] + np.arange(1, steps + 1)[None, :]).astype(np.uint64)
-    bits = splitmix64(k[:, None] + s * _GOLDEN) >> np.uint64(12)
+    s = (first_step + np.arange(1, steps + 1)).astype(np.uint64)
+    bits = splitmix64(k[:, None] + s[None, :] * _GOLDEN) >> np.uint64(12)
     return bits.astype(np.float64) * 2.0**-52
 
 
@@ -81,9 +79,8 @@ class KeyedSampler:
 
     Use with ``do_sample=False``: it draws each row's token (see module doc) and returns the
     scores with ``+inf`` at that token, so ``generate``'s argmax picks it. ``start_len`` is the
-    (padded) input length, so row ``r``'s step index is ``first_step[r] + len - start_len``
-    (``first_step``: tokens a row already generated in earlier calls, one int for all rows or
-    one per row); ``steps`` bounds how many steps ``generate`` may run (its ``max_new_tokens``).
+    (padded) input length, so the step index is ``len - start_len``; ``steps`` bounds how many
+    steps ``generate`` may run (its ``max_new_tokens``).
     """
 
     def __init__(
@@ -94,14 +91,13 @@ class KeyedSampler:
         start_len: int,
         *,
         steps: int,
-        first_step: int | Sequence[int] = 0,
     ) -> None:
         if temperature <= 0:
             raise ValueError("KeyedSampler needs temperature > 0 (use greedy decoding for T=0)")
         self.temperature = float(temperature)
         self.top_p = float(top_p)
         self.start_len = start_len
-        self.uniforms = torch.from_numpy(row_uniforms(keys, first_step, steps))
+        self.uniforms = torch.from_numpy(row_uniforms(keys, 0, steps))
 
     def sample(self, scores: torch.Tensor, step: int) -> torch.Tensor:
         """Tokens for local step ``step`` (0 = the first new token of this ``generate`` call)."""

@@ -7,21 +7,10 @@ rows x (longest input + new tokens)), so little compute goes to padding; each ba
 left-padded and decoded with ``model.generate``. Greedy calls (T=0) decode each prompt once and
 repeat the text ``n`` times.
 
-Decoding runs in rounds (``round_tokens`` new tokens, then twice as many, ...): a batch runs
-until its longest row ends, so one long row keeps hundreds of finished rows computing. After
-each round, finished rows leave; the rest (prompt + tokens so far) are re-packed with the
-survivors of other batches into full batches and prefilled again, which costs far less than
-the straggling decode steps it saves (rollout completions are mostly much shorter than their
-cap). Round boundaries depend only on a row's own token count, never on its batch. On a GPU,
-decoding is bound by memory traffic and kernel launches, so a prefilled token costs a small
-fraction of a decode row-step; on a CPU both are compute-bound and re-prefilling costs as much
-as it saves, so ``round_tokens="auto"`` means rounds of ``ROUND_TOKENS`` on accelerators and
-one round on CPU (``benchmarks/bench_transformers_paths.py`` measures both ways on the device at hand).
-
 Sampling is keyed per row (see ``sampling.py``): a completion is a function of the prompt,
 the settings, ``seed`` and its sample index, not of which prompts shared its batch. ``seed``
 and ``n`` therefore reproduce across batch sizes and resumed runs (on one machine; bf16
-logits can differ in the last bit with different padding, or with another ``round_tokens``).
+logits can differ in the last bit with different padding).
 
 Several agents can share one loaded base model: a ``LocalEngine`` holds the model and its
 LoRA adapters, and each ``LocalBackend`` is a view with its own default adapter and stats.
@@ -64,14 +53,13 @@ from matsql.backends.chat import (
 log = logging.getLogger(__name__)
 
 BASE = "__base__"  # adapter name meaning "the base model, adapters off" (PEFT's own spelling)
-ROUND_TOKENS = 32  # first decode round on an accelerator; later rounds double (see module doc)
 
 
 @dataclass(frozen=True)
 class Row:
     prompt: int  # index into the call's prompts
     sample: int  # sample index within the prompt
-    length: int  # input tokens: prompt + tokens generated in earlier rounds
+    length: int  # prompt tokens
 
 
 def pack_rows(
@@ -227,15 +215,11 @@ class LocalEngine:
         top_p: float = 1.0,
         batch_size: int = 64,
         max_batch_tokens: int | None = None,
-        round_tokens: int | Literal["auto"] | None = "auto",
         adapter: str | None = None,
         stats: GenerationStats | None = None,
     ) -> list[list[str]]:
         """``n`` completions for each rendered prompt text (see module doc)."""
         import torch
-
-        if round_tokens == "auto":
-            round_tokens = None if self.device.type == "cpu" else ROUND_TOKENS
 
         check_sampling(n, max_tokens, temperature, top_p)
         t0 = time.perf_counter()
@@ -244,55 +228,31 @@ class LocalEngine:
         )
         greedy = temperature <= 0
         rows = [Row(p, s, len(enc[p])) for p in range(len(enc)) for s in range(1 if greedy else n)]
-        keys = (
-            {}
-            if greedy
-            else {(r.prompt, r.sample): derive_seed(seed, texts[r.prompt], r.sample) for r in rows}
-        )
-        made: dict[tuple[int, int], list[int]] = {(r.prompt, r.sample): [] for r in rows}
-        counts = dict.fromkeys(("batches", "rounds", "padded_prompt_tokens", "decode_steps", "row_steps"), 0)
+        made: dict[tuple[int, int], list[int]] = {}
+        counts = dict.fromkeys(("batches", "padded_prompt_tokens", "decode_steps", "row_steps"), 0)
         n_generated = 0
-        pending = rows
         with (
             self.lock,
             self.use_adapter(adapter) as model,
             self._neutral_defaults(model),
             torch.inference_mode(),
         ):
-            for budget in round_budgets(max_tokens, round_tokens):
-                if not pending:
-                    break
-                counts["rounds"] += 1
-                carry: list[Row] = []
-                for batch in pack_rows(pending, batch_size, max_batch_tokens, budget):
-                    inputs = [enc[r.prompt] + made[(r.prompt, r.sample)] for r in batch]
-                    sampler = None
-                    if not greedy:
-                        sampler = (
-                            [keys[(r.prompt, r.sample)] for r in batch],
-                            [len(made[(r.prompt, r.sample)]) for r in batch],
-                        )
-                    new = self._decode(
-                        inputs,
-                        sampler=sampler,
-                        budget=budget,
-                        stop=stop,
-                        temperature=temperature,
-                        top_p=top_p,
-                        counts=counts,
-                        model=model,
-                    )
-                    for r, toks in zip(batch, new, strict=True):
-                        kept, ended = cut_at_stop_ids(toks, self.stop_ids)
-                        so_far = made[(r.prompt, r.sample)]
-                        so_far.extend(kept)
-                        n_generated += len(kept) + int(ended)
-                        finished = (
-                            ended or len(so_far) >= max_tokens or _has_stop(self.tokenizer, so_far, stop)
-                        )
-                        if not finished:
-                            carry.append(Row(r.prompt, r.sample, r.length + len(kept)))
-                pending = carry
+            for batch in pack_rows(rows, batch_size, max_batch_tokens, max_tokens):
+                keys = None if greedy else [derive_seed(seed, texts[r.prompt], r.sample) for r in batch]
+                new = self._decode(
+                    [enc[r.prompt] for r in batch],
+                    keys=keys,
+                    budget=max_tokens,
+                    stop=stop,
+                    temperature=temperature,
+                    top_p=top_p,
+                    counts=counts,
+                    model=model,
+                )
+                for r, toks in zip(batch, new, strict=True):
+                    kept, ended = cut_at_stop_ids(toks, self.stop_ids)
+                    made[(r.prompt, r.sample)] = kept
+                    n_generated += len(kept) + int(ended)
         out = {
             k: truncate_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), stop)
             for k, ids in made.items()
@@ -314,15 +274,15 @@ class LocalEngine:
         inputs: list[list[int]],
         budget: int,
         stop: Sequence[str] | None,
-        sampler: tuple[list[int], list[int]] | None,
+        keys: list[int] | None,
         temperature: float,
         top_p: float,
         counts: dict[str, int],
         model: Any,
     ) -> list[list[int]]:
         """One left-padded ``generate`` call of ``model`` (from ``use_adapter``): up to ``budget``
-        new ids per row (after an end token, filler). ``sampler`` is (keys, steps already
-        generated) per row, None for greedy."""
+        new ids per row (after an end token, filler). ``keys``: each row's sampling key, None for
+        greedy."""
         import numpy as np
         import torch
         from transformers import GenerationConfig, LogitsProcessorList
@@ -350,10 +310,9 @@ class LocalEngine:
             cache_implementation="static" if self.device.type == "cpu" else None,
         )
         kwargs: dict[str, Any] = {"tokenizer": self.tokenizer} if stop else {}
-        if sampler is not None:
-            keys, first = sampler
+        if keys is not None:
             kwargs["logits_processor"] = LogitsProcessorList(
-                [KeyedSampler(keys, temperature, top_p, width, steps=budget, first_step=first)]
+                [KeyedSampler(keys, temperature, top_p, width, steps=budget)]
             )
         seqs = model.generate(
             input_ids=torch.from_numpy(ids).to(self.device),
@@ -383,35 +342,12 @@ def resolve_merge(setting: bool | Literal["auto"], device: Any) -> bool:
     return getattr(device, "type", str(device)) != "cpu"
 
 
-def round_budgets(max_tokens: int, round_tokens: int | None) -> list[int]:
-    """New-token budgets of successive decode rounds: ``round_tokens``, then doubling, summing
-    to ``max_tokens`` (one round if ``round_tokens`` is None or covers ``max_tokens``)."""
-    if round_tokens is not None and round_tokens < 1:
-        raise ValueError(f"round_tokens must be >= 1 or None, got {round_tokens}")
-    budgets: list[int] = []
-    size = round_tokens or max_tokens
-    while (left := max_tokens - sum(budgets)) > 0:
-        budgets.append(min(size, left))
-        size *= 2
-    return budgets
-
-
-def _has_stop(tokenizer: Any, ids: list[int], stop: Sequence[str] | None) -> bool:
-    """Whether the completion so far contains a stop string (then it needs no more rounds)."""
-    if not stop or not ids:
-        return False
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    return any(s and s in text for s in stop)
-
-
 class LocalBackend(RenderedTextBackend):
     """The in-process Backend: ``generate(prompts, n, temperature, max_tokens, stop, seed)``.
 
     ``model`` is a model spec (see ``matsql.models.resolve_model``) or a ``LocalEngine`` to share
     one loaded model between agents. ``adapter`` (a PEFT folder) is this backend's default; a
     call may pick another loaded adapter by name (``adapter_name=``, ``BASE`` for none).
-    ``round_tokens`` is the first decode round's length (None: one round of ``max_tokens``;
-    "auto": ``ROUND_TOKENS`` on an accelerator, one round on CPU).
     """
 
     def __init__(
@@ -425,7 +361,6 @@ class LocalBackend(RenderedTextBackend):
         max_batch_tokens: int | None = None,
         top_p: float = 1.0,
         name: str | None = None,
-        round_tokens: int | Literal["auto"] | None = "auto",
     ) -> None:
         self.engine = (
             model if isinstance(model, LocalEngine) else LocalEngine.load(model, device=device, dtype=dtype)
@@ -434,7 +369,6 @@ class LocalBackend(RenderedTextBackend):
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         self.top_p = top_p
-        self.round_tokens = round_tokens
         self.name = name or f"local:{self.engine.identifier}" + (f"+{self.adapter}" if self.adapter else "")
         self.stats = GenerationStats()
 
@@ -473,7 +407,6 @@ class LocalBackend(RenderedTextBackend):
             top_p=self.top_p,
             batch_size=self.batch_size,
             max_batch_tokens=self.max_batch_tokens,
-            round_tokens=self.round_tokens,
             adapter=adapter_name if adapter_name is not None else self.adapter,
             stats=self.stats,
         )
