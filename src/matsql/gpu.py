@@ -5,6 +5,8 @@
 allocator keeps each process's peak (a 256-row prefill of 1,500-token prompts: ~25 GB), and
 three such processes plus a training stage ran an 80 GB H100 out of memory (session 4). Under
 the cap an allocation past the share raises ``torch.OutOfMemoryError`` in that process only.
+Training stages apply the cap (``train/runner.py``). The transformers backend does not: it is
+the CPU engine, and on a GPU it runs plain ``generate`` uncapped (give it a card of its own).
 A vLLM engine sizes its own memory instead
 (``gpu_memory_utilization``, the fraction of the card it takes at start-up: weights, activations
 and a KV cache filling the rest): the vllm backend scales it by the share

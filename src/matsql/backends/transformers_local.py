@@ -124,12 +124,11 @@ class LocalEngine:
     @classmethod
     def for_inference(cls, model: Any, tokenizer: Any, *, identifier: str = "model") -> LocalEngine:
         """An engine over an already loaded model, set up as ``load`` does: on a GPU, cuDNN
-        attention off and the process's memory share applied; grouped-query decode attention."""
+        attention off; grouped-query decode attention."""
         if next(model.parameters()).device.type == "cuda":
-            from matsql.gpu import apply_memory_share, disable_cudnn_attention
+            from matsql.gpu import disable_cudnn_attention
 
             disable_cudnn_attention()
-            apply_memory_share(next(model.parameters()).device)
         if os.environ.get("MATSQL_GQA_DECODE", "1") != "0":
             from matsql.backends.attention import use_gqa_decode
 

@@ -66,8 +66,9 @@ class LocalExecutor:
     under ``--jobs``): a 0.5B model's decoding is bound by kernel launches, not by the GPU, so
     two or three processes on one card finish more work per minute than one.
     ``slots: N`` gives a single-process stage N slots of one card (training: 2). Each process
-    may allocate its slots' share of its card's memory (``matsql.gpu``), so processes that
-    share a card cannot run each other out of memory.
+    may allocate its slots' share of its card's memory (``matsql.gpu``: training caps itself,
+    a vLLM engine sizes itself to it), so processes that share a card cannot run each other out
+    of memory.
     """
 
     def __init__(
