@@ -7,8 +7,7 @@
 #    one batch of each under torch.profiler (OUT_DIR/profile: why LocalBackend's step costs more);
 # 2. bench_transformers_paths with a LoRA adapter (default: the study's SFT val-sel), validator-like
 #    160 new tokens: the adapter unmerged (PEFT) vs merged into a weight copy;
-# 3. bench_decode_attention: decode-step attention with and without repeat_kv;
-# 4. bench_transformers_paths as DEVICE.md measured plain generate's peak (512 prompts, 128 new tokens).
+# 3. bench_transformers_paths as DEVICE.md measured plain generate's peak (512 prompts, 128 new tokens).
 set -uo pipefail
 out=${1:?usage: bench.sh OUT_DIR [ADAPTER]}
 adapter=${2:-runs/study-spider/sft-val-sel}
@@ -19,7 +18,6 @@ PLANNER="First explain which tables, columns and conditions answer the question,
 jobs=(
   "bench_generate|benchmarks/bench_transformers_paths.py --model $M --questions 256 --batch-size 256 --prompt-tokens 794 --new-tokens 320 --system '$PLANNER' --profile $out/profile"
   "bench_generate_lora|benchmarks/bench_transformers_paths.py --model $M --questions 256 --batch-size 256 --prompt-tokens 794 --new-tokens 160 --baseline no --adapter $adapter"
-  "bench_decode_attention|benchmarks/bench_decode_attention.py --model $M --batch 256 --prompt-tokens 1000 --steps 32 --repeats 3"
   "bench_generate_peak|benchmarks/bench_transformers_paths.py --model $M --questions 512 --batch-size 256 --prompt-tokens 794 --new-tokens 128"
 )
 one() {  # one benchmark on card $1

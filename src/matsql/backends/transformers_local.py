@@ -124,15 +124,11 @@ class LocalEngine:
     @classmethod
     def for_inference(cls, model: Any, tokenizer: Any, *, identifier: str = "model") -> LocalEngine:
         """An engine over an already loaded model, set up as ``load`` does: on a GPU, cuDNN
-        attention off; grouped-query decode attention."""
+        attention off."""
         if next(model.parameters()).device.type == "cuda":
             from matsql.gpu import disable_cudnn_attention
 
             disable_cudnn_attention()
-        if os.environ.get("MATSQL_GQA_DECODE", "1") != "0":
-            from matsql.backends.attention import use_gqa_decode
-
-            use_gqa_decode(model)  # decode steps without repeat_kv (see backends/attention.py)
         return cls(model, tokenizer, identifier=identifier)
 
     @property
