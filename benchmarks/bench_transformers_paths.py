@@ -298,7 +298,7 @@ def main() -> None:
         "--adapter",
         default=None,
         help="a LoRA adapter folder: also time LocalBackend with it unmerged (PEFT) and merged into a "
-        "weight copy (what GPU engines do), side by side",
+        "weight copy (what MATSQL_MERGE_ADAPTERS=1 does), side by side",
     )
     ap.add_argument(
         "--profile",

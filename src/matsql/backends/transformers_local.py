@@ -1,11 +1,12 @@
-"""In-process generation with transformers (CPU or GPU), batched, with optional LoRA adapters.
+"""In-process generation with transformers, batched, with optional LoRA adapters: the CPU
+engine (the embedded default on a laptop, the demo, tests).
 
 How a call runs: prompts are rendered with the tokenizer's own chat template (+ prefix) and
 tokenized without adding special tokens; each (prompt, sample) becomes a row; rows are sorted
 by length and packed into batches (``batch_size`` rows, and at most ``max_batch_tokens`` of
 rows x (longest input + new tokens)), so little compute goes to padding; each batch is
-left-padded and decoded with ``model.generate``. Greedy calls (T=0) decode each prompt once and
-repeat the text ``n`` times.
+left-padded and decoded with ``model.generate`` (on a CPU into a preallocated KV cache).
+Greedy calls (T=0) decode each prompt once and repeat the text ``n`` times.
 
 Sampling is keyed per row (see ``sampling.py``): a completion is a function of the prompt,
 the settings, ``seed`` and its sample index, not of which prompts shared its batch. ``seed``
@@ -15,13 +16,19 @@ logits can differ in the last bit with different padding).
 Several agents can share one loaded base model: a ``LocalEngine`` holds the model and its
 LoRA adapters, and each ``LocalBackend`` is a view with its own default adapter and stats.
 
-On a GPU each adapter is merged into its own copy of the base weights (``merge_adapters``;
-``MATSQL_MERGE_ADAPTERS=0|1`` overrides): an unmerged LoRA adds two small matmuls, a scale and
-an add to each of the 168 adapted linears of a 24-layer model at every decode step, which
-roughly doubles the per-step launch overhead that bounds a small model's decoding. A 0.5B copy
-costs 1 GB of GPU memory. On a CPU, adapters stay unmerged (one copy of the weights in RAM).
-Merged weights round once in bf16, so greedy tokens can differ from the unmerged model's in
-rare near-ties; in fp32 the two agree.
+Adapters stay unmerged by default (PEFT; one copy of the weights in RAM).
+``MATSQL_MERGE_ADAPTERS=1`` (or ``merge_adapters=True``) merges each adapter into its own copy
+of the base weights, which saves LoRA's extra matmuls in every adapted linear at every decode
+step: the demo sets it (SmolLM2-135M on a CPU, 16 planner samples of 64 tokens: 81 s merged
+against 112 s unmerged). Merged and unmerged weights round differently, so a completion can
+differ where two tokens nearly tie.
+
+On a GPU the engine runs the same way, plainly: one ``generate`` per batch until its longest
+row ends, no memory cap, and an out-of-memory error fails the call. GPU generation is the vllm
+backend (``backend: vllm``); issue 15 deleted this engine's GPU-only machinery (decode rounds,
+merged adapter copies by default, batch halving on OOM, the memory share, a grouped-query
+decode kernel). It stays usable there as the reference that vLLM is compared against
+(``benchmarks/bench_generate.py``, ``benchmarks/vllm_parity.py``) and for small jobs.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from matsql.backends.base import ChatPrompt, GenerationStats
 from matsql.backends.chat import (
@@ -99,14 +106,14 @@ class LocalEngine:
         tokenizer: Any,
         *,
         identifier: str = "model",
-        merge_adapters: bool | Literal["auto"] = "auto",
+        merge_adapters: bool | None = None,
     ) -> None:
         self.model = model  # the base model; a PeftModel around it once unmerged adapters load
         self.tokenizer = tokenizer
         self.identifier = identifier
         self.adapters: dict[str, str] = {}  # name -> path
         self.merged: dict[str, Any] = {}  # name -> base weights with that adapter merged in
-        self.merge_adapters = resolve_merge(merge_adapters, self.device)
+        self.merge_adapters = resolve_merge(merge_adapters)
         self.lock = threading.RLock()
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         extra = gen_eos if isinstance(gen_eos, list) else ([gen_eos] if gen_eos is not None else [])
@@ -124,11 +131,18 @@ class LocalEngine:
     @classmethod
     def for_inference(cls, model: Any, tokenizer: Any, *, identifier: str = "model") -> LocalEngine:
         """An engine over an already loaded model, set up as ``load`` does: on a GPU, cuDNN
-        attention off."""
-        if next(model.parameters()).device.type == "cuda":
+        attention off, and a warning that this is the plain path (see module doc)."""
+        device = next(model.parameters()).device
+        if device.type == "cuda":
             from matsql.gpu import disable_cudnn_attention
 
             disable_cudnn_attention()
+            log.warning(
+                "%s on %s through the transformers backend: plain generate per batch, no memory cap; "
+                "GPU generation is `backend: vllm` in the agents file",
+                identifier,
+                device,
+            )
         return cls(model, tokenizer, identifier=identifier)
 
     @property
@@ -324,17 +338,15 @@ class LocalEngine:
         return new
 
 
-def resolve_merge(setting: bool | Literal["auto"], device: Any) -> bool:
+def resolve_merge(setting: bool | None) -> bool:
     """Whether an engine merges adapters into per-adapter weight copies (see module doc):
-    ``MATSQL_MERGE_ADAPTERS=0|1`` wins, then an explicit setting, then "auto" (accelerators only)."""
+    ``MATSQL_MERGE_ADAPTERS=0|1`` wins, then an explicit setting; by default they stay unmerged."""
     env = os.environ.get("MATSQL_MERGE_ADAPTERS", "").strip().lower()
     if env in ("0", "1", "false", "true", "no", "yes"):
         return env in ("1", "true", "yes")
     if env not in ("", "auto"):
         raise ValueError(f"MATSQL_MERGE_ADAPTERS must be 0, 1 or auto, got {env!r}")
-    if setting != "auto":
-        return bool(setting)
-    return getattr(device, "type", str(device)) != "cpu"
+    return bool(setting)
 
 
 class LocalBackend(RenderedTextBackend):
