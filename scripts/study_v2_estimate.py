@@ -253,6 +253,23 @@ def schedule(costs: list[Cost], work_s: float, which: str) -> list[list[tuple[st
     return leases
 
 
+def print_kinds(costs: list) -> None:
+    """The per-kind table (stages, central and conservative minutes), CPU stages summed apart."""
+    by_kind: dict[str, list[float]] = {}
+    for c in costs:
+        by_kind.setdefault(c.kind, [0.0, 0.0, 0])
+        by_kind[c.kind][0] += c.central_s
+        by_kind[c.kind][1] += c.conservative_s
+        by_kind[c.kind][2] += 1
+    print("| kind | stages | central (min) | conservative (min) |")
+    print("|---|---|---|---|")
+    for k, (a, b, n) in sorted(by_kind.items(), key=lambda kv: -kv[1][0]):
+        print(f"| {k} | {n} | {a / 60:.1f} | {b / 60:.1f} |")
+    cpu = [c for c in costs if "CPU" in c.kind]
+    print(f"| of which CPU stages | {len(cpu)} | "
+          f"{sum(c.central_s for c in cpu) / 60:.1f} | {sum(c.conservative_s for c in cpu) / 60:.1f} |")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--plan", type=Path, default=PLAN)
@@ -289,19 +306,7 @@ def main() -> None:
     print(
         f"| | **total** | | {sum(c.tokens for c in costs) / 1e6:.1f} M | **{tot_c / 60:.0f}** | **{tot_k / 60:.0f}** |\n"
     )
-    by_kind: dict[str, list[float]] = {}
-    for c in costs:
-        by_kind.setdefault(c.kind, [0.0, 0.0, 0])
-        by_kind[c.kind][0] += c.central_s
-        by_kind[c.kind][1] += c.conservative_s
-        by_kind[c.kind][2] += 1
-    print("| kind | stages | central (min) | conservative (min) |")
-    print("|---|---|---|---|")
-    for k, (a, b, n) in sorted(by_kind.items(), key=lambda kv: -kv[1][0]):
-        print(f"| {k} | {n} | {a / 60:.1f} | {b / 60:.1f} |")
-    cpu = [c for c in costs if "CPU" in c.kind]
-    print(f"| of which CPU stages | {len(cpu)} | "
-          f"{sum(c.central_s for c in cpu) / 60:.1f} | {sum(c.conservative_s for c in cpu) / 60:.1f} |")  # fmt: skip
+    print_kinds(costs)
     work = (args.lease_min - args.setup_min - args.ship_min) * 60
     out = {"rates": r.__dict__, "order": order, "costs": [c.__dict__ for c in costs], "leases": {}}
     for which in ("central_s", "conservative_s"):

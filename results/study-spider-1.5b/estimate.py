@@ -71,18 +71,7 @@ def main() -> None:
                 s = getattr(c, which)
             setattr(c, which, s)
         costs.append(c)
-    kinds: dict[str, list[float]] = {}
-    for c in costs:
-        row = kinds.setdefault(c.kind, [0, 0.0, 0.0])
-        row[0] += 1
-        row[1] += c.central_s / 60
-        row[2] += c.conservative_s / 60
-    print("| kind | stages | central (min) | conservative (min) |\n|---|---|---|---|")
-    for k, (n, a, b) in sorted(kinds.items(), key=lambda kv: -kv[1][1]):
-        print(f"| {k} | {n:.0f} | {a:.1f} | {b:.1f} |")
-    cpu = [c for c in costs if "CPU" in c.kind]
-    print(f"| of which CPU stages | {len(cpu)} | {sum(c.central_s for c in cpu) / 60:.1f} | "
-          f"{sum(c.conservative_s for c in cpu) / 60:.1f} |")  # fmt: skip
+    est.print_kinds(costs)
     print(f"| **total** | {len(costs)} | **{sum(c.central_s for c in costs) / 60:.0f}** | "
           f"**{sum(c.conservative_s for c in costs) / 60:.0f}** |")  # fmt: skip
     work = (LEASE_MIN - SETUP_MIN - SHIP_MIN) * 60
