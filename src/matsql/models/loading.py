@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,8 +77,7 @@ def load_tokenizer(spec: str | os.PathLike[str] | ResolvedModel) -> Any:
             tok = AutoTokenizer.from_pretrained(str(r.path.parent), gguf_file=str(r.path))
     else:
         tok = AutoTokenizer.from_pretrained(str(r.path))
-    _ensure_pad(tok)
-    return tok
+    return fix_special_tokens(tok, r.path if r.kind == "gguf" else None)
 
 
 def load_model_and_tokenizer(
@@ -114,7 +114,7 @@ def load_model_and_tokenizer(
     else:
         model = AutoModelForCausalLM.from_pretrained(str(r.path), dtype=dt)
         tok = AutoTokenizer.from_pretrained(str(r.path))
-    _ensure_pad(tok)
+    fix_special_tokens(tok, r.path if r.kind == "gguf" else None)
     model.to(dev)
     model.eval()
     if adapter is not None:
@@ -183,7 +183,8 @@ def _load_gguf(r: ResolvedModel, dtype: torch.dtype) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     log.info("loading %s (GGUF, dequantizing to %s); this is slow once, then cached", r.path, dtype)
-    tok = AutoTokenizer.from_pretrained(str(r.path.parent), gguf_file=str(r.path))
+    # fixed before the cache folder (also vLLM's dense folder) is written, so its files are right
+    tok = fix_special_tokens(AutoTokenizer.from_pretrained(str(r.path.parent), gguf_file=str(r.path)), r.path)
     model = AutoModelForCausalLM.from_pretrained(
         str(r.path.parent),
         gguf_file=str(r.path),
@@ -258,9 +259,143 @@ def retie_embeddings(model: Any, gguf_path: Path) -> None:
     )
 
 
-def _ensure_pad(tok: Any) -> None:
+_GGUF_SPECIAL_IDS = {
+    "bos_token": "tokenizer.ggml.bos_token_id",
+    "eos_token": "tokenizer.ggml.eos_token_id",
+    "pad_token": "tokenizer.ggml.padding_token_id",
+    "unk_token": "tokenizer.ggml.unknown_token_id",
+}
+
+
+def fix_special_tokens(tok: Any, gguf_path: Path | None = None) -> Any:
+    """Set bos/eos/pad from the model itself, never from what a transformers version guessed.
+
+    Why: transformers rebuilds a GGUF's tokenizer itself, and versions disagree. 5.17 (the GPU
+    image) gives SmolLM2 (llama architecture) bos = eos = ``<|im_start|>`` and no pad (its
+    ``GGUFLlamaConverter`` reads eos from the bos id, then swaps the two), and Qwen2.5 eos
+    ``<|endoftext|>`` (the GGUF's eos id is not read); 5.25 reads the ids the file declares
+    (``<|im_end|>`` for both). A tokenizer saved by 5.17 (a dequantized cache folder, a run
+    folder) keeps the wrong tokens on every version. Generation must stop, and an eos-appending
+    trainer must append, at the token that closes an assistant turn. (matsql's training rows
+    never used eos: ``train.encoding`` appends the template's closing token and TRL adds no eos
+    to pre-tokenised rows; eos reached the saved tokenizer files, model configs via the
+    Trainer's token alignment, and stop ids, which also list ``<|im_end|>`` itself.) In order:
+
+    1. a GGUF's tokenizer takes bos, eos, pad and unk ids the file declares
+       (``tokenizer.ggml.*_token_id``, what llama.cpp uses), where it declares them;
+    2. with a chat template whose assistant turn ends in one added token (ChatML ``<|im_end|>``,
+       Llama-3 ``<|eot_id|>``), that token is eos; a pad equal to the eos it replaces (the
+       stand-in a missing pad got) follows it;
+    3. no pad: pad = eos (padding is masked out of every loss and cut from every output).
+
+    Idempotent; returns ``tok``, changed in place; logs what it changed.
+    """
+    before = {a: getattr(tok, a) for a in _GGUF_SPECIAL_IDS}
+    if gguf_path is not None:
+        declared = gguf_metadata(gguf_path, _GGUF_SPECIAL_IDS.values())
+        for attr, key in _GGUF_SPECIAL_IDS.items():
+            i = declared.get(key)
+            if i is None:
+                continue
+            if not 0 <= int(i) < len(tok):
+                raise ValueError(f"{gguf_path}: {key} = {i} is outside the tokenizer's {len(tok)} ids")
+            setattr(tok, attr, tok.convert_ids_to_tokens(int(i)))
+    eot = chat_end_of_turn(tok)
+    if eot is not None and tok.eos_token != eot:
+        if tok.pad_token == tok.eos_token:
+            tok.pad_token = eot
+        tok.eos_token = eot
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
+    changed = {a: (v, getattr(tok, a)) for a, v in before.items() if getattr(tok, a) != v}
+    if changed:
+        log.info(
+            "special tokens of %s set from the %s: %s",
+            getattr(tok, "name_or_path", "?"),
+            "GGUF header and chat template" if gguf_path is not None else "chat template",
+            ", ".join(f"{a} {old!r} -> {new!r}" for a, (old, new) in changed.items()),
+        )
+    return tok
+
+
+_EOT_PROBE = "\u2063MATSQL-END-OF-TURN\u2063"
+
+
+def chat_end_of_turn(tok: Any) -> str | None:
+    """The added token that closes an assistant turn in the tokenizer's chat template, or None
+    (no template, a template that fails on a plain user/assistant chat, or a closing text that is
+    not exactly one added token)."""
+    if not getattr(tok, "chat_template", None):
+        return None
+    from jinja2 import TemplateError
+
+    chat = [{"role": "user", "content": "u"}, {"role": "assistant", "content": _EOT_PROBE}]
+    try:
+        text = tok.apply_chat_template(chat, tokenize=False)
+    except (TemplateError, ValueError, TypeError, KeyError) as e:
+        log.debug("chat template of %s not rendered (%s); eos left as it is", tok.name_or_path, e)
+        return None
+    idx = text.find(_EOT_PROBE) if isinstance(text, str) else -1
+    if idx < 0:
+        return None
+    end = text[idx + len(_EOT_PROBE) :].strip()
+    return end if end and end in tok.get_added_vocab() else None
+
+
+_GGUF_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def gguf_metadata(path: str | os.PathLike[str], keys: Any) -> dict[str, Any]:
+    """The scalar metadata values named in ``keys`` that a GGUF file holds (absent keys are left
+    out). Reads the header only and skips arrays (the vocabulary) without decoding them: well
+    under a second for Qwen2.5's 151k tokens, where ``gguf.GGUFReader`` takes tens of seconds."""
+    import mmap
+
+    wanted, out = set(keys), {}
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        if mm[:4] != b"GGUF":
+            raise ValueError(f"{path}: not a GGUF file")
+        end = "<"
+        if struct.unpack_from("<I", mm, 4)[0] > 0xFFFF:  # a big-endian file
+            end = ">"
+        version = struct.unpack_from(end + "I", mm, 4)[0]
+        if version < 2:
+            raise ValueError(f"{path}: GGUF version {version} (only 2 and later are read)")
+        n_kv = struct.unpack_from(end + "Q", mm, 16)[0]
+        pos = 24
+
+        def string(at: int) -> tuple[str, int]:
+            n = struct.unpack_from(end + "Q", mm, at)[0]
+            return mm[at + 8 : at + 8 + n].decode("utf-8", "replace"), at + 8 + n
+
+        def skip(kind: int, at: int) -> int:
+            if kind == _GGUF_STRING:
+                return at + 8 + struct.unpack_from(end + "Q", mm, at)[0]
+            if kind == _GGUF_ARRAY:
+                inner, count = struct.unpack_from(end + "IQ", mm, at)
+                at += 12
+                if inner in _GGUF_FORMATS:
+                    return at + count * struct.calcsize(_GGUF_FORMATS[inner])
+                for _ in range(count):
+                    at = skip(inner, at)
+                return at
+            return at + struct.calcsize(_GGUF_FORMATS[kind])
+
+        for _ in range(n_kv):
+            if not wanted - out.keys():
+                break
+            key, pos = string(pos)
+            kind = struct.unpack_from(end + "I", mm, pos)[0]
+            pos += 4
+            if key in wanted and kind in _GGUF_FORMATS:
+                out[key] = struct.unpack_from(end + _GGUF_FORMATS[kind], mm, pos)[0]
+            elif key in wanted and kind == _GGUF_STRING:
+                out[key] = string(pos)[0]
+            if kind not in _GGUF_FORMATS and kind not in (_GGUF_STRING, _GGUF_ARRAY):
+                raise ValueError(f"{path}: metadata {key!r} has unknown value type {kind}")
+            pos = skip(kind, pos)
+    return out
 
 
 def save_hf_dir(model: Any, tokenizer: Any, out_dir: Path, *, meta: dict[str, Any] | None = None) -> Path:

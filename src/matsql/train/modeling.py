@@ -112,10 +112,11 @@ def load_base(spec: str, dtype: str, attn_implementation: str | None = None) -> 
 
 
 def _with_pad(tok: Any) -> Any:
-    # padding is masked out of every loss; any id works, EOS is the usual choice
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
+    """eos from the chat template (a run folder saved under transformers 5.17 says
+    ``<|im_start|>``), pad = eos when missing: ``matsql.models.loading.fix_special_tokens``."""
+    from matsql.models.loading import fix_special_tokens
+
+    return fix_special_tokens(tok)
 
 
 def lora_config(spec: PeftSpec) -> Any:
