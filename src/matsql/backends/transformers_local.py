@@ -5,7 +5,8 @@ How a call runs: prompts are rendered with the tokenizer's own chat template (+ 
 tokenized without adding special tokens; each (prompt, sample) becomes a row; rows are sorted
 by length and packed into batches (``batch_size`` rows, and at most ``max_batch_tokens`` of
 rows x (longest input + new tokens)), so little compute goes to padding; each batch is
-left-padded and decoded with ``model.generate`` (on a CPU into a preallocated KV cache).
+left-padded and decoded with ``model.generate`` (on a CPU into a preallocated KV cache sized
+to the batch, see ``LocalEngine.kv_cache``).
 Greedy calls (T=0) decode each prompt once and repeat the text ``n`` times.
 
 Sampling is keyed per row (see ``sampling.py``): a completion is a function of the prompt,
@@ -278,6 +279,27 @@ class LocalEngine:
             )
         return result
 
+    def kv_cache(self, model: Any, length: int) -> Any | None:
+        """The KV cache one ``generate`` call of ``model`` decodes into, ``length`` positions a
+        row (longest prompt + budget); None for transformers' default (dynamic) cache.
+
+        On a CPU: a static cache, preallocated and sized to exactly this batch. The default
+        cache grows by ``torch.cat`` every step (the whole cache copied per layer), which
+        dominated CPU decoding: 40 rows of SmolLM2-135M at ~400 tokens, one thread, 883 ms per
+        step against 204 ms (commit e2fdd51; ``benchmarks/bench_kv_cache.py``). The engine makes
+        the cache itself instead of asking for ``cache_implementation='static'``: transformers
+        sizes each static cache it makes to the longest of all earlier calls on that model, so
+        after one long call every shorter batch (length-sorted packing makes most of them
+        shorter) zeroed and attended over the long one's positions. On tiny calls the choice
+        costs nothing measurable either way (the tests' 2-layer model: 2-4 ms per step with
+        either cache), so there is no size rule. On a GPU the default cache stays.
+        """
+        if self.device.type != "cpu":
+            return None
+        from transformers import StaticCache
+
+        return StaticCache(config=model.config, max_cache_len=length)
+
     def _decode(
         self,
         inputs: list[list[int]],
@@ -313,12 +335,11 @@ class LocalEngine:
             pad_token_id=self.stop_ids[0],  # filler after a row ends: cut like an eos
             stop_strings=list(stop) if stop else None,
             use_cache=True,
-            # On a CPU the default cache grows by torch.cat every step (the whole cache copied per
-            # layer) and that dominated decoding: 40 rows of SmolLM2-135M at ~400 tokens, one
-            # thread, 883 ms per step against 204 ms with a preallocated (static) cache.
-            cache_implementation="static" if self.device.type == "cpu" else None,
         )
         kwargs: dict[str, Any] = {"tokenizer": self.tokenizer} if stop else {}
+        cache = self.kv_cache(model, width + budget)
+        if cache is not None:
+            kwargs[cache_keyword()] = cache
         if keys is not None:
             kwargs["logits_processor"] = LogitsProcessorList(
                 [KeyedSampler(keys, temperature, top_p, width, steps=budget)]
@@ -336,6 +357,15 @@ class LocalEngine:
         counts["decode_steps"] += steps
         counts["row_steps"] += len(inputs) * steps
         return new
+
+
+def cache_keyword() -> str:
+    """``generate``'s keyword for a cache the caller made: ``cache`` from transformers 5.24 on
+    (``past_key_values`` stays as a deprecated alias that warns), ``past_key_values`` before."""
+    import transformers
+    from packaging.version import Version
+
+    return "cache" if Version(transformers.__version__).release >= (5, 24) else "past_key_values"
 
 
 def resolve_merge(setting: bool | None) -> bool:
