@@ -6,10 +6,13 @@ Session 6 saw a LoRA engine with CUDA graphs hang at start for over 7 minutes on
 model runner (results/vllm/README.md); vLLM PR #43084 points at the V2 runner's missing LoRA
 graph support. This script starts, each in its own process under its own time limit:
 
+- ``graphs-base``: CUDA graphs, no LoRA: the base model's rate, which is also what a merged
+  checkpoint (one weight folder per adapter, the issue's alternative) would decode at;
 - ``graphs-v1``: CUDA graphs, LoRA enabled, ``VLLM_USE_V2_MODEL_RUNNER=0``;
+- ``graphs-v2``: CUDA graphs, LoRA enabled, vLLM's default runner (session 6's hang; not run by default);
 - ``eager``: LoRA enabled, ``enforce_eager=True`` (what the backend does today with adapters);
 
-and in each engine generates the same workload through the base model and through a random
+and in each LoRA engine generates the same workload through the base model and through a random
 rank-16 adapter on all seven projections (the study's LoRA shape): ``--prompts`` prompts of
 ``--prompt-tokens`` random token ids sharing a ``--prefix-tokens`` prefix (a schema shared by K
 samples and both validators), ``n=8`` samples at T=1.0, ``--max-tokens`` new tokens each.
@@ -48,9 +51,11 @@ QWEN05_SHAPE = {  # Qwen2.5-Coder-0.5B-Instruct's config.json (architecture fiel
     "bos_token_id": 151643,
     "eos_token_id": 151645,
 }
-MODES = {
-    "graphs-v1": {"enforce_eager": False, "env": {"VLLM_USE_V2_MODEL_RUNNER": "0"}},
-    "eager": {"enforce_eager": True, "env": {}},
+MODES = {  # "lora": False starts the engine without LoRA (the base model's rate with CUDA graphs)
+    "graphs-base": {"enforce_eager": False, "lora": False, "env": {}},
+    "graphs-v1": {"enforce_eager": False, "lora": True, "env": {"VLLM_USE_V2_MODEL_RUNNER": "0"}},
+    "graphs-v2": {"enforce_eager": False, "lora": True, "env": {}},
+    "eager": {"enforce_eager": True, "lora": True, "env": {}},
 }
 
 
@@ -93,9 +98,8 @@ def child(args: argparse.Namespace) -> None:
         model=args.model_dir,
         skip_tokenizer_init=True,
         dtype="bfloat16",
-        enable_lora=True,
-        max_lora_rank=args.rank,
-        max_loras=2,
+        enable_lora=mode["lora"],
+        **({"max_lora_rank": args.rank, "max_loras": 2} if mode["lora"] else {}),
         enforce_eager=mode["enforce_eager"],
         enable_prefix_caching=True,
         gpu_memory_utilization=args.gpu_memory_utilization,
@@ -116,8 +120,10 @@ def child(args: argparse.Namespace) -> None:
     )
     lora = LoRARequest("r", 1, args.adapter_dir)
     out: dict = {"mode": args.mode, "start_s": round(start_s, 1)}
+    print(args.mode, "engine started in", round(start_s, 1), "s", flush=True)
+    paths = (("lora", lora), ("base", None)) if mode["lora"] else (("base", None),)
     for rnd in range(2):  # round 0 includes the LoRA kernels' first-call compile
-        for path, req in (("lora", lora), ("base", None)):
+        for path, req in paths:
             t = time.perf_counter()
             res = llm.generate(prompts, sp, lora_request=req, use_tqdm=False)
             dt = time.perf_counter() - t
@@ -131,7 +137,10 @@ def child(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--modes", default="graphs-v1,eager")
+    # graphs-base first: it pays the fresh machine's torch.compile (~115 s in session 6) and warms
+    # the cache, so graphs-v1's start measures LoRA graph capture, not compilation (session 8 gave it
+    # 200 s as the first engine and could not tell a hang from a slow start)
+    ap.add_argument("--modes", default="graphs-base,eager,graphs-v1")
     ap.add_argument("--prompts", type=int, default=512)
     ap.add_argument("--prompt-tokens", type=int, default=700)
     ap.add_argument("--prefix-tokens", type=int, default=600)
@@ -139,7 +148,7 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.8)
     ap.add_argument("--max-num-seqs", type=int, default=1024)
-    ap.add_argument("--limit", type=int, default=240, help="seconds per engine process (a hang costs this)")
+    ap.add_argument("--limit", type=int, default=300, help="seconds per engine process (a hang costs this)")
     ap.add_argument("--work", default=None)
     ap.add_argument("--json", default=None)
     ap.add_argument("--mode", help=argparse.SUPPRESS)
@@ -171,14 +180,22 @@ def main() -> None:
             if k not in ("modes", "limit", "work", "json")
         ]
         t = time.perf_counter()
-        try:
-            p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.limit)
-            lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
-            results[mode] = (
-                json.loads(lines[-1][7:]) if lines else {"error": f"rc {p.returncode}: " + p.stderr[-600:]}
-            )
-        except subprocess.TimeoutExpired:
-            results[mode] = {"error": f"no result in {args.limit} s (hang at start?)"}
+        log = work / f"{mode}.log"  # the child's whole output, kept when it is killed: hang or slow start?
+        with log.open("w") as fh:
+            try:
+                p = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=args.limit)
+                rc: int | str = p.returncode
+            except subprocess.TimeoutExpired:
+                rc = "timeout"
+        text = log.read_text(errors="replace")
+        lines = [ln for ln in text.splitlines() if ln.startswith("RESULT ")]
+        if lines:
+            results[mode] = json.loads(lines[-1][7:])
+        else:
+            why = f"no result in {args.limit} s" if rc == "timeout" else f"rc {rc}"
+            results[mode] = {"error": why, "log_tail": text[-1500:]}
+        if args.json:  # beside the summary, so that the lease ships it home
+            (Path(args.json).parent / f"{Path(args.json).stem}.{mode}.log").write_text(text)
         results[mode]["wall_s"] = round(time.perf_counter() - t, 1)
         print(mode, json.dumps(results[mode]), flush=True)
         subprocess.run(
@@ -189,6 +206,9 @@ def main() -> None:
         r = results[mode]
         if "error" in r:
             print(f"{mode:10}  error: {r['error'][:100]}")
+            continue
+        if "lora_r1_tok_s" not in r:
+            print(f"{mode:10}  {r['start_s']:7.1f}  {r['base_r1_tok_s']:11,}  {'-':>11}")
             continue
         print(
             f"{mode:10}  {r['start_s']:7.1f}  {r['base_r1_tok_s']:11,}  {r['lora_r1_tok_s']:11,}  "

@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # The vLLM checks the next lease owes issue 15 (results/vllm/README.md), in one call after
 # `setup.sh join`, from the repository snapshot with scripts/device/env.sh sourced:
-#   bash scripts/device/vllm_checks.sh OUT_DIR [STEP ...]   # steps: lora_graphs_v1 parity_fp32
+#   bash scripts/device/vllm_checks.sh OUT_DIR [STEP ...]   # steps: lora_graphs parity_fp32
 #                                                          # parity_bf16 bench512 train (default: all)
 # A call is limited to 600 s: session 7 sent two calls of two or three steps each.
-# 1. LoRA with CUDA graphs on the V1 model runner (the V2 runner hung at start with LoRA);
-# 2. greedy parity in fp32 (kernel rounding out of the way) and bf16, texts kept;
+# 1. LoRA with CUDA graphs on the V1 model runner after a graphs engine without LoRA has warmed the
+#    compile cache (session 8: as the first engine it gave no result in 200 s), beside eager LoRA;
+# 2. greedy parity in fp32 (kernel rounding out of the way; base model: vLLM's LoRA kernels take
+#    fp16/bf16 only) and bf16 with a random adapter, texts kept;
 # 3. throughput at a rollout call's real size (512 questions, up to 2048 sequences at once).
 # Each step has its own time limit, so a hang costs that step only.
 set -uo pipefail
 out=${1:?usage: vllm_checks.sh OUT_DIR [STEP ...]}
 shift
-want=" ${*:-lora_graphs_v1 parity_fp32 parity_bf16 bench512 train} "
+want=" ${*:-lora_graphs parity_fp32 parity_bf16 bench512 train} "
 mkdir -p "$out"
 export VLLM_ENABLE_V1_MULTIPROCESSING=0
 free_gpu() { nvidia-smi --query-compute-apps=pid --format=csv,noheader | xargs -r kill -9; sleep 1; }
@@ -22,8 +24,8 @@ step() {  # step NAME LIMIT_S COMMAND...
   timeout -s ABRT "$limit" python3 -X faulthandler "$@" > "$out/$name.log" 2>&1
   echo "$name: rc $? in $((SECONDS - t0)) s"; free_gpu
 }
-VLLM_USE_V2_MODEL_RUNNER=0 step lora_graphs_v1 150 benchmarks/vllm_lora_eager.py --graphs
-step parity_fp32 200 benchmarks/vllm_parity.py --mode all --dtype float32 --adapter random --out "$out/parity_fp32.json"
+step lora_graphs 580 benchmarks/vllm_lora_graphs.py --limit 250 --json "$out/lora-graphs.json"
+step parity_fp32 200 benchmarks/vllm_parity.py --mode greedy --dtype float32 --adapter none --out "$out/parity_fp32.json"
 step parity_bf16 150 benchmarks/vllm_parity.py --mode greedy --adapter random --out "$out/parity_bf16.json"
 step bench512 300 benchmarks/bench_generate.py --questions 512 --max-num-seqs 2048 --gpu-memory-utilization 0.8 \
   --paths vllm,plain --hf-questions 64 --json "$out/bench512.json"
