@@ -13,6 +13,13 @@ compared (two runs of this script with the same arguments must print the same di
 
     python benchmarks/vllm_parity.py --mode greedy --questions 200 --adapter random
     python benchmarks/vllm_parity.py --mode sampled --questions 50 --out a.json   # run twice, compare
+
+``--score OUT.texts.jsonl.gz`` (CPU, no GPU, no vLLM): execution accuracy of both sides' greedy
+SQL on spider-dev with Spider's rule, paired: when the texts part, does either engine write better
+SQL? Identical quality is what a study needs from an engine swap; identical tokens are not
+attainable in bf16 (results/vllm/README.md).
+
+    python benchmarks/vllm_parity.py --score results/vllm/parity_bf16_base.texts.jsonl.gz
 """
 
 from __future__ import annotations
@@ -63,6 +70,43 @@ def vllm_backend(model: str, adapter: str | None, gmu: float, dtype: str = "bflo
     return VLLMBackend(eng, adapter=adapter)
 
 
+def score_texts(path: Path) -> dict[str, Any]:
+    """Paired EX of the two sides' parsed SQL on the spider-dev questions the texts were made for."""
+    import gzip
+
+    from matsql.agents import planner
+    from matsql.benchmarks.registry import load_benchmark
+    from matsql.sql.ex_eval import official_rule
+    from matsql.sql.executor import Executor
+
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh]
+    bench = load_benchmark("spider-dev")
+    qs = bench.runnable[: len(rows)]
+    mode = official_rule(bench.name)
+    side: dict[str, list[bool]] = {}
+    with Executor() as ex:
+        for name in ("vllm", "transformers"):
+            items = [
+                (bench.db_path(q.db_id), planner.parse(r[name]) or "", q.gold_sql)
+                for q, r in zip(qs, rows, strict=True)
+            ]
+            side[name] = ex.score_many(items, mode)
+    v, t = side["vllm"], side["transformers"]
+    differ = [r["vllm"] != r["transformers"] for r in rows]
+    return {
+        "texts": path.name,
+        "questions": len(rows),
+        "rule": mode,
+        "ex_vllm": sum(v) / len(v),
+        "ex_transformers": sum(t) / len(t),
+        "texts_differ": sum(differ),
+        "only_vllm_right": sum(a and not b for a, b in zip(v, t, strict=True)),
+        "only_transformers_right": sum(b and not a for a, b in zip(v, t, strict=True)),
+        "both_right": sum(a and b for a, b in zip(v, t, strict=True)),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mode", choices=("greedy", "sampled", "all"), default="all")
@@ -79,7 +123,14 @@ def main() -> None:
         help="both backends' weights and compute: float32 separates kernel rounding from real differences",
     )
     ap.add_argument("--out", default=None, help="write the summary (and sampled digests) here")
+    ap.add_argument("--score", default=None, help="a .texts.jsonl.gz this script wrote: paired EX on CPU")
     args = ap.parse_args()
+    if args.score:
+        res = score_texts(Path(args.score))
+        print(json.dumps(res))
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+        return
 
     from matsql.agents import planner
     from matsql.models import dense_folder
