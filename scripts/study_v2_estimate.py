@@ -4,10 +4,11 @@ Nothing runs a model. Tokens per question come from the committed study's rollou
 (results/study-spider: the same agents and prompts, trained on fewer questions): text lengths in
 characters, turned into tokens by the characters per token that its stage logs imply (tokens/s x
 seconds of each shard against the characters the rollout holds). Throughput is what
-results/vllm measured on the H100: 17,823 kept tokens/s for the base model with CUDA graphs
-(15,000 used), 5,832 with a LoRA adapter in eager mode; critique and fix rows (one sample of a
-long prompt each) ran at 0.49x the planner's rate there, which the conservative column applies
-to them. Training: seconds per optimizer step of the committed study's stages. Stages run one at
+results/vllm measured on the H100 in session 8 at a rollout call's real size (512 questions):
+34,950 kept tokens/s for the base planner with CUDA graphs (30,000 used); critique rows (one
+sample of a long prompt each) at 0.45x the planner's rate, which the conservative column applies
+to critiques and fixes; LoRA (every trained agent) runs eagerly, at 0.68x the same eager engine's
+base rate (session 8) and eager at 0.67x graphs (session 6): 0.46x the base rate. Training: seconds per optimizer step of the committed study's stages. Stages run one at
 a time (``experiment run --jobs 1``), in the order the runner picks with ``--prefer``.
 
     python scripts/study_v2_estimate.py                      # markdown tables to stdout
@@ -29,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "results" / "study-spider"
 PLAN = ROOT / "experiments" / "study-spider-v2.yaml"
 
-BASE_TPS = 15_000.0  # results/vllm: 17,823 kept tokens/s, base model, CUDA graphs (64 questions)
-LORA_TPS = 5_832.0  # results/vllm: LoRA, eager engine, planner prompts x 8
-CRITIQUE_FACTOR = 11_780 / 24_192  # results/vllm: validator rows vs planner rows, same engine
+BASE_TPS = 30_000.0  # results/vllm session 8: 34,950 kept tokens/s, base planner, graphs, 512 questions
+LORA_TPS = BASE_TPS * (19_859 / 29_223) * (11_914 / 17_823)  # LoRA/base eager (s8) x eager/graphs (s6)
+CRITIQUE_FACTOR = 15_639 / 34_950  # results/vllm session 8: validator rows vs planner rows, same engine
 VLLM_START_S = 30.0  # a later engine start on a warm machine: 9-16 s, plus imports and LoRA JIT
 TRAIN_START_S = 40.0  # model load, data, first/last eval: committed stage wall minus train time
 # seconds per optimizer step in the committed study (stages.md: train seconds / steps)
