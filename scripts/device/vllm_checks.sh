@@ -27,8 +27,8 @@ step() {  # step NAME LIMIT_S COMMAND...
 step lora_graphs 580 benchmarks/vllm_lora_graphs.py --limit 250 --json "$out/lora-graphs.json"
 step parity_fp32 200 benchmarks/vllm_parity.py --mode greedy --dtype float32 --adapter none --out "$out/parity_fp32.json"
 step parity_bf16 150 benchmarks/vllm_parity.py --mode greedy --adapter random --out "$out/parity_bf16.json"
-step bench512 300 benchmarks/bench_generate.py --questions 512 --max-num-seqs 2048 --gpu-memory-utilization 0.8 \
-  --paths vllm,plain --hf-questions 64 --json "$out/bench512.json"
+step bench512 360 benchmarks/bench_generate.py --questions 512 --max-num-seqs 2048 --gpu-memory-utilization 0.8 \
+  --paths vllm,transformers,plain --hf-questions 64 --json "$out/bench512.json"
 step train 330 benchmarks/bench_train.py --steps 20 --variants committed,no-ckpt-bs32,no-ckpt-bs16 \
   --json "$out/train.json" --work /root/matsql/bench-train
 for f in "$out"/*.log; do echo "== $f"; grep -E "^(lora|base|greedy|sampled|sft|orpo|  )|Error|rc " "$f" | tail -n 8; done
