@@ -8,6 +8,7 @@ version. ``fix_special_tokens`` must give ``<|im_end|>`` either way.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 from pathlib import Path
@@ -173,21 +174,31 @@ def _smollm2():
     return models.resolve_model("smollm2-135m-instruct")
 
 
-def test_real_smollm2_header_and_tokenizer_say_im_end() -> None:
+@pytest.fixture(scope="module")
+def smollm2_tok(tmp_path_factory: pytest.TempPathFactory):
+    """The real SmolLM2 GGUF and its tokenizer, converted from the GGUF once for the module (an
+    empty cache of its own: no dequantized folder to read instead); tests mutate only copies."""
     r = _smollm2()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MATSQL_CACHE", str(tmp_path_factory.mktemp("cache")))
+        mp.setenv("HF_HUB_CACHE", str(tmp_path_factory.mktemp("empty_hub")))
+        return r, models.load_tokenizer(r)
+
+
+def test_real_smollm2_header_and_tokenizer_say_im_end(smollm2_tok) -> None:
+    r, tok = smollm2_tok
     assert gguf_metadata(r.path, SPECIAL_KEYS) == dict(zip(SPECIAL_KEYS, [1, 2, 2, 0], strict=True))
-    tok = models.load_tokenizer(r)
     assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
     assert (tok.eos_token_id, tok.pad_token_id) == (2, 2)
     assert stop_token_ids(tok)[0] == 2 and 1 not in stop_token_ids(tok)
 
 
-def test_real_smollm2_stale_517_cache_folder_is_corrected() -> None:
+def test_real_smollm2_stale_517_cache_folder_is_corrected(smollm2_tok) -> None:
     """A dequantized cache folder whose tokenizer was written by transformers 5.17."""
     torch = pytest.importorskip("torch")
-    r = _smollm2()
+    r, converted = smollm2_tok
     folder = models.dequantized_dir(r, torch.float32)
-    as_517(models.load_tokenizer(r)).save_pretrained(folder)
+    as_517(copy.deepcopy(converted)).save_pretrained(folder)
     (folder / "matsql.json").write_text("{}")
     tok = models.load_tokenizer(r)
     assert Path(tok.name_or_path) == folder  # read from the stale cache, not the GGUF
