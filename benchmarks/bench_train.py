@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from matsql.evaluate.portable import portable_text
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # name -> overrides on top of the committed recipe (effective batch kept at 32 sequences for SFT
@@ -198,7 +200,7 @@ def main() -> None:
             )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        Path(args.json).write_text(portable_text(json.dumps(results, indent=2)) + "\n")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from matsql.evaluate.portable import portable_text
+
 QWEN05_SHAPE = {  # Qwen2.5-Coder-0.5B-Instruct's config.json (architecture fields)
     "architectures": ["Qwen2ForCausalLM"],
     "model_type": "qwen2",
@@ -221,7 +223,7 @@ def main() -> None:
         print(f"LoRA with graphs (V1 runner) / LoRA eager: {g / e:.2f}x")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+        Path(args.json).write_text(portable_text(json.dumps(results, indent=1)) + "\n")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from matsql.evaluate.portable import portable_text
+
 
 def random_adapter(model_dir: Path, out: Path, r: int = 8, std: float = 0.02, seed: int = 0) -> Path:
     """A PEFT LoRA folder with random A and B (B is zero in a fresh adapter: no effect)."""
@@ -129,7 +131,7 @@ def main() -> None:
         res = score_texts(Path(args.score))
         print(json.dumps(res))
         if args.out:
-            Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+            Path(args.out).write_text(portable_text(json.dumps(res, indent=1)) + "\n")
         return
 
     from matsql.agents import planner
@@ -198,7 +200,7 @@ def main() -> None:
             f"{distinct:.2f} distinct samples per prompt"
         )
     if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=1))
+        Path(args.out).write_text(portable_text(json.dumps(res, indent=1)))
     os._exit(0)
 
 
