@@ -158,6 +158,9 @@ def main() -> None:
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.35, help="vLLM's share of the card")
     ap.add_argument("--max-num-seqs", type=int, default=512, help="vLLM's concurrent sequences")
     ap.add_argument(
+        "--max-num-batched-tokens", type=int, default=None, help="vLLM's tokens per step (default: vLLM's)"
+    )
+    ap.add_argument(
         "--hf-questions",
         type=int,
         default=None,
@@ -187,9 +190,10 @@ def main() -> None:
         from matsql.backends.transformers_local import LocalBackend, LocalEngine
 
         n_hf = min(args.hf_questions or args.questions, args.questions)
+        hf_work = work  # the vLLM path below still runs the whole workload
         if n_hf < args.questions:
-            work = workload(n_hf, args.k, args.candidates)
-            res["hf_prompts"] = {s: len(p) for s, p in work.items()}
+            hf_work = workload(n_hf, args.k, args.candidates)
+            res["hf_prompts"] = {s: len(p) for s, p in hf_work.items()}
 
         t0 = time.perf_counter()
         eng = LocalEngine.load(args.model, device=args.device)
@@ -198,10 +202,10 @@ def main() -> None:
         if "transformers" in paths:
             lb = LocalBackend(eng, batch_size=args.batch_size)
             run_backend(lb, warm, args.k, {s: 8 for s in budget}, args.seed)
-            res["transformers"] = run_backend(lb, work, args.k, budget, args.seed)
+            res["transformers"] = run_backend(lb, hf_work, args.k, budget, args.seed)
         if "plain" in paths:
             run_plain(eng, warm, args.k, {s: 8 for s in budget}, args.batch_size, args.seed)
-            res["plain"] = run_plain(eng, work, args.k, budget, args.batch_size, args.seed)
+            res["plain"] = run_plain(eng, hf_work, args.k, budget, args.batch_size, args.seed)
         del eng
         gc.collect()
         _release_cuda()
@@ -212,11 +216,15 @@ def main() -> None:
         t0 = time.perf_counter()
         folder, digest = dense_folder(args.model)
         settings = EngineSettings(
-            gpu_memory_utilization=args.gpu_memory_utilization, max_num_seqs=args.max_num_seqs
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
         )
         vb = VLLMBackend(VLLMEngine(folder, load_tokenizer(folder), f"{args.model}|{digest[:16]}", settings))
         _ = vb.engine.llm
         res["vllm_start_s"] = time.perf_counter() - t0
+        # "0": the engine core in this process (matsql's default, for repeatable seeds)
+        res["vllm_multiprocessing"] = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
         run_backend(vb, warm, args.k, {s: 8 for s in budget}, args.seed)
         res["vllm"] = run_backend(vb, work, args.k, budget, args.seed)
     try:

@@ -99,10 +99,12 @@ def test_build_requests_greedy_and_sampled() -> None:
     assert g_prompts == [{"prompt_token_ids": [1, 2]}]
     assert g[0]["n"] == 1 and g[0]["temperature"] == 0.0 and "seed" not in g[0]
     assert g[0]["stop"] == ["\n\n"] and g[0]["stop_token_ids"] == [7] and g[0]["max_tokens"] == 5
+    assert g[0]["detokenize"] is True  # vLLM matches stop strings on detokenized text only
     _, s = build_requests(
         [[1], [2]], ["a", "b"], n=4, temperature=1.0, top_p=0.9, max_tokens=5, stop=None, seed=3, stop_ids=[7]
     )
     assert [p["n"] for p in s] == [4, 4] and s[0]["top_p"] == 0.9 and s[0]["stop"] is None
+    assert s[0]["detokenize"] is False  # no stop strings: the caller decodes the ids
     # one seed per prompt, a pure function of (seed, prompt text); vLLM adds the sample index
     assert s[0]["seed"] == derive_seed(3, "a", 0, bits=SEED_BITS) != s[1]["seed"]
     assert all(p["seed"] + 4 < 2**63 for p in s)

@@ -2,18 +2,19 @@
 # The vLLM checks the next lease owes issue 15 (results/vllm/README.md), in one call after
 # `setup.sh join`, from the repository snapshot with scripts/device/env.sh sourced:
 #   bash scripts/device/vllm_checks.sh OUT_DIR [STEP ...]   # steps: lora_graphs parity_fp32
-#                                                          # parity_bf16 bench512 train (default: all)
+#                                                          # parity_bf16 bench512 bench512_mp train (default: all)
 # A call is limited to 600 s: session 7 sent two calls of two or three steps each.
 # 1. LoRA with CUDA graphs on the V1 model runner after a graphs engine without LoRA has warmed the
 #    compile cache (session 8: as the first engine it gave no result in 200 s), beside eager LoRA;
 # 2. greedy parity in fp32 (kernel rounding out of the way; base model: vLLM's LoRA kernels take
 #    fp16/bf16 only) and bf16 with a random adapter, texts kept;
-# 3. throughput at a rollout call's real size (512 questions, up to 2048 sequences at once).
+# 3. throughput at a rollout call's real size (512 questions, up to 2048 sequences at once), and
+#    vLLM alone with its engine core in a second process (bench512_mp).
 # Each step has its own time limit, so a hang costs that step only.
 set -uo pipefail
 out=${1:?usage: vllm_checks.sh OUT_DIR [STEP ...]}
 shift
-want=" ${*:-lora_graphs parity_fp32 parity_bf16 bench512 train} "
+want=" ${*:-lora_graphs parity_fp32 parity_bf16 bench512 bench512_mp train} "
 mkdir -p "$out"
 export VLLM_ENABLE_V1_MULTIPROCESSING=0
 free_gpu() { nvidia-smi --query-compute-apps=pid --format=csv,noheader | xargs -r kill -9; sleep 1; }
@@ -27,8 +28,12 @@ step() {  # step NAME LIMIT_S COMMAND...
 step lora_graphs 580 benchmarks/vllm_lora_graphs.py --limit 250 --json "$out/lora-graphs.json"
 step parity_fp32 200 benchmarks/vllm_parity.py --mode greedy --dtype float32 --adapter none --out "$out/parity_fp32.json"
 step parity_bf16 150 benchmarks/vllm_parity.py --mode greedy --adapter random --out "$out/parity_bf16.json"
-step bench512 360 benchmarks/bench_generate.py --questions 512 --max-num-seqs 2048 --gpu-memory-utilization 0.8 \
+step bench512 420 benchmarks/bench_generate.py --questions 512 --max-num-seqs 2048 --gpu-memory-utilization 0.8 \
   --paths vllm,transformers,plain --hf-questions 64 --json "$out/bench512.json"
+# the engine core in its own process (vLLM's default; matsql runs it in process for repeatable
+# seeds): what that choice costs, vLLM alone on the same workload
+VLLM_ENABLE_V1_MULTIPROCESSING=1 step bench512_mp 200 benchmarks/bench_generate.py --questions 512 \
+  --max-num-seqs 2048 --gpu-memory-utilization 0.8 --paths vllm --json "$out/bench512_mp.json"
 step train 330 benchmarks/bench_train.py --steps 20 --variants committed,no-ckpt-bs32,no-ckpt-bs16 \
   --json "$out/train.json" --work /root/matsql/bench-train
 for f in "$out"/*.log; do echo "== $f"; grep -E "^(lora|base|greedy|sampled|sft|orpo|  )|Error|rc " "$f" | tail -n 8; done

@@ -161,7 +161,10 @@ def build_requests(
     """Prompts and sampling settings for ``LLM.generate``, as plain dicts (pure; unit-tested).
 
     Each prompt is one request: greedy asks one completion (repeated ``n`` times by the
-    caller), sampling asks ``n`` with the seed ``derive_seed(seed, text)``.
+    caller), sampling asks ``n`` with the seed ``derive_seed(seed, text)``. The engine
+    detokenizes only when stop strings need it: the caller decodes the kept ids itself, and
+    vLLM's incremental detokenizer costs a tokenizer call per new token of every running
+    sequence on the engine's own thread (in process, it stalls the GPU).
     """
     greedy = temperature <= 0
     prompts = [{"prompt_token_ids": list(ids)} for ids in token_ids]
@@ -177,6 +180,7 @@ def build_requests(
             "max_tokens": int(max_tokens),
             "stop": list(stop or []) or None,
             "stop_token_ids": list(stop_ids),
+            "detokenize": bool(stop),
             "skip_special_tokens": True,
         }
         if not greedy:
