@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
 # The vLLM checks the next lease owes issue 15 (results/vllm/README.md), in one call after
 # `setup.sh join`, from the repository snapshot with scripts/device/env.sh sourced:
-#   bash scripts/device/vllm_checks.sh OUT_DIR [STEP ...]   # steps: lora_graphs parity_fp32
-#                                                          # parity_bf16 bench512 bench512_mp train (default: all)
+#   bash scripts/device/vllm_checks.sh OUT_DIR [STEP ...]   # steps: lora_graphs parity_fp32 parity_bf16
+#     bench512 bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train (default: all)
 # A call is limited to 600 s: session 7 sent two calls of two or three steps each.
 # 1. LoRA with CUDA graphs on the V1 model runner after a graphs engine without LoRA has warmed the
 #    compile cache (session 8: as the first engine it gave no result in 200 s), beside eager LoRA;
 # 2. greedy parity in fp32 (kernel rounding out of the way; base model: vLLM's LoRA kernels take
 #    fp16/bf16 only) and bf16 with a random adapter, texts kept;
 # 3. throughput at a rollout call's real size (512 questions, up to 2048 sequences at once), and
-#    vLLM alone with its engine core in a second process (bench512_mp).
+#    vLLM alone with its engine core in a second process (bench512_mp), and with batch-invariant
+#    kernels too (bench512_mpbi);
+# 4. do seeded samples repeat across two processes: engine core in process (matsql's default),
+#    in its own process, and in its own process with batch-invariant kernels (repeat_*).
+# Next lease (session 9 lost its own): bench512 train, then bench512_mp bench512_mpbi repeat_mp
+# repeat_mpbi (~9 minutes): if the engine core's own process is much faster and repeats with
+# batch-invariant kernels, that becomes the backend's default.
 # Each step has its own time limit, so a hang costs that step only.
 set -uo pipefail
 out=${1:?usage: vllm_checks.sh OUT_DIR [STEP ...]}
 shift
-want=" ${*:-lora_graphs parity_fp32 parity_bf16 bench512 bench512_mp train} "
+want=" ${*:-lora_graphs parity_fp32 parity_bf16 bench512 bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train} "
 mkdir -p "$out"
 export VLLM_ENABLE_V1_MULTIPROCESSING=0
 free_gpu() { nvidia-smi --query-compute-apps=pid --format=csv,noheader | xargs -r kill -9; sleep 1; }
@@ -34,6 +40,23 @@ step bench512 420 benchmarks/bench_generate.py --questions 512 --max-num-seqs 20
 # seeds): what that choice costs, vLLM alone on the same workload
 VLLM_ENABLE_V1_MULTIPROCESSING=1 step bench512_mp 200 benchmarks/bench_generate.py --questions 512 \
   --max-num-seqs 2048 --gpu-memory-utilization 0.8 --paths vllm --json "$out/bench512_mp.json"
+# vLLM's batch-invariant kernels (VLLM_BATCH_INVARIANT=1, Hopper): results independent of what
+# else is in the batch, so seeds would repeat with the engine core in its own process too
+VLLM_ENABLE_V1_MULTIPROCESSING=1 VLLM_BATCH_INVARIANT=1 step bench512_mpbi 200 benchmarks/bench_generate.py \
+  --questions 512 --max-num-seqs 2048 --gpu-memory-utilization 0.8 --paths vllm --json "$out/bench512_mpbi.json"
+repeat() {  # repeat NAME ENV=VALUE...: K=8 samples at T=1 with one seed, in two processes; digests compared
+  local name=$1 i; shift
+  [[ "$want" == *" $name "* ]] || return 0
+  for i in 1 2; do
+    env "$@" timeout -s ABRT 150 python3 benchmarks/vllm_parity.py --mode sampled --questions 64 --adapter none \
+      --out "$out/$name-$i.json" > "$out/$name-$i.log" 2>&1
+    echo "$name run $i: rc $?"; free_gpu
+  done
+  python3 -c "import json; a, b = (json.load(open(f'$out/$name-{i}.json'))['digests'] for i in (1, 2)); print('$name: same samples across processes', a[0] == b[0], '| within each process', a[0] == a[1], b[0] == b[1])"
+}
+repeat repeat_inproc VLLM_ENABLE_V1_MULTIPROCESSING=0
+repeat repeat_mp VLLM_ENABLE_V1_MULTIPROCESSING=1
+repeat repeat_mpbi VLLM_ENABLE_V1_MULTIPROCESSING=1 VLLM_BATCH_INVARIANT=1
 step train 330 benchmarks/bench_train.py --steps 20 --variants committed,no-ckpt-bs32,no-ckpt-bs16 \
   --json "$out/train.json" --work /root/matsql/bench-train
 for f in "$out"/*.log; do echo "== $f"; grep -E "^(lora|base|greedy|sampled|sft|orpo|  )|Error|rc " "$f" | tail -n 8; done
