@@ -13,6 +13,10 @@ a time (``experiment run --jobs 1``), in the order the runner picks with ``--pre
 
     python scripts/study_v2_estimate.py                      # markdown tables to stdout
     python scripts/study_v2_estimate.py --lease-min 30 --setup-min 6.5 --json est.json
+    python scripts/study_v2_estimate.py --plan experiments/study-spider.yaml --prefer compare  # v1 on one GPU
+
+The committed plan (``experiments/study-spider.yaml``, issue 15's "whole study on one GPU in one
+lease") takes its training stages' loop seconds from the committed study itself.
 """
 
 from __future__ import annotations
@@ -127,7 +131,17 @@ def _questions(argv: list[str], parts: dict[str, int]) -> int:
     bench = _opt(argv, "--benchmark")
     if _opt(argv, "--part"):
         return parts[_opt(argv, "--part")]
-    return 1034 if bench == "spider-dev" else 7000
+    n = 1034 if bench == "spider-dev" else 7000
+    for opt in ("--sample", "--limit"):  # the committed v1 plan draws its questions this way
+        if _opt(argv, opt):
+            n = min(n, int(_opt(argv, opt)))
+    return n
+
+
+def committed_train_s() -> dict[str, float]:
+    """Training-loop seconds of each stage of the committed study (results/study-spider)."""
+    t = json.loads((STUDY / "collect.json").read_text(encoding="utf-8"))["training"]
+    return {name: float(v["train_runtime_s"]) for name, v in t.items() if "train_runtime_s" in v}
 
 
 @dataclass
@@ -166,6 +180,10 @@ def stage_cost(name: str, argv: list[str], parts: dict[str, int], r: Rates, step
         conservative = ptok / tps + (ctok + ftok) / (tps * CRITIQUE_FACTOR)
         kind = "rollout (base)" if base else "rollout (LoRA)"
         return Cost(name, kind, ptok + ctok + ftok, central + VLLM_START_S, conservative + VLLM_START_S, True)
+    if cmd == "train" and argv[1] in ("sft", "orpo") and "committed" in steps:
+        # a stage of the committed plan: the training loop it measured (one stage per card)
+        s = committed_train_s()[name]
+        return Cost(name, f"train {argv[1]}", 0.0, s + TRAIN_START_S, s + TRAIN_START_S, False)
     if cmd == "train" and argv[1] in ("sft", "orpo"):
         agent = next((a for a in SFT_STEP_S if f"sft-{a}." in argv[2]), None)
         if argv[1] == "orpo":
@@ -186,7 +204,7 @@ def stage_cost(name: str, argv: list[str], parts: dict[str, int], r: Rates, step
     if cmd == "diagnose" and "--counterfactual" in argv:
         return Cost(name, "probe (GPU)", 0.0, 20.0 + VLLM_START_S, 60.0 + VLLM_START_S, False)
     if cmd == "labels":
-        s = parts["label"] * LABELS_S_PER_Q
+        s = parts.get("label", 128) * LABELS_S_PER_Q  # the committed plan: 128 label questions
         return Cost(name, "labels (CPU)", 0.0, s, 2 * s, False)
     if cmd == "train" and argv[1] == "sft-data":
         return Cost(name, "sft-data (CPU)", 0.0, 60.0, 120.0, False)
@@ -284,8 +302,11 @@ def main() -> None:
     args = ap.parse_args()
     plan = load_plan(args.plan, base_dir=ROOT)
     v = plan.vars
-    parts = {k: int(n) for k, n in (x.split("=") for x in str(v["parts"]).split(","))}
-    steps = {"orpo": int(v["orpo_steps"]), "save": int(v["save_steps"]), "e1": int(v["e1_steps"]), "sft": 120}
+    if "parts" in v:  # the v2 plan: a partition of spider-train, ORPO steps and saves as plan vars
+        parts = {k: int(n) for k, n in (x.split("=") for x in str(v["parts"]).split(","))}
+        steps = {"orpo": int(v["orpo_steps"]), "save": int(v["save_steps"]), "e1": int(v["e1_steps"]), "sft": 120}
+    else:  # the committed plan (experiments/study-spider.yaml): its own measured training stages
+        parts, steps = {}, {"committed": 1}
     r = measure()
     order = serial_order(plan, [p for p in args.prefer.split(",") if p])
     costs = [stage_cost(n, plan.stages[n].argv, parts, r, steps) for n in order]
