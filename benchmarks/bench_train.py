@@ -43,7 +43,7 @@ SFT_VARIANTS: dict[str, list[str]] = {
         "trainer.gradient_checkpointing=false",
         "trainer.per_device_train_batch_size=32",
         "trainer.gradient_accumulation_steps=1",
-        "trainer.group_by_length=true",
+        "trainer.train_sampling_strategy=group_by_length",  # transformers 5: was group_by_length
     ],
 }
 ORPO_VARIANTS: dict[str, list[str]] = {

@@ -57,6 +57,8 @@ repeat() {  # repeat NAME ENV=VALUE...: K=8 samples at T=1 with one seed, in two
 repeat repeat_inproc VLLM_ENABLE_V1_MULTIPROCESSING=0
 repeat repeat_mp VLLM_ENABLE_V1_MULTIPROCESSING=1
 repeat repeat_mpbi VLLM_ENABLE_V1_MULTIPROCESSING=1 VLLM_BATCH_INVARIANT=1
-step train 330 benchmarks/bench_train.py --steps 20 --variants committed,no-ckpt-bs32,no-ckpt-bs16 \
-  --json "$out/train.json" --work /root/matsql/bench-train
+# SFT: committed (checkpointing, 16 x 2), no checkpointing, and 32 x 1 length-grouped; ORPO: committed,
+# no checkpointing, 16 x 1. No held-out evaluation (the same for every variant; 10 steps each)
+step train 450 benchmarks/bench_train.py --steps 10 --variants committed,no-ckpt,no-ckpt-bs32-bylen,no-ckpt-bs16 \
+  --set 'data.eval_sources=[]' --json "$out/train.json" --work /root/matsql/bench-train
 for f in "$out"/*.log; do echo "== $f"; grep -E "^(lora|base|greedy|sampled|sft|orpo|  )|Error|rc " "$f" | tail -n 8; done
