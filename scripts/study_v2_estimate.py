@@ -154,7 +154,15 @@ class Cost:
     resumable: bool  # a rollout: an unfinished one resumes on the next lease
 
 
-def stage_cost(name: str, argv: list[str], parts: dict[str, int], r: Rates, steps: dict[str, int]) -> Cost:
+def stage_cost(
+    name: str,
+    argv: list[str],
+    parts: dict[str, int],
+    r: Rates,
+    steps: dict[str, int],
+    measured_train_s: dict[str, float] | None = None,
+) -> Cost:
+    """``measured_train_s``: training-loop seconds per stage name, used where a stage has one."""
     cmd = argv[0]
     if cmd == "rollout":
         q = _questions(argv, parts) * r.runnable
@@ -180,9 +188,8 @@ def stage_cost(name: str, argv: list[str], parts: dict[str, int], r: Rates, step
         conservative = ptok / tps + (ctok + ftok) / (tps * CRITIQUE_FACTOR)
         kind = "rollout (base)" if base else "rollout (LoRA)"
         return Cost(name, kind, ptok + ctok + ftok, central + VLLM_START_S, conservative + VLLM_START_S, True)
-    if cmd == "train" and argv[1] in ("sft", "orpo") and "committed" in steps:
-        # a stage of the committed plan: the training loop it measured (one stage per card)
-        s = committed_train_s()[name]
+    if cmd == "train" and argv[1] in ("sft", "orpo") and name in (measured_train_s or {}):
+        s = measured_train_s[name]  # type: ignore[index]
         return Cost(name, f"train {argv[1]}", 0.0, s + TRAIN_START_S, s + TRAIN_START_S, False)
     if cmd == "train" and argv[1] in ("sft", "orpo"):
         agent = next((a for a in SFT_STEP_S if f"sft-{a}." in argv[2]), None)
@@ -304,12 +311,18 @@ def main() -> None:
     v = plan.vars
     if "parts" in v:  # the v2 plan: a partition of spider-train, ORPO steps and saves as plan vars
         parts = {k: int(n) for k, n in (x.split("=") for x in str(v["parts"]).split(","))}
-        steps = {"orpo": int(v["orpo_steps"]), "save": int(v["save_steps"]), "e1": int(v["e1_steps"]), "sft": 120}
+        steps = {
+            "orpo": int(v["orpo_steps"]),
+            "save": int(v["save_steps"]),
+            "e1": int(v["e1_steps"]),
+            "sft": 120,
+        }
+        measured: dict[str, float] = {}
     else:  # the committed plan (experiments/study-spider.yaml): its own measured training stages
-        parts, steps = {}, {"committed": 1}
+        parts, steps, measured = {}, {}, committed_train_s()
     r = measure()
     order = serial_order(plan, [p for p in args.prefer.split(",") if p])
-    costs = [stage_cost(n, plan.stages[n].argv, parts, r, steps) for n in order]
+    costs = [stage_cost(n, plan.stages[n].argv, parts, r, steps, measured) for n in order]
     print(f"Measured (committed study): {r.planner_tok:.0f} tokens per planner sample, {r.critique_tok:.0f} per "
           f"critique, {r.fix_tok:.0f} per fix; chars/token {r.chars_per_tok['planner']:.2f} (planner), "
           f"{r.chars_per_tok['critique+fix']:.2f} (critiques, fixes); per evaluation question "

@@ -287,15 +287,12 @@ def test_real_smollm2_gguf_dequantized_tied_cached_trainable(
         parses.append(str(path))
         return real_reader(path, mode)
 
-    gguf.GGUFReader = counting_reader
-    try:
-        model, tok = models.load_model_and_tokenizer(r, device="cpu")
-    finally:
-        gguf.GGUFReader = real_reader
+    monkeypatch.setattr(gguf, "GGUFReader", counting_reader)
+    model, tok = models.load_model_and_tokenizer(r, device="cpu")
     # config, tokenizer and weights each ask transformers' load_gguf_checkpoint for a reader: one
     # parse of the file serves all three (a parse decodes the whole vocabulary)
     assert parses == [str(r.path)]
-    assert gguf.GGUFReader is real_reader
+    assert gguf.GGUFReader is counting_reader  # one_gguf_parse put back what it found
     cached = models.dequantized_dir(r, torch.float32)
     assert (cached / "matsql.json").is_file() and (cached / "model.safetensors").is_file()
     assert getattr(model, "hf_quantizer", None) is None
