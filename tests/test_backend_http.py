@@ -427,3 +427,85 @@ def test_server_cli_serves_lora_modules() -> None:
             json={"model": "nope", "messages": [{"role": "user", "content": "x"}]},
         )
         assert r.status_code == 404
+
+
+# ------------------------------------------------------------------ one served engine per plan: adapters loaded at run time
+
+
+def _adapter(folder: Path, weights: bytes) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_config.json").write_text('{"r": 8}')
+    (folder / "adapter_model.safetensors").write_bytes(weights)
+    return str(folder)
+
+
+@pytest.fixture()
+def runtime_lora_server() -> Iterator:
+    from matsql.backends.server import AdapterEcho, OpenAIServer
+
+    server = OpenAIServer(EchoBackend(), model_name="validator", load_adapter=AdapterEcho)
+    server.start_in_thread()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_adapter_is_loaded_at_run_time_under_its_weights_digest(runtime_lora_server, tmp_path) -> None:
+    """`load_adapters: true`: the adapter is loaded once (POST /v1/load_lora_adapter) under its
+    folder name + weights digest and answers; new weights in the same folder are a new module,
+    never the old weights under the old name."""
+    from matsql.backends.openai_http import runtime_lora_name
+
+    path = _adapter(tmp_path / "sft-val-sel", b"weights-1")
+    b = _team_backend(runtime_lora_server.url, path, load_adapters=True)
+    name = b.check_served()
+    assert name == runtime_lora_name(path) and name.startswith("sft-val-sel-")
+    ((text,),) = b.generate([_p("q")])
+    assert text.startswith(f"lora:{path}:")
+    assert runtime_lora_server.request_log[-1]["model"] == name
+    again = _team_backend(runtime_lora_server.url, path, load_adapters=True)  # the next stage's process
+    assert again.check_served() == name
+    loads = [e for e in runtime_lora_server.request_log if e["path"] == "/v1/load_lora_adapter"]
+    assert [e["status"] for e in loads] == [200]  # listed already: not loaded twice
+    _adapter(tmp_path / "sft-val-sel", b"weights-2")  # the stage ran again into the same folder
+    retrained = _team_backend(runtime_lora_server.url, path, load_adapters=True)
+    assert retrained.check_served() not in (name, None)
+    assert len(runtime_lora_server.lora_modules) == 2
+    for x in (b, again, retrained):
+        x.close()
+
+
+def test_runtime_loading_is_refused_clearly(lora_server, runtime_lora_server, tmp_path) -> None:
+    """A server without the route (no VLLM_ALLOW_RUNTIME_LORA_UPDATING) and a folder that holds no
+    adapter are refused before any completion request; without load_adapters nothing is loaded."""
+    from matsql.backends.openai_http import AdapterNotServed
+
+    path = _adapter(tmp_path / "a", b"w")
+    b = _team_backend(lora_server.url, path, load_adapters=True)
+    with pytest.raises(AdapterNotServed, match=r"HTTP 404.*VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"):
+        b.generate([_p("q")])
+    with pytest.raises(AdapterNotServed, match=r"no adapter_config.json"):
+        _team_backend(runtime_lora_server.url, str(tmp_path / "empty"), load_adapters=True).check_served()
+    with pytest.raises(AdapterNotServed, match=r"is not served"):
+        _team_backend(runtime_lora_server.url, path).check_served()
+    for srv in (lora_server, runtime_lora_server):
+        assert not any(e["path"] == "/v1/chat/completions" for e in srv.request_log)
+    assert not runtime_lora_server.lora_modules
+
+
+def test_server_cli_loads_adapters_at_run_time_only_when_allowed(tmp_path) -> None:
+    path = _adapter(tmp_path / "x", b"w")
+    body = {"lora_name": "x1", "lora_path": path}
+    for srv in start_server("--model", "echo", "--allow-runtime-lora"):
+        assert httpx.post(f"{srv.url}/v1/load_lora_adapter", json=body).status_code == 200
+        again = httpx.post(f"{srv.url}/v1/load_lora_adapter", json=body)
+        assert again.status_code == 400 and "already been loaded" in again.text
+        missing = httpx.post(
+            f"{srv.url}/v1/load_lora_adapter", json={"lora_name": "y", "lora_path": str(tmp_path)}
+        )
+        assert missing.status_code == 404
+        assert [m["id"] for m in httpx.get(f"{srv.url}/v1/models").json()["data"]] == ["echo", "x1"]
+    for srv in start_server("--model", "echo"):
+        assert httpx.post(f"{srv.url}/v1/load_lora_adapter", json=body).status_code == 404

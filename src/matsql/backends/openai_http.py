@@ -19,6 +19,13 @@ served model whose id is the adapter string itself, else the served LoRA module 
 backend refuses (:class:`AdapterNotServed`) before any request, never silently sending the
 request to the base model.
 
+With ``load_adapters`` (a server that loads adapters at run time: ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True
+vllm serve ... --enable-lora``, one engine kept for a whole plan), an adapter that no
+``lora_modules`` entry names is loaded by ``POST /v1/load_lora_adapter`` under a name made of its
+folder name and a digest of its weights (:func:`runtime_lora_name`): a stage that retrains into
+the same folder gets a new name, never the old weights. The server reads the folder itself, so it
+must see the same path (the same machine or a shared file system).
+
 The prefix goes as a final assistant message with vLLM's ``continue_final_message: true,
 add_generation_prompt: false`` extension, so the server's own chat template renders it.
 Each prompt's seed is derived from ``seed`` and the prompt's content, so results do not
@@ -31,6 +38,7 @@ safe to call from any thread, including one that already runs an event loop.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import random
@@ -38,6 +46,7 @@ import re
 import threading
 import time
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import httpx
@@ -133,6 +142,7 @@ class OpenAIBackend:
         name: str | None = None,
         adapter: str | None = None,
         lora_modules: dict[str, str] | None = None,
+        load_adapters: bool = False,
     ) -> None:
         if concurrency < 1 or max_retries < 0 or timeout_s <= 0:
             raise ValueError("need concurrency >= 1, max_retries >= 0 and timeout_s > 0")
@@ -161,6 +171,7 @@ class OpenAIBackend:
         self.extra_body = dict(extra_body or {})
         self.adapter = adapter
         self.lora_modules = dict(lora_modules or {})
+        self.load_adapters = load_adapters
         self.served: str | None = None  # the model name requests carry, once checked
         self._name = name
         self.name = name or f"openai:{model}{f'+{adapter}' if adapter else ''}@{self.root}"
@@ -269,6 +280,8 @@ class OpenAIBackend:
                 )
         elif adapter in served and adapter != self.model:
             name = adapter
+        elif self.load_adapters:
+            name = await self._load_adapter(adapter, served)
         else:
             by_root = [
                 i
@@ -286,6 +299,33 @@ class OpenAIBackend:
         self.served = name
         if self._name is None:
             self.name = f"openai:{name}({adapter})@{self.root}"
+
+    async def _load_adapter(self, adapter: str, served: dict[str, dict[str, Any]]) -> str:
+        """The served name of ``adapter``, loaded at run time unless the server has it already."""
+        name = runtime_lora_name(adapter)
+        if name in served:
+            return name
+        url = f"{self.root}/v1/load_lora_adapter"
+        body = {"lora_name": name, "lora_path": os.path.abspath(adapter)}
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                resp = await self._http().post(url, json=body)
+        except (TimeoutError, httpx.HTTPError) as e:
+            raise BackendError(f"{self.name}: POST {url} ({adapter}): {type(e).__name__}: {e}") from e
+        if resp.status_code == 200:
+            return name
+        if resp.status_code == 400 and "already been loaded" in resp.text:  # another client won the race
+            return name
+        hint = (
+            " (a server without the route does not load adapters at run time: start it with "
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve ... --enable-lora, or serve the adapter "
+            "with --lora-modules and drop load_adapters)"
+            if resp.status_code in (404, 405)
+            else ""
+        )
+        raise AdapterNotServed(
+            f"adapter {adapter}: POST {url} as {name!r}: HTTP {resp.status_code}: {resp.text[:300]}{hint}"
+        )
 
     # ------------------------------------------------------------------ protocol
 
@@ -407,6 +447,25 @@ class OpenAIBackend:
         raise BackendError(
             f"{self.name}: prompt {index} failed after {self.max_retries + 1} attempts; last: {last}"
         )
+
+
+def runtime_lora_name(adapter: str | os.PathLike[str]) -> str:
+    """The name an adapter is loaded under at run time: its folder's name and the first 12 hex
+    digits of a sha256 over its config and weights (``adapter_config.json``, then
+    ``adapter_model.safetensors`` or ``.bin``), so new weights in the same folder get a new name."""
+    from matsql.fileio import sha256_file
+
+    folder = Path(adapter)
+    config = folder / "adapter_config.json"
+    weights = next(
+        (w for w in (folder / "adapter_model.safetensors", folder / "adapter_model.bin") if w.is_file()), None
+    )
+    if not config.is_file() or weights is None:
+        raise AdapterNotServed(
+            f"adapter {adapter}: no adapter_config.json and adapter_model.safetensors there to load at run time"
+        )
+    h = hashlib.sha256(f"{sha256_file(config)}\0{sha256_file(weights)}".encode()).hexdigest()
+    return f"{folder.resolve().name}-{h[:12]}"
 
 
 def _same_path(a: str, b: str) -> bool:

@@ -59,6 +59,9 @@ class OpenAIConfig(_Cfg):
     # lora_modules mirrors `vllm serve --lora-modules NAME=PATH` as {NAME: PATH}; see openai_http.
     adapter: str | None = None
     lora_modules: dict[str, str] | None = None
+    # load an adapter no lora_modules entry names at run time (POST /v1/load_lora_adapter; the
+    # server started with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True): one served engine for a plan
+    load_adapters: bool = False
 
 
 class VLLMConfig(_Cfg):
@@ -198,6 +201,7 @@ def make_backend(cfg: Mapping[str, Any], *, agent: str | None = None) -> Backend
                 extra_body=o.extra_body,
                 adapter=o.adapter,
                 lora_modules=o.lora_modules,
+                load_adapters=o.load_adapters,
             )
         if kind == "vllm":
             v = VLLMConfig.model_validate(dict(cfg))

@@ -11,7 +11,11 @@ and 400s or drips for prompts that contain a marker text).
 Named LoRA modules are served as vLLM serves them (``--lora-modules NAME=PATH``): listed by
 ``/v1/models`` (``id`` NAME, ``root`` PATH, ``parent`` the base model), a request whose
 ``model`` is NAME runs on that module's backend (the base model with adapter PATH), and, once
-modules are served, a request for a name the server does not serve gets 404 as from vLLM.
+modules are served, a request for a name the server does not serve gets 404 as from vLLM. With
+``load_adapter`` (``--allow-runtime-lora``, vLLM's ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``),
+``POST /v1/load_lora_adapter`` ``{"lora_name", "lora_path"}`` adds a module as vLLM does: 400 for a
+name already loaded or a missing field, 404 for a path that holds no adapter; without it the
+route does not exist (404).
 
 Requests run one at a time on the backend (generic backends need not be thread-safe), so
 throughput comes from the prompts and ``n`` inside a request; use vLLM for serving at scale.
@@ -31,8 +35,10 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from matsql.backends.base import Backend, ChatPrompt
@@ -147,11 +153,13 @@ class OpenAIServer(ThreadingHTTPServer):
         faults: FaultConfig | None = None,
         log_size: int = 100_000,
         lora_modules: dict[str, tuple[str, Backend]] | None = None,
+        load_adapter: Callable[[str], Backend] | None = None,
     ) -> None:
         super().__init__((host, port), _Handler)
         self.backend = backend
         self.model_name = model_name or backend.name
         self.lora_modules = dict(lora_modules or {})  # NAME -> (PATH, backend with that adapter)
+        self.load_adapter = load_adapter  # PATH -> backend with that adapter, for runtime loading
         self.faults = faults or FaultConfig()
         self.backend_lock = threading.Lock()
         self.counter_lock = threading.Lock()
@@ -181,6 +189,19 @@ class OpenAIServer(ThreadingHTTPServer):
             for name, (path, _) in self.lora_modules.items()
         ]
         return out
+
+    def add_lora(self, req: dict[str, Any]) -> tuple[int, str]:
+        """``POST /v1/load_lora_adapter`` as vLLM answers it: (status, message)."""
+        name, path = req.get("lora_name"), req.get("lora_path")
+        if not name or not path:
+            return 400, "Both 'lora_name' and 'lora_path' must be provided."
+        if name in self.lora_modules:
+            return 400, f"The lora adapter '{name}' has already been loaded."
+        if not (Path(path) / "adapter_config.json").is_file():
+            return 404, f"Loading lora {name} failed: No adapter found for {path}"
+        assert self.load_adapter is not None
+        self.lora_modules[name] = (str(path), self.load_adapter(str(path)))
+        return 200, f"Success: LoRA adapter '{name}' added successfully."
 
     def backend_for(self, req: dict[str, Any]) -> Backend:
         """The backend a request's ``model`` names: a LoRA module, or the base model."""
@@ -290,6 +311,21 @@ class _Handler(BaseHTTPRequestHandler):
         kinds = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
+        if self.path == "/v1/load_lora_adapter" and self.server.load_adapter is not None:
+            try:
+                req = json.loads(raw)
+            except json.JSONDecodeError as e:
+                self._error(400, f"body is not JSON: {e}")
+                return
+            status, message = self.server.add_lora(req if isinstance(req, dict) else {})
+            self.server.request_log.append(
+                {"path": self.path, "status": status, "model": req.get("lora_name")}
+            )
+            if status == 200:
+                self._send(200, message.encode())
+            else:
+                self._error(status, message)
+            return
         if self.path not in kinds:
             self._error(404, f"no route POST {self.path}")
             return
@@ -426,6 +462,11 @@ def main(argv: list[str] | None = None) -> None:
         metavar="NAME=PATH",
         help="serve adapter PATH on the base model under the name NAME (as vllm serve does)",
     )
+    ap.add_argument(
+        "--allow-runtime-lora",
+        action="store_true",
+        help="serve POST /v1/load_lora_adapter (vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)",
+    )
     ap.add_argument("--fault-seed", type=int, default=0)
     ap.add_argument("--log-level", default="INFO")
     a = ap.parse_args(argv)
@@ -457,6 +498,9 @@ def main(argv: list[str] | None = None) -> None:
         model_name=a.served_model_name or a.model,
         faults=faults,
         lora_modules=modules,
+        load_adapter=(lambda path: make_server_backend(a.model, **(kwargs | {"adapter": path})))
+        if a.allow_runtime_lora
+        else None,
     )
     print(f"matsql server listening on {server.url}", flush=True)
     try:
