@@ -2,7 +2,7 @@
 # The vLLM checks the next lease owes issue 15 (results/vllm/README.md), in one call after
 # `setup.sh join`, from the repository snapshot with scripts/device/env.sh sourced:
 #   bash scripts/device/vllm_checks.sh OUT_DIR [STEP ...]   # steps: lora_graphs parity_fp32 parity_bf16
-#     bench512 bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train (default: all)
+#     bench512 bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train served (default: all)
 # A call is limited to 600 s: session 7 sent two calls of two or three steps each.
 # 1. LoRA with CUDA graphs on the V1 model runner after a graphs engine without LoRA has warmed the
 #    compile cache (session 8: as the first engine it gave no result in 200 s), beside eager LoRA;
@@ -20,7 +20,7 @@
 set -uo pipefail
 out=${1:?usage: vllm_checks.sh OUT_DIR [STEP ...]}
 shift
-want=" ${*:-lora_graphs parity_fp32 parity_bf16 bench512 bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train} "
+want=" ${*:-lora_graphs parity_fp32 parity_bf16 bench512 bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train served} "
 mkdir -p "$out"
 export VLLM_ENABLE_V1_MULTIPROCESSING=0
 free_gpu() { nvidia-smi --query-compute-apps=pid --format=csv,noheader | xargs -r kill -9; sleep 1; }
@@ -61,4 +61,38 @@ repeat repeat_mpbi VLLM_ENABLE_V1_MULTIPROCESSING=1 VLLM_BATCH_INVARIANT=1
 # no checkpointing, 16 x 1. No held-out evaluation (the same for every variant; 10 steps each)
 step train 450 benchmarks/bench_train.py --steps 10 --variants committed,no-ckpt,no-ckpt-bs32-bylen,no-ckpt-bs16 \
   --set 'data.eval_sources=[]' --json "$out/train.json" --work /root/matsql/bench-train
+# 5. one served engine per lease (serve.sh, experiments/agents/qwen0.5b-served.yaml): two planner
+#    stages as a plan runs them (512 spider-dev questions, K=8, each with its own random adapter),
+#    first in process (an engine start per stage), then against one server started once (adapters
+#    loaded at run time): wall time per stage process, and the server's start
+served() {
+  [[ "$want" == *" served "* ]] || return 0
+  local t0 i how agents
+  python3 -c "
+import sys; from pathlib import Path; sys.path.insert(0, 'benchmarks')
+from vllm_parity import random_adapter; from matsql.models.loading import dense_folder
+f = dense_folder('qwen2.5-coder-0.5b-instruct')[0]
+for i in (1, 2): random_adapter(f, Path('/root/matsql/served-lora/r8-%d' % i), seed=i)
+" > "$out/served-adapters.log" 2>&1 || { echo "served: adapters failed"; return 0; }
+  for how in inproc served; do
+    agents=experiments/agents/qwen0.5b-vllm.yaml
+    if [[ $how == served ]]; then
+      agents=experiments/agents/qwen0.5b-served.yaml; t0=$SECONDS
+      timeout 300 bash scripts/device/serve.sh start 0.8 > "$out/served-start.log" 2>&1
+      echo "served: server start rc $? in $((SECONDS - t0)) s"
+    fi
+    for i in 1 2; do
+      t0=$SECONDS
+      timeout 240 python3 -m matsql.cli rollout --benchmark spider-dev --agents $agents \
+        --adapter planner=/root/matsql/served-lora/r8-$i --k 8 --greedy-first --temperature 1.0 \
+        --batch-questions 256 --gate never --validators "" --limit 512 --ex spider \
+        --out "$out/served-$how-$i.jsonl" > "$out/served-$how-$i.log" 2>&1
+      echo "served: $how stage $i rc $? in $((SECONDS - t0)) s"
+    done
+    [[ $how == served ]] && bash scripts/device/serve.sh stop
+    free_gpu
+  done
+  gzip -f "$out"/served-*.jsonl
+}
+served
 for f in "$out"/*.log; do echo "== $f"; grep -E "^(lora|base|greedy|sampled|sft|orpo|  )|Error|rc " "$f" | tail -n 8; done
