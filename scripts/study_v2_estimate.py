@@ -14,6 +14,13 @@ a time (``experiment run --jobs 1``), in the order the runner picks with ``--pre
     python scripts/study_v2_estimate.py                      # markdown tables to stdout
     python scripts/study_v2_estimate.py --lease-min 30 --setup-min 6.5 --json est.json
     python scripts/study_v2_estimate.py --plan experiments/study-spider.yaml --prefer compare  # v1 on one GPU
+    python scripts/study_v2_estimate.py --plan experiments/study-spider.yaml --prefer compare \
+        --train-json results/vllm/s10/train.json --train-variant no-ckpt   # training as measured alone
+
+``--train-json`` (``benchmarks/bench_train.py``'s output) scales every training stage's loop
+seconds by the measured seconds per step of ``--train-variant`` over the committed study's own for
+the same recipe (``sft-planner`` for SFT stages, ``orpo-iter1-val-sel-indep`` for ORPO): what
+the card does alone, with that variant, against what the committed study's stages took.
 
 The committed plan (``experiments/study-spider.yaml``, issue 15's "whole study on one GPU in one
 lease") takes its training stages' loop seconds from the committed study itself.
@@ -138,6 +145,17 @@ def _questions(argv: list[str], parts: dict[str, int]) -> int:
     return n
 
 
+def train_factors(bench: dict, variant: str) -> dict[str, float]:
+    """Per method, seconds per step of ``variant`` in a bench_train JSON over the committed study's
+    seconds per step of the same recipe's stage (see module doc)."""
+    t = json.loads((STUDY / "collect.json").read_text(encoding="utf-8"))["training"]
+    out = {}
+    for method, stage in (("sft", "sft-planner"), ("orpo", "orpo-iter1-val-sel-indep")):
+        row = bench["methods"][method]["variants"][variant]
+        out[method] = float(row["s_per_step"]) / (float(t[stage]["train_runtime_s"]) / int(t[stage]["steps"]))
+    return out
+
+
 def committed_train_s() -> dict[str, float]:
     """Training-loop seconds of each stage of the committed study (results/study-spider)."""
     t = json.loads((STUDY / "collect.json").read_text(encoding="utf-8"))["training"]
@@ -161,8 +179,11 @@ def stage_cost(
     r: Rates,
     steps: dict[str, int],
     measured_train_s: dict[str, float] | None = None,
+    train_factor: dict[str, float] | None = None,
 ) -> Cost:
-    """``measured_train_s``: training-loop seconds per stage name, used where a stage has one."""
+    """``measured_train_s``: training-loop seconds per stage name, used where a stage has one;
+    ``train_factor``: per method (sft, orpo), a factor on training-loop seconds (``train_factors``)."""
+    f = (train_factor or {}).get(argv[1], 1.0) if cmd_is_train(argv) else 1.0
     cmd = argv[0]
     if cmd == "rollout":
         q = _questions(argv, parts) * r.runnable
@@ -189,7 +210,7 @@ def stage_cost(
         kind = "rollout (base)" if base else "rollout (LoRA)"
         return Cost(name, kind, ptok + ctok + ftok, central + VLLM_START_S, conservative + VLLM_START_S, True)
     if cmd == "train" and argv[1] in ("sft", "orpo") and name in (measured_train_s or {}):
-        s = measured_train_s[name]  # type: ignore[index]
+        s = measured_train_s[name] * f  # type: ignore[index]
         return Cost(name, f"train {argv[1]}", 0.0, s + TRAIN_START_S, s + TRAIN_START_S, False)
     if cmd == "train" and argv[1] in ("sft", "orpo"):
         agent = next((a for a in SFT_STEP_S if f"sft-{a}." in argv[2]), None)
@@ -199,6 +220,7 @@ def stage_cost(
             s = steps["e1"] * E1_STEP_S
         else:
             s = steps["sft"] * SFT_STEP_S[agent or "planner"]
+        s *= f
         return Cost(name, f"train {argv[1]}", 0.0, s + TRAIN_START_S, s + TRAIN_START_S, False)
     if cmd == "train" and argv[1] == "pick-checkpoint":
         n_ckpt = steps["orpo"] // steps["save"] + (steps["orpo"] % steps["save"] != 0)
@@ -296,6 +318,10 @@ def print_kinds(costs: list) -> None:
           f"{sum(c.central_s for c in cpu) / 60:.1f} | {sum(c.conservative_s for c in cpu) / 60:.1f} |")  # fmt: skip
 
 
+def cmd_is_train(argv: list[str]) -> bool:
+    return len(argv) > 1 and argv[0] == "train" and argv[1] in ("sft", "orpo")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--plan", type=Path, default=PLAN)
@@ -306,7 +332,17 @@ def main() -> None:
         "--ship-min", type=float, default=2.0, help="run folder in (carry) and out (final) per lease"
     )
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--train-json", type=Path, default=None, help="bench_train.py output (see module doc)")
+    ap.add_argument("--train-variant", default="committed", help="its variant to scale training by")
     args = ap.parse_args()
+    factor = (
+        train_factors(json.loads(args.train_json.read_text()), args.train_variant)
+        if args.train_json
+        else None
+    )
+    if factor:
+        print(f"Training loop seconds x {factor['sft']:.2f} (SFT), x {factor['orpo']:.2f} (ORPO): "
+              f"{args.train_variant} in {args.train_json.as_posix()} against the committed study's stages\n")  # fmt: skip
     plan = load_plan(args.plan, base_dir=ROOT)
     v = plan.vars
     if "parts" in v:  # the v2 plan: a partition of spider-train, ORPO steps and saves as plan vars
@@ -322,7 +358,7 @@ def main() -> None:
         parts, steps, measured = {}, {}, committed_train_s()
     r = measure()
     order = serial_order(plan, [p for p in args.prefer.split(",") if p])
-    costs = [stage_cost(n, plan.stages[n].argv, parts, r, steps, measured) for n in order]
+    costs = [stage_cost(n, plan.stages[n].argv, parts, r, steps, measured, factor) for n in order]
     print(f"Measured (committed study): {r.planner_tok:.0f} tokens per planner sample, {r.critique_tok:.0f} per "
           f"critique, {r.fix_tok:.0f} per fix; chars/token {r.chars_per_tok['planner']:.2f} (planner), "
           f"{r.chars_per_tok['critique+fix']:.2f} (critiques, fixes); per evaluation question "

@@ -2,7 +2,7 @@
 # The vLLM checks the next lease owes issue 15 (results/vllm/README.md), in one call after
 # `setup.sh join`, from the repository snapshot with scripts/device/env.sh sourced:
 #   bash scripts/device/vllm_checks.sh OUT_DIR [STEP ...]   # steps: lora_graphs parity_fp32 parity_bf16
-#     bench512 bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train served (default: all)
+#     bench512 bench512_s512 bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train served (default: all)
 # A call is limited to 600 s: session 7 sent two calls of two or three steps each.
 # 1. LoRA with CUDA graphs on the V1 model runner after a graphs engine without LoRA has warmed the
 #    compile cache (session 8: as the first engine it gave no result in 200 s), beside eager LoRA;
@@ -13,14 +13,14 @@
 #    kernels too (bench512_mpbi);
 # 4. do seeded samples repeat across two processes: engine core in process (matsql's default),
 #    in its own process, and in its own process with batch-invariant kernels (repeat_*).
-# Next lease (session 9 lost its own): bench512 train, then bench512_mp bench512_mpbi repeat_mp
-# repeat_mpbi (~9 minutes): if the engine core's own process is much faster and repeats with
-# batch-invariant kernels, that becomes the backend's default.
+# Next lease (session 10 measured bench512, bench512_mp, repeat_mp and train's committed and no-ckpt
+# variants): served (one vllm serve for the lease against an engine per stage), bench512_s512, then
+# train's no-ckpt-bs32-bylen and no-ckpt-bs16 variants.
 # Each step has its own time limit, so a hang costs that step only.
 set -uo pipefail
 out=${1:?usage: vllm_checks.sh OUT_DIR [STEP ...]}
 shift
-want=" ${*:-lora_graphs parity_fp32 parity_bf16 bench512 bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train served} "
+want=" ${*:-lora_graphs parity_fp32 parity_bf16 bench512 bench512_s512 bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train served} "
 mkdir -p "$out"
 export VLLM_ENABLE_V1_MULTIPROCESSING=0
 free_gpu() { nvidia-smi --query-compute-apps=pid --format=csv,noheader | xargs -r kill -9; sleep 1; }
@@ -40,6 +40,10 @@ step bench512 420 benchmarks/bench_generate.py --questions 512 --max-num-seqs 20
 # seeds): what that choice costs, vLLM alone on the same workload
 VLLM_ENABLE_V1_MULTIPROCESSING=1 step bench512_mp 200 benchmarks/bench_generate.py --questions 512 \
   --max-num-seqs 2048 --gpu-memory-utilization 0.8 --paths vllm --json "$out/bench512_mp.json"
+# at most 512 sequences at once, the largest batch vLLM captures in CUDA graphs here
+# (max_cudagraph_capture_size 512 in session 10's log): above it decode steps run without graphs
+step bench512_s512 200 benchmarks/bench_generate.py --questions 512 --max-num-seqs 512 \
+  --gpu-memory-utilization 0.8 --paths vllm --json "$out/bench512_s512.json"
 # vLLM's batch-invariant kernels (VLLM_BATCH_INVARIANT=1, Hopper): results independent of what
 # else is in the batch, so seeds would repeat with the engine core in its own process too
 VLLM_ENABLE_V1_MULTIPROCESSING=1 VLLM_BATCH_INVARIANT=1 step bench512_mpbi 200 benchmarks/bench_generate.py \
@@ -57,9 +61,9 @@ repeat() {  # repeat NAME ENV=VALUE...: K=8 samples at T=1 with one seed, in two
 repeat repeat_inproc VLLM_ENABLE_V1_MULTIPROCESSING=0
 repeat repeat_mp VLLM_ENABLE_V1_MULTIPROCESSING=1
 repeat repeat_mpbi VLLM_ENABLE_V1_MULTIPROCESSING=1 VLLM_BATCH_INVARIANT=1
-# SFT: committed (checkpointing, 16 x 2), no checkpointing, and 32 x 1 length-grouped; ORPO: committed,
-# no checkpointing, 16 x 1. No held-out evaluation (the same for every variant; 10 steps each)
-step train 450 benchmarks/bench_train.py --steps 10 --variants committed,no-ckpt,no-ckpt-bs32-bylen,no-ckpt-bs16 \
+# SFT: committed (no activation checkpointing since session 10, 16 x 2) and 32 x 1 length-grouped;
+# ORPO: committed and 16 x 1. No held-out evaluation (the same for every variant; 10 steps each)
+step train 450 benchmarks/bench_train.py --steps 10 --variants committed,no-ckpt-bs32-bylen,no-ckpt-bs16 \
   --set 'data.eval_sources=[]' --json "$out/train.json" --work /root/matsql/bench-train
 # 5. one served engine per lease (serve.sh, experiments/agents/qwen0.5b-served.yaml): two planner
 #    stages as a plan runs them (512 spider-dev questions, K=8, each with its own random adapter),
