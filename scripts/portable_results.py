@@ -2,12 +2,9 @@
 
     python scripts/portable_results.py [results] [--check] [--tracked]
 
-Text files, and gzipped JSONL (rollouts, picks): there only the header's strings and each
-record's ``models`` (agent -> ``model+adapter path``) are rewritten, through
-``matsql.evaluate.portable.portable_record_line``; what agents wrote stays byte for byte, and the
-file is written back with gzip mtime 0. Images are left alone. The runs behind the committed
-results were made in a checkout at /root/matsql/repo (device machines) or in this checkout (the
-demo, on the development machine) with scratch folders under /root/matsql/, /root/ and /tmp/; their paths become relative to the repo ("runs/study-spider/...")
+Text files only (gzipped rollouts and images are left alone). The runs behind the committed
+results were made in a checkout at /root/matsql/repo (device machines) with scratch folders under
+/root/matsql/, /root/ and /tmp/; their paths become relative to the repo ("runs/study-spider/...")
 or start at the scratch folder's name ("demo-run4/...", "site/trl/..."). New reports, compares
 and collected runs are written portable by matsql itself (matsql.evaluate.portable).
 --check lists the files that still hold such paths and exits 1 if any do; --tracked looks only
@@ -16,46 +13,27 @@ at files git tracks (what is committed, not a run still being written).
 
 from __future__ import annotations
 
-import gzip
-import io
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-from matsql.evaluate.portable import portable_record_line
-
 # Longest prefix first; each maps a machine's folder to what a reader of the results can follow.
 REWRITES = (
-    (f"{Path(__file__).resolve().parents[1]}/", ""),  # this checkout (the development machine's)
     ("/root/matsql/repo/", ""),
     ("/root/matsql/repo", "."),
     ("/root/matsql/", ""),
     ("/root/", ""),
     ("/tmp/", ""),
 )
-ABSOLUTE = re.compile(r"/root/|/tmp/|/work/")
-BINARY_SUFFIXES = {".png", ".pdf", ".safetensors", ".bin", ".arrow"}
+ABSOLUTE = re.compile(r"/root/|/tmp/")
+BINARY_SUFFIXES = {".gz", ".png", ".pdf", ".safetensors", ".bin", ".arrow"}
 
 
 def rewrite(text: str) -> str:
     for old, new in REWRITES:
         text = text.replace(old, new)
     return text
-
-
-def rewrite_jsonl_gz(raw: bytes) -> bytes:
-    """A gzipped JSONL file's bytes with its metadata rewritten; the same bytes if nothing moved."""
-    text = gzip.decompress(raw).decode("utf-8")
-    if not ABSOLUTE.search(text):
-        return raw
-    out = "".join(portable_record_line(line, fix=rewrite) for line in io.StringIO(text, newline=""))
-    if out == text:
-        return raw
-    buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=9, mtime=0) as g:
-        g.write(out.encode("utf-8"))
-    return buf.getvalue()
 
 
 def main(argv: list[str]) -> int:
@@ -72,16 +50,6 @@ def main(argv: list[str]) -> int:
             keep = {(root / f).resolve() for f in listed.split("\0") if f}
             files = [p for p in files if p.resolve() in keep]
         for path in files:
-            if path.suffix == ".gz":
-                if not path.name.endswith(".jsonl.gz"):
-                    continue
-                raw = path.read_bytes()
-                new = rewrite_jsonl_gz(raw)
-                if new != raw:
-                    hits.append(path)
-                    if not check:
-                        path.write_bytes(new)
-                continue
             try:
                 text = path.read_text(encoding="utf-8")
             except UnicodeDecodeError:

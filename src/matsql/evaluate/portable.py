@@ -8,12 +8,9 @@ the results folder (``study-spider/eval-collab/picks.jsonl``).
 
 from __future__ import annotations
 
-import json
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 _REPO_MARKERS = (".git", "pyproject.toml")
 
@@ -55,48 +52,10 @@ def portable_path(path: str | os.PathLike[str], base: str | os.PathLike[str] | N
     return Path(*p.parts[-2:]).as_posix()
 
 
-ABSOLUTE_PATH = re.compile(
-    r"(?<![\w.~$-])/(?:root|tmp|home|work|scratch|mnt|Users)(?:/[^\s\"'`,;:()\[\]{}<>|]*)?"
-)
+_ABS = re.compile(r"(?<![\w.~$-])/(?:root|tmp|home|work|scratch|mnt|Users)(?:/[^\s\"'`,;:()\[\]{}<>|]*)?")
 
 
 def portable_text(text: str, base: str | os.PathLike[str] | None = None) -> str:
     """Every absolute path under a machine's usual roots in ``text`` rewritten by
     :func:`portable_path` (for logs and JSON that quote commands)."""
-    return ABSOLUTE_PATH.sub(lambda m: portable_path(m.group(0), base), text)
-
-
-def _map_strings(obj: Any, fix: Callable[[str], str]) -> Any:
-    if isinstance(obj, str):
-        return fix(obj)
-    if isinstance(obj, dict):
-        return {k: _map_strings(v, fix) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_map_strings(v, fix) for v in obj]
-    return obj
-
-
-def portable_record_line(
-    line: str, base: str | os.PathLike[str] | None = None, fix: Callable[[str], str] | None = None
-) -> str:
-    """One JSONL line of a rollout (or picks) file fit to commit: the header's every string (its
-    config names adapters and ``planner_from`` by path) and a record's ``models`` (agent ->
-    ``model+adapter path``) through ``fix`` (default :func:`portable_text` with ``base``). What
-    agents wrote (outputs, SQL) is data and stays byte for byte; so does ``config_hash``, the hash
-    of the config as the run wrote it on its machine. A line that is not a JSON object is kept."""
-    fix = fix or (lambda text: portable_text(text, base))
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError:
-        return line
-    if not isinstance(rec, dict):
-        return line
-    if rec.get("kind") == "header":
-        new = {k: (v if k == "config_hash" else _map_strings(v, fix)) for k, v in rec.items()}
-    elif isinstance(rec.get("models"), dict):
-        new = rec | {"models": _map_strings(rec["models"], fix)}
-    else:
-        return line
-    if new == rec:
-        return line
-    return json.dumps(new, ensure_ascii=False) + ("\n" if line.endswith("\n") else "")
+    return _ABS.sub(lambda m: portable_path(m.group(0), base), text)

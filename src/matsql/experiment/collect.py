@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from matsql.evaluate.portable import portable_record_line, portable_text
+from matsql.evaluate.portable import portable_text
 from matsql.experiment.manifest import read_manifest
 from matsql.experiment.plan import Plan
 
@@ -43,17 +43,11 @@ class Collected:
     primary: dict[str, Any] | None = None  # the plan's pre-registered comparison and its result
 
 
-def _gzip_copy(src: Path, dest: Path, base: Path | None = None) -> None:
-    """``src`` (JSONL) gzipped into ``dest``, each line through :func:`portable_record_line` so
-    headers and model names carry no machine's absolute paths; ``base`` is the run folder."""
+def _gzip_copy(src: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        src.open(encoding="utf-8", newline="") as f,
-        dest.open("wb") as raw,
-    ):  # mtime=0: same bytes for the same run
+    with src.open("rb") as f, dest.open("wb") as raw:  # mtime=0: same bytes for the same run
         with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as g:
-            for line in f:
-                g.write(portable_record_line(line, base).encode("utf-8"))
+            shutil.copyfileobj(f, g)
 
 
 def training_summary(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -142,7 +136,7 @@ def collect_run(
         out = Path(stage.out)
         rel = out.relative_to(run_dir) if out.is_relative_to(run_dir) else Path(out.name)
         if out.is_file() and out.suffix == ".jsonl":
-            _gzip_copy(out, dest / f"{rel}.gz", run_dir)
+            _gzip_copy(out, dest / f"{rel}.gz")
             got.files.append(f"{rel}.gz")
             continue
         if not out.is_dir():
@@ -154,7 +148,7 @@ def collect_run(
         trained = (out / "adapter_config.json").exists()  # its metrics are summarised above
         for f in sorted(out.iterdir()):
             if f.is_file() and f.suffix == ".jsonl":
-                _gzip_copy(f, dest / rel / f"{f.name}.gz", run_dir)
+                _gzip_copy(f, dest / rel / f"{f.name}.gz")
                 got.files.append(f"{rel / f.name}.gz")
             elif f.is_file() and f.suffix in COPIED_SUFFIXES and not trained:
                 (dest / rel).mkdir(parents=True, exist_ok=True)
