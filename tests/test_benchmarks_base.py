@@ -48,7 +48,8 @@ def test_policy_error_names_questions_and_databases(bench: Benchmark) -> None:
     msg = str(e.value)
     assert "8 of 10 questions" in msg
     assert "gone (1 questions)" in msg and "lost (7 questions)" in msg
-    assert "t-1, t-3, t-4, t-5, t-6, ..." in msg and "t-7" not in msg
+    ids = msg.split("first question ids:", 1)[1]  # the folder named before may hold "t-7" (pytest-72)
+    assert ids.startswith(" t-1, t-3, t-4, t-5, t-6, ...") and "t-7" not in ids
 
 
 def test_policy_error_passes_when_nothing_is_missing(tmp_path: Path) -> None:
