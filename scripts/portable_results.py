@@ -2,8 +2,10 @@
 
     python scripts/portable_results.py [results] [--check] [--tracked]
 
-Text files only (gzipped rollouts and images are left alone). The runs behind the committed
-results were made in a checkout at /root/matsql/repo (device machines) with scratch folders under
+Text files only. Gzipped rollouts and images are left alone: a rollout's bytes are evidence that
+other results point to (labels record its sha256; its header's config must hash to its
+config_hash), so the paths its header and records name stay as the run wrote them. The runs
+behind the committed results were made in a checkout at /root/matsql/repo (device machines) with scratch folders under
 /root/matsql/, /root/ and /tmp/; their paths become relative to the repo ("runs/study-spider/...")
 or start at the scratch folder's name ("demo-run4/...", "site/trl/..."). New reports, compares
 and collected runs are written portable by matsql itself (matsql.evaluate.portable).
