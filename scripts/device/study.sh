@@ -16,7 +16,10 @@
 # The tree is copied to $MATSQL_STATE/repo first: later calls replace the working tree, the
 # running job keeps its own copy. BENCH=1 first runs the benchmarks alone, one per GPU at once
 # (scripts/device/bench.sh, about 2 minutes), then the plan; their files come back as
-# bench.tgz with each poll.
+# bench.tgz with each poll. SERVED=1 starts one `vllm serve` before the plan (scripts/device/serve.sh,
+# SERVED_FRACTION of the card, default 0.45) and runs it with
+# experiments/agents/qwen0.5b-served.yaml (adapters loaded at run time): one engine start for the
+# lease instead of one per generation stage; the server stops when the plan ends.
 set -euo pipefail
 STATE=${MATSQL_STATE:-/root/matsql}
 REPO=$STATE/repo
@@ -33,8 +36,15 @@ case "$1" in
       if [ "${BENCH:-0}" = 1 ]; then   # benchmarks first, alone on the cards
         bash scripts/device/bench.sh "'"$STATE"'/bench" || true
       fi
-      eval "python3 -m matsql.cli experiment run $(cat "'"$STATE"'/job.args")"
-      echo $? > "'"$STATE"'/job.rc"' > "$STATE/job.log" 2>&1 < /dev/null &
+      agents=""
+      if [ "${SERVED:-0}" = 1 ]; then   # one engine for the whole plan
+        bash scripts/device/serve.sh start "${SERVED_FRACTION:-0.45}" || { echo 1 > "'"$STATE"'/job.rc"; exit 1; }
+        agents="--set vars.agents=experiments/agents/qwen0.5b-served.yaml"
+      fi
+      eval "python3 -m matsql.cli experiment run $(cat "'"$STATE"'/job.args") $agents"
+      rc=$?
+      [ "${SERVED:-0}" = 1 ] && bash scripts/device/serve.sh stop
+      echo $rc > "'"$STATE"'/job.rc"' > "$STATE/job.log" 2>&1 < /dev/null &
     echo "started pid $!; log $STATE/job.log"
     ;;
   wait)
