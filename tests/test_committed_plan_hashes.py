@@ -2,9 +2,11 @@
 experiments/study-spider.yaml, parsed as `matsql rollout` parses it (`config_from_argv`), hashes to
 the config hash in the header of its committed file under results/study-spider.
 
-The committed runs were made on the lent machine from /root/matsql/repo: absolute paths in the
-headers (adapters, --planner-from) are read as this checkout's before hashing, and the team digest
-is recomputed from the header's agents with those paths, as `Team.digest` computes it."""
+The committed runs were made on the lent machine from /root/matsql/repo, when headers recorded
+absolute paths: those (adapters, --planner-from) are read relative to the checkout, as `matsql
+rollout` now records paths inside its working directory, and the team digest is recomputed from
+the header's agents with those paths, as `Team.digest` computes it. The plan's commands are parsed
+from the checkout's root, as `experiment run` runs them."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ DEVICE_ROOT = "/root/matsql/repo"  # where the committed study ran (its headers'
 
 def _here(value: Any) -> Any:
     if isinstance(value, str):
-        return value.replace(DEVICE_ROOT, str(ROOT))
+        return value.replace(DEVICE_ROOT + "/", "")
     if isinstance(value, dict):
         return {k: _here(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -54,7 +56,8 @@ def _header_config_here(path: Path) -> RolloutConfig:
     )
 
 
-def test_the_study_plans_rollout_commands_hash_as_the_committed_headers() -> None:
+def test_the_study_plans_rollout_commands_hash_as_the_committed_headers(monkeypatch) -> None:
+    monkeypatch.chdir(ROOT)
     plan = load_plan(STUDY, base_dir=ROOT)
     checked, sampled = 0, []
     for name, stage in plan.stages.items():
@@ -103,3 +106,25 @@ def test_config_from_argv_reads_the_commands_options(tmp_path: Path) -> None:
     assert adapted.team_digest != cfg.team_digest
     with pytest.raises(ValueError, match="not a rollout command line"):
         config_from_argv(["--benchmark", "minibench", "--out", "x"])  # no --agents
+
+
+def test_paths_inside_the_working_directory_hash_as_relative_ones(tmp_path: Path, monkeypatch) -> None:
+    """A plan passes absolute paths; inside the working directory the header records them relative
+    to it, so the run hashes alike from any checkout location and its header names no machine root.
+    Paths outside it stay as given (a relative form would point elsewhere)."""
+    agents = tmp_path / "agents.yaml"
+    agents.write_text("agents:\n  planner: {backend: echo}\n  val-sel: {backend: echo}\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    base = ["rollout", "--benchmark", "minibench", "--agents", str(agents), "--out", "x"]
+
+    def cfg(adapter: str, planner: str):
+        return config_from_argv([*base, "--adapter", f"val-sel={adapter}", "--planner-from", planner])
+
+    absolute = cfg(str(tmp_path / "runs" / "sft-val-sel"), str(tmp_path / "runs" / "p.jsonl"))
+    relative = cfg("runs/sft-val-sel", "runs/p.jsonl")
+    assert absolute.planner_from == "runs/p.jsonl"
+    assert absolute.digest() == relative.digest() and absolute.team_digest == relative.team_digest
+    outside = cfg("/elsewhere/sft-val-sel", "/elsewhere/p.jsonl")
+    assert outside.planner_from == "/elsewhere/p.jsonl" and outside.team_digest != relative.team_digest
+    with pytest.raises(ValueError, match="AGENT=PATH"):
+        config_from_argv([*base, "--adapter", "val-sel"])  # still refused, not read as no adapter

@@ -52,6 +52,20 @@ def portable_path(path: str | os.PathLike[str], base: str | os.PathLike[str] | N
     return Path(*p.parts[-2:]).as_posix()
 
 
+def relative_to_cwd(path: str | os.PathLike[str]) -> str:
+    """``path`` relative to the working directory when it lies inside it, else as given: the
+    same file from the same place, written without the machine's root. Run headers record
+    paths this way, so a run's config hash and the committed header hold no absolute path when
+    its inputs sit inside the checkout it ran from (lossless, unlike :func:`portable_path`)."""
+    p = Path(path)
+    if not p.is_absolute():
+        return p.as_posix()
+    try:
+        return Path(os.path.normpath(p)).relative_to(Path.cwd().absolute()).as_posix() or "."
+    except ValueError:
+        return str(path)
+
+
 _ABS = re.compile(r"(?<![\w.~$-])/(?:root|tmp|home|work|scratch|mnt|Users)(?:/[^\s\"'`,;:()\[\]{}<>|]*)?")
 
 

@@ -119,14 +119,23 @@ def _config(
     fixer_temperature, validators, planner_from, seed, batch_questions, limit, sample, offset, parts, part,
     parts_seed, shard, data, missing, exec_timeout, schema_style, **_: Any,
 ) -> tuple[RolloutConfig, Team]:  # fmt: skip
-    """The config (what the header records, its hash) and the team of a rollout's options."""
+    """The config (what the header records, its hash) and the team of a rollout's options.
+    Paths inside the working directory are recorded relative to it (``relative_to_cwd``): a
+    plan's absolute paths under the checkout hash alike on every machine, and its committed
+    headers name no machine's root."""
+    from matsql.evaluate.portable import relative_to_cwd
     from matsql.rollout.config import RolloutConfig
     from matsql.team import apply_adapters, load_team
 
+    def portable_override(item: str) -> str:  # AGENT=PATH; a malformed one is apply_adapters' to refuse
+        name, sep, path = item.partition("=")
+        return f"{name}={relative_to_cwd(path)}" if sep and path else item
+
+    adapters = [portable_override(a) for a in adapters]
     team = apply_adapters(load_team(agents), adapters)
     cfg = RolloutConfig(
         benchmark=benchmark,
-        data=str(data) if data else None,
+        data=relative_to_cwd(data) if data else None,
         k=k,
         temperature=temperature,
         greedy_first=greedy_first,
@@ -147,7 +156,7 @@ def _config(
         shard=_parse_shard(shard),
         missing=missing,
         exec_timeout_s=exec_timeout,
-        planner_from=str(planner_from) if planner_from else None,
+        planner_from=relative_to_cwd(planner_from) if planner_from else None,
         team_digest=team.digest(),
         schema_style=schema_style,
     )
