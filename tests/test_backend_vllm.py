@@ -460,3 +460,115 @@ def test_a_second_base_model_after_an_engine_started_is_refused(
             registry.make_backend(cfg | {"model": str(small), "memory_weight": 0}, agent="val-cond")
     finally:
         registry.clear_engines()
+
+
+# ------------------------------------------------------------------ lora_mode: swap
+
+
+def _peft_adapter(model_dir: Path, out: Path, seed: int, targets: list[str]) -> Path:
+    """A saved PEFT LoRA on the tiny model with random A and B (B is zero in a fresh one)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=0.0))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.1)
+    peft.save_pretrained(str(out))
+    return out
+
+
+def test_merged_weights_equal_what_peft_merges(tiny_chat_model_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("peft")
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from matsql.backends.vllm_local import merged_weights, read_weights
+
+    adapter = _peft_adapter(tiny_chat_model_dir, tmp_path / "a", 1, ["q_proj", "v_proj", "down_proj"])
+    base_model = AutoModelForCausalLM.from_pretrained(str(tiny_chat_model_dir), dtype=torch.float32)
+    want = PeftModel.from_pretrained(base_model, str(adapter)).merge_and_unload().state_dict()
+    names = {n for n in want if n.endswith((".q_proj.weight", ".v_proj.weight", ".down_proj.weight"))}
+    base = read_weights(tiny_chat_model_dir, names, "cpu")
+    got = merged_weights(base, adapter)
+    assert set(got) == names  # the targeted weights only
+    for n in names:
+        assert not torch.equal(got[n], base[n]), n
+        torch.testing.assert_close(got[n], want[n], rtol=1e-5, atol=1e-6)
+
+
+@dataclass
+class SwapFakeLLM(FakeLLM):
+    """The fake with swap mode's two engine calls, recording the weights it was given."""
+
+    loads: list[dict[str, Any]] = field(default_factory=list)
+    resets: int = 0
+
+    def load_weights(self, weights: list[tuple[str, Any]]) -> None:
+        self.loads.append(dict(weights))
+
+    def reset_prefix_cache(self) -> None:
+        self.resets += 1
+
+
+def test_swap_mode_merges_each_adapter_in_before_its_calls(tiny_chat_model_dir: Path, tmp_path: Path) -> None:
+    """lora_mode: swap starts the engine without LoRA (CUDA graphs allowed), sends no
+    LoRARequest, and loads merged weights only when a call's adapter differs from the loaded
+    one; back to the base model, every weight an adapter touched is restored."""
+    pytest.importorskip("peft")
+    import torch
+    from transformers import AutoTokenizer
+
+    from matsql.backends.vllm_local import merged_weights, read_weights
+
+    a = _peft_adapter(tiny_chat_model_dir, tmp_path / "a", 1, ["q_proj", "v_proj"])
+    b = _peft_adapter(tiny_chat_model_dir, tmp_path / "b", 2, ["o_proj"])
+    tok = AutoTokenizer.from_pretrained(str(tiny_chat_model_dir))
+    vocab = [i for t, i in tok.get_vocab().items() if t.isalpha()][:50]
+    eng = VLLMEngine(tiny_chat_model_dir, tok, "tiny", EngineSettings(max_model_len=512, lora_mode="swap"))
+    eng.llm_factory = lambda **kw: SwapFakeLLM(vocab, eng.stop_ids[0], kw)
+    ba, bb, base = VLLMBackend(eng, a), VLLMBackend(eng, b), VLLMBackend(eng)
+    for backend in (ba, ba, bb, base, ba):
+        backend.generate(PROMPTS[:1], max_tokens=4)
+    llm = eng.llm
+    assert "enable_lora" not in llm.kwargs and llm.kwargs["enforce_eager"] is False
+    assert all(c["lora"] is None for c in llm.calls) and len(llm.calls) == 5
+    assert len(llm.loads) == 4 and llm.resets == 4  # a, b, base, a: none for the repeated call
+    names = {n for n in llm.loads[0]}
+    base_w = read_weights(tiny_chat_model_dir, names, "cpu")
+    assert all(set(load) == names for load in llm.loads)  # every touched weight, every time
+    for n in names:
+        want_a = merged_weights(base_w, a).get(n, base_w[n])
+        want_b = merged_weights(base_w, b).get(n, base_w[n])
+        assert torch.equal(llm.loads[0][n], want_a) and torch.equal(llm.loads[3][n], want_a)
+        assert torch.equal(llm.loads[1][n], want_b)
+        assert torch.equal(llm.loads[2][n], base_w[n])
+
+
+def test_swap_mode_refuses_what_it_cannot_merge(tmp_path: Path, tiny_chat_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_chat_model_dir))
+    with pytest.raises(ValueError, match="lora_mode 'merge'"):
+        EngineSettings(lora_mode="merge")
+    eng = VLLMEngine(tiny_chat_model_dir, tok, "tiny", EngineSettings(lora_mode="swap"))
+    with pytest.raises(FileNotFoundError, match=r"adapter_model\.safetensors"):
+        eng.add_adapter(make_adapter(tmp_path / "no-weights", 8))
+    dora = make_adapter(tmp_path / "dora", 8)
+    (dora / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "use_dora": True}))
+    from matsql.backends.vllm_local import merged_weights
+
+    with pytest.raises(ValueError, match="use_dora"):
+        merged_weights({}, dora)
+
+
+def test_registry_passes_lora_mode() -> None:
+    cfg = registry.VLLMConfig.model_validate({"backend": "vllm", "model": "m", "lora_mode": "swap"})
+    assert cfg.lora_mode == "swap"
+    with pytest.raises(ValueError):
+        registry.VLLMConfig.model_validate({"backend": "vllm", "model": "m", "lora_mode": "merge"})

@@ -2,7 +2,8 @@
 # The vLLM checks the next lease owes issue 15 (results/vllm/README.md), in one call after
 # `setup.sh join`, from the repository snapshot with scripts/device/env.sh sourced:
 #   bash scripts/device/vllm_checks.sh OUT_DIR [STEP ...]   # steps: lora_graphs parity_fp32 parity_bf16
-#     bench512 bench512_s512 bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train served (default: all)
+#     bench512 bench512_s512 bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train lora_request
+#     lora_swap served (default: all)
 # A call is limited to 600 s: session 7 sent two calls of two or three steps each.
 # 1. LoRA with CUDA graphs on the V1 model runner after a graphs engine without LoRA has warmed the
 #    compile cache (session 8: as the first engine it gave no result in 200 s), beside eager LoRA;
@@ -14,13 +15,13 @@
 # 4. do seeded samples repeat across two processes: engine core in process (matsql's default),
 #    in its own process, and in its own process with batch-invariant kernels (repeat_*).
 # Next lease (session 10 measured bench512, bench512_mp, repeat_mp and train's committed and no-ckpt
-# variants): served (one vllm serve for the lease against an engine per stage), bench512_s512, then
-# train's no-ckpt-bs32-bylen and no-ckpt-bs16 variants.
+# variants): lora_request lora_swap served (LoRA per request, swapped in, one vllm serve), bench512_s512,
+# then train's no-ckpt-bs32-bylen and no-ckpt-bs16 variants.
 # Each step has its own time limit, so a hang costs that step only.
 set -uo pipefail
 out=${1:?usage: vllm_checks.sh OUT_DIR [STEP ...]}
 shift
-want=" ${*:-lora_graphs parity_fp32 parity_bf16 bench512 bench512_s512 bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train served} "
+want=" ${*:-lora_graphs parity_fp32 parity_bf16 bench512 bench512_s512 bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train lora_request lora_swap served} "
 mkdir -p "$out"
 export VLLM_ENABLE_V1_MULTIPROCESSING=0
 free_gpu() { nvidia-smi --query-compute-apps=pid --format=csv,noheader | xargs -r kill -9; sleep 1; }
@@ -65,38 +66,37 @@ repeat repeat_mpbi VLLM_ENABLE_V1_MULTIPROCESSING=1 VLLM_BATCH_INVARIANT=1
 # ORPO: committed and 16 x 1. No held-out evaluation (the same for every variant; 10 steps each)
 step train 450 benchmarks/bench_train.py --steps 10 --variants committed,no-ckpt-bs32-bylen,no-ckpt-bs16 \
   --set 'data.eval_sources=[]' --json "$out/train.json" --work /root/matsql/bench-train
-# 5. one served engine per lease (serve.sh, experiments/agents/qwen0.5b-served.yaml): two planner
-#    stages as a plan runs them (512 spider-dev questions, K=8, each with its own random adapter),
-#    first in process (an engine start per stage), then against one server started once (adapters
-#    loaded at run time): wall time per stage process, and the server's start
-served() {
-  [[ "$want" == *" served "* ]] || return 0
-  local t0 i how agents
-  python3 -c "
+# 5. LoRA three ways, two planner stages each as a plan runs them (512 spider-dev questions, K=8,
+#    each stage with its own random adapter): in process with a LoRARequest per call (eager), in
+#    process with the adapter merged into the weights (lora_mode: swap, CUDA graphs), and against
+#    one server started once (serve.sh, adapters loaded at run time): wall time per stage process
+lora_stages() {  # lora_stages STEP AGENTS [serve]: two planner stages, each with its own random adapter
+  local name=$1 agents=$2 t0 i
+  [[ "$want" == *" $name "* ]] || return 0
+  [[ -d /root/matsql/served-lora/r8-2 ]] || python3 -c "
 import sys; from pathlib import Path; sys.path.insert(0, 'benchmarks')
 from vllm_parity import random_adapter; from matsql.models.loading import dense_folder
 f = dense_folder('qwen2.5-coder-0.5b-instruct')[0]
 for i in (1, 2): random_adapter(f, Path('/root/matsql/served-lora/r8-%d' % i), seed=i)
-" > "$out/served-adapters.log" 2>&1 || { echo "served: adapters failed"; return 0; }
-  for how in inproc served; do
-    agents=experiments/agents/qwen0.5b-vllm.yaml
-    if [[ $how == served ]]; then
-      agents=experiments/agents/qwen0.5b-served.yaml; t0=$SECONDS
-      timeout 300 bash scripts/device/serve.sh start 0.8 > "$out/served-start.log" 2>&1
-      echo "served: server start rc $? in $((SECONDS - t0)) s"
-    fi
-    for i in 1 2; do
-      t0=$SECONDS
-      timeout 240 python3 -m matsql.cli rollout --benchmark spider-dev --agents $agents \
-        --adapter planner=/root/matsql/served-lora/r8-$i --k 8 --greedy-first --temperature 1.0 \
-        --batch-questions 256 --gate never --validators "" --limit 512 --ex spider \
-        --out "$out/served-$how-$i.jsonl" > "$out/served-$how-$i.log" 2>&1
-      echo "served: $how stage $i rc $? in $((SECONDS - t0)) s"
-    done
-    [[ $how == served ]] && bash scripts/device/serve.sh stop
-    free_gpu
+" > "$out/lora-adapters.log" 2>&1 || { echo "$name: adapters failed"; return 0; }
+  if [[ ${3:-} == serve ]]; then
+    t0=$SECONDS
+    timeout 300 bash scripts/device/serve.sh start 0.8 > "$out/$name-start.log" 2>&1
+    echo "$name: server start rc $? in $((SECONDS - t0)) s"
+  fi
+  for i in 1 2; do
+    t0=$SECONDS
+    timeout 240 python3 -m matsql.cli rollout --benchmark spider-dev --agents "$agents" \
+      --adapter planner=/root/matsql/served-lora/r8-$i --k 8 --greedy-first --temperature 1.0 \
+      --batch-questions 256 --gate never --validators "" --limit 512 --ex spider \
+      --out "$out/$name-$i.jsonl" > "$out/$name-$i.log" 2>&1
+    echo "$name: stage $i rc $? in $((SECONDS - t0)) s"
   done
-  gzip -f "$out"/served-*.jsonl
+  [[ ${3:-} == serve ]] && bash scripts/device/serve.sh stop
+  free_gpu
+  gzip -f "$out/$name"-*.jsonl 2>/dev/null || true
 }
-served
+lora_stages lora_request experiments/agents/qwen0.5b-vllm.yaml
+lora_stages lora_swap experiments/agents/qwen0.5b-vllm-swap.yaml
+lora_stages served experiments/agents/qwen0.5b-served.yaml serve
 for f in "$out"/*.log; do echo "== $f"; grep -E "^(lora|base|greedy|sampled|sft|orpo|  )|Error|rc " "$f" | tail -n 8; done

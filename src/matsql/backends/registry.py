@@ -80,6 +80,9 @@ class VLLMConfig(_Cfg):
     max_lora_rank: int | None = None
     # this model's part of the process's vLLM memory beside engines of other base models
     memory_weight: float = Field(default=1.0, gt=0)
+    # request: a LoRARequest per call (vLLM's LoRA kernels, eager); swap: the adapter merged into
+    # the weights before a call that needs it (CUDA graphs, base-model speed); see vllm_local
+    lora_mode: Literal["request", "swap"] = "request"
 
 
 _engines: dict[tuple[str, str, str], Any] = {}

@@ -35,6 +35,16 @@ Measured on the lent H100 (``results/vllm/README.md``), and why two settings are
   0.26.0, V2 model runner); in eager mode it started in seconds. ``enforce_eager=None`` (the
   default) therefore runs eagerly exactly when adapters are registered.
 
+LoRA two ways (``lora_mode``). ``request`` (the default): vLLM's LoRA kernels, an adapter per
+request, several adapters in one batch; eager, per the hang above, which costs the engine 0.68x
+its base rate (session 8). ``swap``: no LoRA in the engine, which keeps CUDA graphs; before a call
+whose adapter differs from the one loaded, the engine loads the base weights with that adapter
+merged in (``W + scale * B @ A`` for each targeted Linear, :func:`merged_weights`) through
+``model.load_weights`` and clears the prefix cache, so a call runs at the base model's speed.
+Calls hold the engine's lock, so agents on one engine take turns; a swap loads ~1 GB for the
+0.5B model's seven projections. Merged bf16 weights round differently from LoRA computed on the
+side, so the two modes' tokens can part the way two kernels' do.
+
 Models load from a dense safetensors folder (``matsql.models.dense_folder``): a GGUF is
 dequantized once per machine and cached, so later stages load in seconds.
 """
@@ -66,6 +76,7 @@ from matsql.backends.chat import (
 log = logging.getLogger(__name__)
 
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM 0.26 accepts as max_lora_rank
+LORA_MODES = ("request", "swap")
 SEED_BITS = 62  # vLLM seeds sample i with seed + i: keep the sum inside a signed 64-bit int
 
 
@@ -83,6 +94,11 @@ class EngineSettings:
     max_loras: int | None = None  # default: the number of registered adapters
     max_lora_rank: int | None = None  # default: the smallest accepted rank >= every adapter's
     memory_weight: float = 1.0  # part of the process's vLLM memory beside other models' engines
+    lora_mode: str = "request"  # request: LoRARequest per call; swap: merged weights (module doc)
+
+    def __post_init__(self) -> None:
+        if self.lora_mode not in LORA_MODES:
+            raise ValueError(f"lora_mode {self.lora_mode!r}: expected one of {', '.join(LORA_MODES)}")
 
 
 @dataclass(frozen=True)
@@ -135,6 +151,83 @@ def adapter_rank(path: str | os.PathLike[str]) -> int:
     if data.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"{cfg}: peft_type {data.get('peft_type')!r}; vLLM serves only LORA adapters")
     return r
+
+
+def _lora_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    cfg = Path(path) / "adapter_config.json"
+    data = json.loads(cfg.read_text(encoding="utf-8"))
+    for key, bad in (("use_dora", True), ("fan_in_fan_out", True)):
+        if data.get(key) == bad:
+            raise ValueError(
+                f"{cfg}: {key}: true cannot be merged by lora_mode: swap; use lora_mode: request"
+            )
+    if data.get("modules_to_save"):
+        raise ValueError(
+            f"{cfg}: modules_to_save {data['modules_to_save']} cannot be swapped in; use lora_mode: request"
+        )
+    return data
+
+
+def lora_targets(path: str | os.PathLike[str]) -> dict[str, tuple[str, str]]:
+    """Base weight name -> (its lora_A key, its lora_B key) in a PEFT adapter's safetensors."""
+    from safetensors import safe_open
+
+    f = Path(path) / "adapter_model.safetensors"
+    if not f.is_file():
+        raise FileNotFoundError(f"{f}: lora_mode: swap reads the adapter's safetensors weights")
+    with safe_open(str(f), framework="pt") as st:
+        keys = list(st.keys())
+    out = {}
+    for key in keys:
+        if key.endswith(".lora_A.weight"):
+            module = key.removesuffix(".lora_A.weight")
+            b = f"{module}.lora_B.weight"
+            if b not in keys:
+                raise ValueError(f"{f}: {key} has no {b}")
+            out[module.removeprefix("base_model.model.") + ".weight"] = (key, b)
+    if not out:
+        raise ValueError(f"{f}: no LoRA weights (keys ending in .lora_A.weight)")
+    return out
+
+
+def merged_weights(base: dict[str, Any], adapter: str | os.PathLike[str]) -> dict[str, Any]:
+    """The base weights an adapter targets, with it merged in: ``W + scale * B @ A`` computed in
+    float32 and cast back to each weight's dtype and device (pure: ``base`` is not changed).
+    ``scale`` is ``lora_alpha / r`` (``/ sqrt(r)`` with ``use_rslora``), as PEFT merges it."""
+    import math
+
+    import torch
+    from safetensors import safe_open
+
+    cfg = _lora_config(adapter)
+    r = int(cfg["r"])
+    scale = float(cfg.get("lora_alpha", r)) / (math.sqrt(r) if cfg.get("use_rslora") else r)
+    targets = lora_targets(adapter)
+    out = {}
+    with safe_open(str(Path(adapter) / "adapter_model.safetensors"), framework="pt") as st:
+        for name, (ka, kb) in targets.items():
+            if name not in base:
+                raise KeyError(f"{adapter}: {ka} targets {name}, which the base model does not have")
+            w = base[name]
+            a = st.get_tensor(ka).to(w.device, dtype=torch.float32)
+            b = st.get_tensor(kb).to(w.device, dtype=torch.float32)
+            out[name] = (w.to(torch.float32) + scale * (b @ a)).to(w.dtype)
+    return out
+
+
+def read_weights(model_dir: str | os.PathLike[str], names: set[str], device: str) -> dict[str, Any]:
+    """The named tensors of a dense safetensors folder, on ``device``."""
+    from safetensors import safe_open
+
+    out: dict[str, Any] = {}
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(f), framework="pt", device=device) as st:
+            for key in set(st.keys()) & (names - out.keys()):
+                out[key] = st.get_tensor(key)
+    missing = names - out.keys()
+    if missing:
+        raise KeyError(f"{model_dir}: no weights {sorted(missing)[:3]} (named by an adapter)")
+    return out
 
 
 def lora_capacity(ranks: Sequence[int], settings: EngineSettings) -> tuple[int, int]:
@@ -226,6 +319,13 @@ class OfflineLLM:
             lora_request=req,
         )
 
+    def load_weights(self, weights: list[tuple[str, Any]]) -> None:
+        """Copy HF-named weights into the running model (in place: CUDA graphs stay valid)."""
+        self.llm.apply_model(lambda model: model.load_weights(weights))
+
+    def reset_prefix_cache(self) -> None:
+        self.llm.reset_prefix_cache()
+
 
 @dataclass
 class VLLMEngine:
@@ -242,6 +342,8 @@ class VLLMEngine:
     # this engine's part of the process's vLLM memory where the process runs engines for several
     # base models (the registry sets it from their memory_weight); 1: the engine is alone
     process_fraction: float = 1.0
+    _base: dict[str, Any] = field(default_factory=dict)  # swap mode: base weights adapters target
+    _loaded: str | None = None  # swap mode: the adapter merged into the engine's weights (None: base)
 
     def __post_init__(self) -> None:
         self.lock = threading.RLock()
@@ -262,7 +364,9 @@ class VLLMEngine:
             if p in self.adapters:
                 return self.adapters[p]
             rank = adapter_rank(p)
-            if self._llm is not None:
+            if self.settings.lora_mode == "swap":
+                lora_targets(p)  # fail now, not at the first call: the folder can be swapped in
+            elif self._llm is not None:
                 max_rank, max_loras = self._lora or (0, 0)
                 if rank > max_rank or len(self.adapters) + 1 > max_loras:
                     raise RuntimeError(
@@ -291,12 +395,14 @@ class VLLMEngine:
             "gpu_memory_utilization": vllm_memory_utilization(s.gpu_memory_utilization, memory_share),
             "max_model_len": s.max_model_len,
             "max_num_seqs": s.max_num_seqs,
-            "enforce_eager": bool(s.enforce_eager) if s.enforce_eager is not None else bool(self.adapters),
+            "enforce_eager": bool(s.enforce_eager)
+            if s.enforce_eager is not None
+            else bool(self.adapters) and s.lora_mode == "request",
             "generation_config": "vllm",
         }
         if s.max_num_batched_tokens:
             kw["max_num_batched_tokens"] = s.max_num_batched_tokens
-        if self.adapters:
+        if self.adapters and s.lora_mode == "request":
             rank, loras = lora_capacity([a.rank for a in self.adapters.values()], s)
             kw |= {"enable_lora": True, "max_lora_rank": rank, "max_loras": loras}
         return kw
@@ -340,6 +446,33 @@ class VLLMEngine:
                 log.info("vLLM engine on %s started in %.1f s", self.model_dir, time.perf_counter() - t0)
             return self._llm
 
+    def _swap_in(self, llm: Any, adapter: Adapter | None) -> None:
+        """Swap mode: make the engine's weights the base model's with ``adapter`` merged in (with
+        none: the base model's), unless they are already. Every targeted weight of every
+        registered adapter is written, so nothing of an earlier adapter stays behind."""
+        want = adapter.path if adapter else None
+        if want == self._loaded:
+            return
+        import torch
+
+        t0 = time.perf_counter()
+        names = set().union(*(lora_targets(a.path) for a in self.adapters.values()))
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if names - self._base.keys():
+            self._base |= read_weights(self.model_dir, names - self._base.keys(), device)
+        weights = {n: self._base[n] for n in names}
+        if adapter is not None:
+            weights |= merged_weights(weights, adapter.path)
+        llm.load_weights(list(weights.items()))
+        llm.reset_prefix_cache()  # cached blocks were computed with the other weights
+        self._loaded = want
+        log.info(
+            "swapped in %s (%d weights) in %.2f s",
+            want or "the base model",
+            len(weights),
+            time.perf_counter() - t0,
+        )
+
     def generate_texts(
         self,
         texts: Sequence[str],
@@ -373,6 +506,9 @@ class VLLMEngine:
         )
         llm = self.llm
         with self.lock:
+            if self.settings.lora_mode == "swap":
+                self._swap_in(llm, adapter)
+                adapter = None
             outs = llm.generate(prompts, params, use_tqdm=False, lora_request=adapter)
         greedy = temperature <= 0
         result: list[list[str]] = []
