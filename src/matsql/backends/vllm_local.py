@@ -457,7 +457,7 @@ class VLLMEngine:
 
         t0 = time.perf_counter()
         names = set().union(*(lora_targets(a.path) for a in self.adapters.values()))
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"  # the in-process engine's card
         if names - self._base.keys():
             self._base |= read_weights(self.model_dir, names - self._base.keys(), device)
         weights = {n: self._base[n] for n in names}
