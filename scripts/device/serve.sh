@@ -8,6 +8,7 @@
 set -euo pipefail
 . scripts/device/env.sh
 port=${MATSQL_SERVE_PORT:-8000}
+mkdir -p "$MATSQL_STATE"
 case ${1:?usage: serve.sh start [GPU_FRACTION] | stop} in
 start)
   frac=${2:-0.45}
@@ -27,6 +28,6 @@ start)
   done
   echo "serve: not up after $((SECONDS - t0)) s"; tail -n 40 "$MATSQL_STATE/serve.log"; exit 1 ;;
 stop)
-  kill "$(cat "$MATSQL_STATE/serve.pid")" 2>/dev/null || true; rm -f "$MATSQL_STATE/serve.pid" ;;
+  kill "$(cat "$MATSQL_STATE/serve.pid" 2>/dev/null)" 2>/dev/null || true; rm -f "$MATSQL_STATE/serve.pid" ;;
 *) echo "usage: serve.sh start [GPU_FRACTION] | stop"; exit 2 ;;
 esac
