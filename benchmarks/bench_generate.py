@@ -68,14 +68,17 @@ def budgets(agents: Path, scale: float) -> dict[str, int]:
 
 
 def run_backend(backend: Any, work: dict[str, list[Any]], k: int, budget: dict[str, int], seed: int) -> dict:
+    """``backend``: one for every stage, or ``{stage: backend}`` (a team's agents, e.g. two
+    adapters on one engine)."""
     out = {}
     for stage, prompts in work.items():
         n = k if stage == "planner" else 1
-        backend.stats.__init__()
+        b = backend[stage] if isinstance(backend, dict) else backend
+        b.stats.__init__()
         t0 = time.perf_counter()
-        backend.generate(prompts, n=n, temperature=1.0, max_tokens=budget[stage], seed=seed)
+        b.generate(prompts, n=n, temperature=1.0, max_tokens=budget[stage], seed=seed)
         dt = time.perf_counter() - t0
-        out[stage] = {"seconds": dt, "rows": len(prompts) * n, "new_tokens": backend.stats.completion_tokens}
+        out[stage] = {"seconds": dt, "rows": len(prompts) * n, "new_tokens": b.stats.completion_tokens}
     return out
 
 
@@ -119,6 +122,18 @@ def run_plain(
             torch.cuda.synchronize()
         out[stage] = {"seconds": time.perf_counter() - t0, "rows": len(texts) * n, "new_tokens": new}
     return out
+
+
+def random_adapters(model_dir: Path) -> list[str]:
+    """Two random rank-8 adapters on all seven projections (vllm_parity.random_adapter)."""
+    import sys
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from vllm_parity import random_adapter
+
+    root = Path(tempfile.mkdtemp(prefix="bench-lora-"))
+    return [str(random_adapter(model_dir, root / f"r8-{i}", seed=i)) for i in (1, 2)]
 
 
 def _release_cuda() -> None:
@@ -167,6 +182,19 @@ def main() -> None:
         help="questions for the transformers paths (default --questions): they decode in fixed "
         "batches of --batch-size rows, so their tokens/s does not grow with the workload, and a "
         "prefix of it measures them in less GPU time",
+    )
+    ap.add_argument(
+        "--lora-mode",
+        default="none",
+        choices=["none", "request", "swap"],
+        help="vLLM path: the planner with one adapter and the validators with another (--adapters), "
+        "as LoRARequests (request) or merged into the weights (swap); none: the base model",
+    )
+    ap.add_argument(
+        "--adapters",
+        default=None,
+        help="PLANNER_DIR,VALIDATOR_DIR for --lora-mode (default: two random rank-8 adapters, "
+        "benchmarks/vllm_parity.py's)",
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the results to this file")
@@ -219,9 +247,16 @@ def main() -> None:
             gpu_memory_utilization=args.gpu_memory_utilization,
             max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens,
+            lora_mode="request" if args.lora_mode == "none" else args.lora_mode,
         )
-        vb = VLLMBackend(VLLMEngine(folder, load_tokenizer(folder), f"{args.model}|{digest[:16]}", settings))
-        _ = vb.engine.llm
+        engine = VLLMEngine(folder, load_tokenizer(folder), f"{args.model}|{digest[:16]}", settings)
+        vb: Any = VLLMBackend(engine)
+        if args.lora_mode != "none":
+            ads = args.adapters.split(",") if args.adapters else random_adapters(folder)
+            res["adapters"] = ads
+            vb = {"planner": VLLMBackend(engine, ads[0]), "validators": VLLMBackend(engine, ads[-1])}
+        res["lora_mode"] = args.lora_mode
+        _ = engine.llm
         res["vllm_start_s"] = time.perf_counter() - t0
         # "0": the engine core in this process (matsql's default, for repeatable seeds)
         res["vllm_multiprocessing"] = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")

@@ -2,7 +2,7 @@
 # The vLLM checks the next lease owes issue 15 (results/vllm/README.md), in one call after
 # `setup.sh join`, from the repository snapshot with scripts/device/env.sh sourced:
 #   bash scripts/device/vllm_checks.sh OUT_DIR [STEP ...]   # steps: lora_graphs parity_fp32 parity_bf16
-#     bench512 bench512_s512 bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train lora_request
+#     bench512 bench512_s512 lora_modes bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train lora_request
 #     lora_swap served (default: all)
 # A call is limited to 600 s: session 7 sent two calls of two or three steps each.
 # 1. LoRA with CUDA graphs on the V1 model runner after a graphs engine without LoRA has warmed the
@@ -15,13 +15,13 @@
 # 4. do seeded samples repeat across two processes: engine core in process (matsql's default),
 #    in its own process, and in its own process with batch-invariant kernels (repeat_*).
 # Next lease (session 10 measured bench512, bench512_mp, repeat_mp and train's committed and no-ckpt
-# variants): lora_request lora_swap served (LoRA per request, swapped in, one vllm serve), bench512_s512,
+# variants): lora_modes (LoRA per request against swapped in), served (one vllm serve), bench512_s512,
 # then train's no-ckpt-bs32-bylen and no-ckpt-bs16 variants.
 # Each step has its own time limit, so a hang costs that step only.
 set -uo pipefail
 out=${1:?usage: vllm_checks.sh OUT_DIR [STEP ...]}
 shift
-want=" ${*:-lora_graphs parity_fp32 parity_bf16 bench512 bench512_s512 bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train lora_request lora_swap served} "
+want=" ${*:-lora_graphs parity_fp32 parity_bf16 bench512 bench512_s512 lora_modes bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train lora_request lora_swap served} "
 mkdir -p "$out"
 export VLLM_ENABLE_V1_MULTIPROCESSING=0
 free_gpu() { nvidia-smi --query-compute-apps=pid --format=csv,noheader | xargs -r kill -9; sleep 1; }
@@ -45,6 +45,9 @@ VLLM_ENABLE_V1_MULTIPROCESSING=1 step bench512_mp 200 benchmarks/bench_generate.
 # (max_cudagraph_capture_size 512 in session 10's log): above it decode steps run without graphs
 step bench512_s512 200 benchmarks/bench_generate.py --questions 512 --max-num-seqs 512 \
   --gpu-memory-utilization 0.8 --paths vllm --json "$out/bench512_s512.json"
+# LoRA per request (eager) against LoRA merged into the weights (swap, CUDA graphs) and the base
+# model: three engines, one process each, same workload and adapters (benchmarks/bench_lora_modes.py)
+step lora_modes 560 benchmarks/bench_lora_modes.py --questions 512 --max-num-seqs 512 --json "$out/lora-modes.json"
 # vLLM's batch-invariant kernels (VLLM_BATCH_INVARIANT=1, Hopper): results independent of what
 # else is in the batch, so seeds would repeat with the engine core in its own process too
 VLLM_ENABLE_V1_MULTIPROCESSING=1 VLLM_BATCH_INVARIANT=1 step bench512_mpbi 200 benchmarks/bench_generate.py \

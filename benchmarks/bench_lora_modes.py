@@ -1,0 +1,79 @@
+"""LoRA on the vllm backend, three ways side by side in one run (issue 15: "LoRA adapters per
+request or merged checkpoints, whichever measures faster"): the base model (no adapter), the
+planner and validators each with their own adapter as vLLM LoRARequests (``lora_mode: request``,
+eager), and the same adapters merged into the weights before each stage's calls
+(``lora_mode: swap``, CUDA graphs). Each way runs ``bench_generate.py --paths vllm`` in its own
+process (a fresh engine on an empty card), on the same workload and adapters.
+
+    python benchmarks/bench_lora_modes.py --questions 512 --json lora-modes.json   # GPU
+
+Prints kept new tokens/s per way and stage, each way's engine start, and the ratios
+request/base, swap/base and swap/request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from matsql.evaluate.portable import portable_text
+
+HERE = Path(__file__).resolve().parent
+MODES = ("none", "request", "swap")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--questions", type=int, default=512)
+    ap.add_argument("--max-num-seqs", type=int, default=512)
+    ap.add_argument("--gpu-memory-utilization", type=float, default=0.8)
+    ap.add_argument("--adapters", default=None, help="PLANNER_DIR,VALIDATOR_DIR (default: two random ones)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-lora-modes-"))
+    adapters = args.adapters
+    res: dict = {"args": vars(args), "modes": {}}
+    for mode in MODES:
+        out = work / f"{mode}.json"
+        cmd = [
+            sys.executable, str(HERE / "bench_generate.py"), "--paths", "vllm", "--questions", str(args.questions),
+            "--max-num-seqs", str(args.max_num_seqs), "--gpu-memory-utilization", str(args.gpu_memory_utilization),
+            "--lora-mode", mode, "--json", str(out),
+        ]  # fmt: skip
+        if mode != "none" and adapters:
+            cmd += ["--adapters", adapters]
+        rc = subprocess.call(cmd)
+        if rc or not out.is_file():
+            res["modes"][mode] = {"error": f"bench_generate exited {rc}"}
+            print(f"{mode}: failed (rc {rc})", flush=True)
+            continue
+        r = json.loads(out.read_text())
+        if mode != "none" and not adapters:
+            adapters = ",".join(r["adapters"])  # the next mode takes the same random adapters
+        res["modes"][mode] = {"total": r["vllm_total"], "stages": r["vllm"], "start_s": r["vllm_start_s"]}
+    print(
+        f"\n{args.questions} spider-dev questions, planner K=8 + 2 critiques per candidate, one engine per way"
+    )
+    rates = {}
+    for mode, m in res["modes"].items():
+        if "error" in m:
+            continue
+        rates[mode] = m["total"]["new_tokens_per_s"]
+        stages = "; ".join(f"{s} {v['new_tokens'] / v['seconds']:,.0f} tok/s" for s, v in m["stages"].items())
+        print(
+            f"  {mode:8s} {rates[mode]:9,.0f} kept new tokens/s  [{stages}]  engine start {m['start_s']:.0f} s"
+        )
+    for a, b in (("request", "none"), ("swap", "none"), ("swap", "request")):
+        if a in rates and b in rates:
+            res[f"ratio_{a}_over_{b}"] = rates[a] / rates[b]
+            print(f"  ratio {a} / {'base' if b == 'none' else b}: {rates[a] / rates[b]:.2f}x")
+    if args.json:
+        Path(args.json).write_text(portable_text(json.dumps(res, indent=1)))
+
+
+if __name__ == "__main__":
+    main()
