@@ -261,7 +261,10 @@ def main() -> None:
         # "0": the engine core in this process (matsql's default, for repeatable seeds)
         res["vllm_multiprocessing"] = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
         run_backend(vb, warm, args.k, {s: 8 for s in budget}, args.seed)
+        swaps0, swap_s0 = engine.swaps, engine.swap_seconds  # the warm-up's swaps left out
         res["vllm"] = run_backend(vb, work, args.k, budget, args.seed)
+        if args.lora_mode == "swap":  # included in the stages' seconds
+            res["swaps"] = {"count": engine.swaps - swaps0, "seconds": engine.swap_seconds - swap_s0}
     try:
         import torch
 

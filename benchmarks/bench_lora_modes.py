@@ -55,6 +55,8 @@ def main() -> None:
         if mode != "none" and not adapters:
             adapters = ",".join(r["adapters"])  # the next mode takes the same random adapters
         res["modes"][mode] = {"total": r["vllm_total"], "stages": r["vllm"], "start_s": r["vllm_start_s"]}
+        if "swaps" in r:  # swap mode: weight loads in the measured run, within its seconds
+            res["modes"][mode]["swaps"] = r["swaps"]
     print(
         f"\n{args.questions} spider-dev questions, planner K=8 + 2 critiques per candidate, one engine per way"
     )
@@ -64,8 +66,10 @@ def main() -> None:
             continue
         rates[mode] = m["total"]["new_tokens_per_s"]
         stages = "; ".join(f"{s} {v['new_tokens'] / v['seconds']:,.0f} tok/s" for s, v in m["stages"].items())
+        swaps = f"; {m['swaps']['count']} swaps in {m['swaps']['seconds']:.1f} s" if "swaps" in m else ""
         print(
             f"  {mode:8s} {rates[mode]:9,.0f} kept new tokens/s  [{stages}]  engine start {m['start_s']:.0f} s"
+            + swaps
         )
     for a, b in (("request", "none"), ("swap", "none"), ("swap", "request")):
         if a in rates and b in rates:

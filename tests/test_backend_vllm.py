@@ -539,6 +539,7 @@ def test_swap_mode_merges_each_adapter_in_before_its_calls(tiny_chat_model_dir: 
     assert "enable_lora" not in llm.kwargs and llm.kwargs["enforce_eager"] is False
     assert all(c["lora"] is None for c in llm.calls) and len(llm.calls) == 5
     assert len(llm.loads) == 4 and llm.resets == 4  # a, b, base, a: none for the repeated call
+    assert eng.swaps == 4 and eng.swap_seconds > 0
     names = {n for n in llm.loads[0]}
     base_w = read_weights(tiny_chat_model_dir, names, "cpu")
     assert all(set(load) == names for load in llm.loads)  # every touched weight, every time

@@ -344,6 +344,8 @@ class VLLMEngine:
     process_fraction: float = 1.0
     _base: dict[str, Any] = field(default_factory=dict)  # swap mode: base weights adapters target
     _loaded: str | None = None  # swap mode: the adapter merged into the engine's weights (None: base)
+    swaps: int = 0  # swap mode: weight loads so far, and the seconds they took (benchmarks report them)
+    swap_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         self.lock = threading.RLock()
@@ -466,6 +468,8 @@ class VLLMEngine:
         llm.load_weights(list(weights.items()))
         llm.reset_prefix_cache()  # cached blocks were computed with the other weights
         self._loaded = want
+        self.swaps += 1
+        self.swap_seconds += time.perf_counter() - t0
         log.info(
             "swapped in %s (%d weights) in %.2f s",
             want or "the base model",
