@@ -183,7 +183,6 @@ def stage_cost(
 ) -> Cost:
     """``measured_train_s``: training-loop seconds per stage name, used where a stage has one;
     ``train_factor``: per method (sft, orpo), a factor on training-loop seconds (``train_factors``)."""
-    f = (train_factor or {}).get(argv[1], 1.0) if cmd_is_train(argv) else 1.0
     cmd = argv[0]
     if cmd == "rollout":
         q = _questions(argv, parts) * r.runnable
@@ -210,7 +209,7 @@ def stage_cost(
         kind = "rollout (base)" if base else "rollout (LoRA)"
         return Cost(name, kind, ptok + ctok + ftok, central + VLLM_START_S, conservative + VLLM_START_S, True)
     if cmd == "train" and argv[1] in ("sft", "orpo") and name in (measured_train_s or {}):
-        s = measured_train_s[name] * f  # type: ignore[index]
+        s = measured_train_s[name] * (train_factor or {}).get(argv[1], 1.0)  # type: ignore[index]
         return Cost(name, f"train {argv[1]}", 0.0, s + TRAIN_START_S, s + TRAIN_START_S, False)
     if cmd == "train" and argv[1] in ("sft", "orpo"):
         agent = next((a for a in SFT_STEP_S if f"sft-{a}." in argv[2]), None)
@@ -220,7 +219,7 @@ def stage_cost(
             s = steps["e1"] * E1_STEP_S
         else:
             s = steps["sft"] * SFT_STEP_S[agent or "planner"]
-        s *= f
+        s *= (train_factor or {}).get(argv[1], 1.0)
         return Cost(name, f"train {argv[1]}", 0.0, s + TRAIN_START_S, s + TRAIN_START_S, False)
     if cmd == "train" and argv[1] == "pick-checkpoint":
         n_ckpt = steps["orpo"] // steps["save"] + (steps["orpo"] % steps["save"] != 0)
@@ -316,10 +315,6 @@ def print_kinds(costs: list) -> None:
     cpu = [c for c in costs if "CPU" in c.kind]
     print(f"| of which CPU stages | {len(cpu)} | "
           f"{sum(c.central_s for c in cpu) / 60:.1f} | {sum(c.conservative_s for c in cpu) / 60:.1f} |")  # fmt: skip
-
-
-def cmd_is_train(argv: list[str]) -> bool:
-    return len(argv) > 1 and argv[0] == "train" and argv[1] in ("sft", "orpo")
 
 
 def main() -> None:

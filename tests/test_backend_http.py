@@ -284,12 +284,8 @@ def inproc() -> Iterator:
         model_name="echo",
         faults=FaultConfig(reject_marker="REJECT", drip_marker="DRIP", drip_s=0.05),
     )
-    server.start_in_thread()
-    try:
+    with server.running():
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _p(text: str) -> ChatPrompt:
@@ -335,16 +331,12 @@ def test_surrogate_in_a_completion_is_sanitised_and_can_be_sent_again() -> None:
     from matsql.backends.server import OpenAIServer
 
     server = OpenAIServer(_Surrogates(), model_name="s")
-    server.start_in_thread()
-    try:
+    with server.running():
         with client(server.url, model="s") as c:
             ((text,),) = c.generate([_p("hi")])
             assert text == "bad \ufffd text\ufffd"
             again = c.generate([_p(text)])  # a sanitised text goes into the next prompt
             assert again == [["bad \ufffd text\ufffd"]]
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 # ------------------------------------------------------------------ issue 15 item 5: adapters -> LoRA modules
@@ -359,12 +351,8 @@ def lora_server() -> Iterator:
         "val-sel-indep": ("runs/indep/val-sel", AdapterEcho("runs/indep/val-sel")),
     }
     server = OpenAIServer(EchoBackend(), model_name="validator", lora_modules=modules)
-    server.start_in_thread()
-    try:
+    with server.running():
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _team_backend(url: str, adapter: str | None, **entry):
@@ -444,12 +432,8 @@ def runtime_lora_server() -> Iterator:
     from matsql.backends.server import AdapterEcho, OpenAIServer
 
     server = OpenAIServer(EchoBackend(), model_name="validator", load_adapter=AdapterEcho)
-    server.start_in_thread()
-    try:
+    with server.running():
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_an_adapter_is_loaded_at_run_time_under_its_weights_digest(runtime_lora_server, tmp_path) -> None:

@@ -39,12 +39,8 @@ def faulty_server():
         model_name="canned",
         faults=FaultConfig(reject_marker="question 3", drip_marker="question 5", drip_s=0.2),
     )
-    server.start_in_thread()
-    try:
+    with server.running():
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_rollout_goes_on_past_a_rejected_prompt_a_surrogate_and_a_dripping_server(tmp_path, faulty_server):

@@ -189,12 +189,8 @@ def test_no_resamples_means_straight_to_the_fallback():
 def served() -> Iterator[tuple[OpenAIServer, ScriptedTeacher]]:
     fake = ScriptedTeacher(SCRIPT)
     server = OpenAIServer(fake, model_name="qwen2.5-72b-instruct")
-    server.start_in_thread()
-    try:
+    with server.running():
         yield server, fake
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_validator_rows_through_the_http_server_name_their_teacher_and_keep_trl_columns(served, tmp_path):

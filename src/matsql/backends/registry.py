@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from matsql.backends.base import Backend
+from matsql.backends.vllm_local import LoraMode
 
 
 class _Cfg(BaseModel):
@@ -82,7 +83,7 @@ class VLLMConfig(_Cfg):
     memory_weight: float = Field(default=1.0, gt=0)
     # request: a LoRARequest per call (vLLM's LoRA kernels, eager); swap: the adapter merged into
     # the weights before a call that needs it (CUDA graphs, base-model speed); see vllm_local
-    lora_mode: Literal["request", "swap"] = "request"
+    lora_mode: LoraMode = "request"
 
 
 _engines: dict[tuple[str, str, str], Any] = {}

@@ -35,7 +35,8 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -180,6 +181,16 @@ class OpenAIServer(ThreadingHTTPServer):
         t = threading.Thread(target=self.serve_forever, daemon=True, name="matsql-server")
         t.start()
         return t
+
+    @contextmanager
+    def running(self) -> Iterator[OpenAIServer]:
+        """Serve from a thread for the ``with`` block, then stop and close the socket."""
+        self.start_in_thread()
+        try:
+            yield self
+        finally:
+            self.shutdown()
+            self.server_close()
 
     def models(self) -> list[dict[str, Any]]:
         """The ``/v1/models`` entries: the base model, then each LoRA module (as vLLM lists them)."""

@@ -60,7 +60,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from matsql.backends.base import GenerationStats
 from matsql.backends.chat import (
@@ -76,7 +76,8 @@ from matsql.backends.chat import (
 log = logging.getLogger(__name__)
 
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM 0.26 accepts as max_lora_rank
-LORA_MODES = ("request", "swap")
+LoraMode = Literal["request", "swap"]  # request: LoRARequest per call; swap: merged weights (module doc)
+LORA_MODES: tuple[str, ...] = get_args(LoraMode)
 SEED_BITS = 62  # vLLM seeds sample i with seed + i: keep the sum inside a signed 64-bit int
 
 
@@ -94,7 +95,7 @@ class EngineSettings:
     max_loras: int | None = None  # default: the number of registered adapters
     max_lora_rank: int | None = None  # default: the smallest accepted rank >= every adapter's
     memory_weight: float = 1.0  # part of the process's vLLM memory beside other models' engines
-    lora_mode: str = "request"  # request: LoRARequest per call; swap: merged weights (module doc)
+    lora_mode: LoraMode = "request"
 
     def __post_init__(self) -> None:
         if self.lora_mode not in LORA_MODES:
@@ -343,6 +344,7 @@ class VLLMEngine:
     # base models (the registry sets it from their memory_weight); 1: the engine is alone
     process_fraction: float = 1.0
     _base: dict[str, Any] = field(default_factory=dict)  # swap mode: base weights adapters target
+    _targets: set[str] = field(default_factory=set)  # swap mode: the weights any registered adapter targets
     _loaded: str | None = None  # swap mode: the adapter merged into the engine's weights (None: base)
     swaps: int = 0  # swap mode: weight loads so far, and the seconds they took (benchmarks report them)
     swap_seconds: float = 0.0
@@ -366,8 +368,8 @@ class VLLMEngine:
             if p in self.adapters:
                 return self.adapters[p]
             rank = adapter_rank(p)
-            if self.settings.lora_mode == "swap":
-                lora_targets(p)  # fail now, not at the first call: the folder can be swapped in
+            if self.settings.lora_mode == "swap":  # read once; fails now, not at the first call
+                self._targets |= lora_targets(p).keys()
             elif self._llm is not None:
                 max_rank, max_loras = self._lora or (0, 0)
                 if rank > max_rank or len(self.adapters) + 1 > max_loras:
@@ -458,7 +460,7 @@ class VLLMEngine:
         import torch
 
         t0 = time.perf_counter()
-        names = set().union(*(lora_targets(a.path) for a in self.adapters.values()))
+        names = self._targets
         device = "cuda:0" if torch.cuda.is_available() else "cpu"  # the in-process engine's card
         if names - self._base.keys():
             self._base |= read_weights(self.model_dir, names - self._base.keys(), device)
