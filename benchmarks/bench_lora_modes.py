@@ -26,25 +26,41 @@ HERE = Path(__file__).resolve().parent
 MODES = ("none", "request", "swap")
 
 
+def make_adapters(model: str) -> str:
+    """Two random rank-8 adapters for ``model``'s bf16 folder, made once for every way: absolute
+    paths, since the ways' JSON holds them made relative (``portable_text``; session 11's swap
+    way failed on one)."""
+    from matsql.models import dense_folder
+
+    sys.path.insert(0, str(HERE))
+    from bench_generate import random_adapters
+
+    return ",".join(str(Path(a).resolve()) for a in random_adapters(dense_folder(model)[0]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
     ap.add_argument("--questions", type=int, default=512)
-    ap.add_argument("--max-num-seqs", type=int, default=512)
+    ap.add_argument("--max-num-seqs", type=int, default=2048)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.8)
     ap.add_argument("--adapters", default=None, help="PLANNER_DIR,VALIDATOR_DIR (default: two random ones)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-lora-modes-"))
-    adapters = args.adapters
+    if args.adapters:
+        adapters = ",".join(str(Path(a).resolve()) for a in args.adapters.split(","))
+    else:
+        adapters = make_adapters(args.model)
     res: dict = {"args": vars(args), "modes": {}}
     for mode in MODES:
         out = work / f"{mode}.json"
         cmd = [
             sys.executable, str(HERE / "bench_generate.py"), "--paths", "vllm", "--questions", str(args.questions),
             "--max-num-seqs", str(args.max_num_seqs), "--gpu-memory-utilization", str(args.gpu_memory_utilization),
-            "--lora-mode", mode, "--json", str(out),
+            "--lora-mode", mode, "--json", str(out), "--model", args.model,
         ]  # fmt: skip
-        if mode != "none" and adapters:
+        if mode != "none":
             cmd += ["--adapters", adapters]
         rc = subprocess.call(cmd)
         if rc or not out.is_file():
@@ -52,8 +68,6 @@ def main() -> None:
             print(f"{mode}: failed (rc {rc})", flush=True)
             continue
         r = json.loads(out.read_text())
-        if mode != "none" and not adapters:
-            adapters = ",".join(r["adapters"])  # the next mode takes the same random adapters
         res["modes"][mode] = {"total": r["vllm_total"], "stages": r["vllm"], "start_s": r["vllm_start_s"]}
         if "swaps" in r:  # swap mode: weight loads in the measured run, within its seconds
             res["modes"][mode]["swaps"] = r["swaps"]

@@ -416,6 +416,34 @@ def test_processes_get_their_share_of_a_shared_card(tmp_path):
     assert ex._free.count("0") == ex._free.count("1") == 4  # every slot came back
 
 
+def test_cpu_stage_takes_no_slot_and_sees_no_card(tmp_path, monkeypatch):
+    """``gpus: 0``: the stage runs while a GPU stage holds every slot (it would block forever
+    if it queued for one), with no card visible and no memory share."""
+    import threading
+
+    from matsql.experiment.executors import LocalExecutor, needs_gpu
+    from matsql.experiment.plan import Stage
+
+    monkeypatch.setenv("MATSQL_GPU_MEMORY_FRACTION", "0.5")
+    ex = LocalExecutor(gpus=["0"], gpu_slots=2)
+    held = ex._acquire(2)  # a training stage has the whole card
+    labels = Stage("labels", ["labels", "build"], str(tmp_path / "l"), resources={"gpus": 0})
+    envs: list = []
+    th = threading.Thread(target=lambda: envs.extend(_spawned_envs(ex, labels, tmp_path)), daemon=True)
+    th.start()
+    th.join(timeout=30)
+    assert not th.is_alive(), "a gpus: 0 stage waited for a GPU slot"
+    (env,) = envs
+    assert env["CUDA_VISIBLE_DEVICES"] == ""
+    assert "MATSQL_GPU_MEMORY_FRACTION" not in env
+    assert ex._free == []  # it took nothing
+    ex._release(held)
+    unmarked = Stage("select", ["select", "x"], str(tmp_path / "s"))  # says nothing: may use a card
+    (env,) = _spawned_envs(ex, unmarked, tmp_path)
+    assert env["CUDA_VISIBLE_DEVICES"] == "0"
+    assert [needs_gpu(s) for s in (labels, unmarked)] == [False, True]
+
+
 def test_same_card_slots_wait_for_one_card_with_room():
     from matsql.experiment.executors import LocalExecutor
 

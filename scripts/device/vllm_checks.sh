@@ -47,7 +47,7 @@ step bench512_s512 200 benchmarks/bench_generate.py --questions 512 --max-num-se
   --gpu-memory-utilization 0.8 --paths vllm --json "$out/bench512_s512.json"
 # LoRA per request (eager) against LoRA merged into the weights (swap, CUDA graphs) and the base
 # model: three engines, one process each, same workload and adapters (benchmarks/bench_lora_modes.py)
-step lora_modes 560 benchmarks/bench_lora_modes.py --questions 512 --max-num-seqs 512 --json "$out/lora-modes.json"
+step lora_modes 560 benchmarks/bench_lora_modes.py --questions 512 --max-num-seqs 2048 --json "$out/lora-modes.json"
 # vLLM's batch-invariant kernels (VLLM_BATCH_INVARIANT=1, Hopper): results independent of what
 # else is in the batch, so seeds would repeat with the engine core in its own process too
 VLLM_ENABLE_V1_MULTIPROCESSING=1 VLLM_BATCH_INVARIANT=1 step bench512_mpbi 200 benchmarks/bench_generate.py \

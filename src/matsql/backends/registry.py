@@ -24,7 +24,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from matsql.backends.base import Backend
-from matsql.backends.vllm_local import LoraMode
+from matsql.backends.vllm_local import EngineSettings, LoraMode
+
+_ENGINE = EngineSettings()  # the defaults of an engine's settings
 
 
 class _Cfg(BaseModel):
@@ -66,24 +68,27 @@ class OpenAIConfig(_Cfg):
 
 
 class VLLMConfig(_Cfg):
+    """An agent on the in-process vLLM engine; the engine's settings default to
+    :class:`~matsql.backends.vllm_local.EngineSettings`' (their one home)."""
+
     backend: Literal["vllm"]
     model: str
     adapter: str | None = None
     top_p: float = 1.0
-    dtype: str = "bfloat16"
-    gpu_memory_utilization: float = 0.85
-    max_model_len: int = 4096
-    enable_prefix_caching: bool = True
-    max_num_seqs: int = 512
-    max_num_batched_tokens: int | None = None
-    enforce_eager: bool | None = None
-    max_loras: int | None = None
-    max_lora_rank: int | None = None
+    dtype: str = _ENGINE.dtype
+    gpu_memory_utilization: float = _ENGINE.gpu_memory_utilization
+    max_model_len: int = _ENGINE.max_model_len
+    enable_prefix_caching: bool = _ENGINE.enable_prefix_caching
+    max_num_seqs: int = _ENGINE.max_num_seqs
+    max_num_batched_tokens: int | None = _ENGINE.max_num_batched_tokens
+    enforce_eager: bool | None = _ENGINE.enforce_eager
+    max_loras: int | None = _ENGINE.max_loras
+    max_lora_rank: int | None = _ENGINE.max_lora_rank
     # this model's part of the process's vLLM memory beside engines of other base models
-    memory_weight: float = Field(default=1.0, gt=0)
+    memory_weight: float = Field(default=_ENGINE.memory_weight, gt=0)
     # request: a LoRARequest per call (vLLM's LoRA kernels, eager); swap: the adapter merged into
     # the weights before a call that needs it (CUDA graphs, base-model speed); see vllm_local
-    lora_mode: LoraMode = "request"
+    lora_mode: LoraMode = _ENGINE.lora_mode
 
 
 _engines: dict[tuple[str, str, str], Any] = {}

@@ -55,6 +55,13 @@ def shard_argv(argv: list[str], i: int, n: int, out: str) -> list[str]:
     return [*res, "--shard", f"{i}/{n}"]
 
 
+def needs_gpu(stage: Stage) -> bool:
+    """False for a stage whose resources say ``gpus: 0`` (it runs on CPU only); a stage that says
+    nothing may use a card, as before."""
+    g = stage.resources.get("gpus")
+    return g is None or int(g) > 0
+
+
 class LocalExecutor:
     """Runs each stage as ``python -m matsql.cli ...``; output is teed to the stage log.
 
@@ -65,6 +72,9 @@ class LocalExecutor:
     ``gpu_slots`` > 1 lets that many processes share each GPU (rollout shards, concurrent stages
     under ``--jobs``): a 0.5B model's decoding is bound by kernel launches, not by the GPU, so
     two or three processes on one card finish more work per minute than one.
+    ``gpus: 0`` marks a stage that needs no card (labels, compare, report, union-vote selection):
+    it takes no slot and runs with no GPU visible, so under ``--jobs`` it runs beside the GPU
+    stages instead of queueing for a slot (the lent GPU's minutes go to generation and training).
     ``slots: N`` gives a single-process stage N slots of one card (training: 2). Each process
     may allocate its slots' share of its card's memory (``matsql.gpu``: training caps itself,
     a vLLM engine sizes itself to it), so processes that share a card cannot run each other out
@@ -177,13 +187,21 @@ class LocalExecutor:
         slots = int(stage.resources.get("slots", 1) or 1)  # one process's share of a card
         single = shards <= 1 and procs_n <= 1
         wanted = slots if single else max(shards, procs_n, 1)
+        if not needs_gpu(stage):
+            return self._run(stage, log, [], shards, procs_n, hide_gpus=True)
         gpus = self._acquire(wanted, self._rank.get(stage.name, 0), same_card=single) if self.gpus else []
         try:
             self._run(stage, log, gpus, shards, procs_n)
         finally:
             self._release(gpus)
 
-    def _run(self, stage: Stage, log: Path, gpus: list[str], shards: int, procs_n: int) -> None:
+    def _run(
+        self, stage: Stage, log: Path, gpus: list[str], shards: int, procs_n: int, hide_gpus: bool = False
+    ) -> None:
+        base_env = dict(self.env)
+        if hide_gpus:  # a CPU stage: no card visible, no memory share
+            base_env["CUDA_VISIBLE_DEVICES"] = ""
+            base_env.pop(GPU_SHARE_ENV, None)
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("a", encoding="utf-8") as f:
             f.write(f"$ {stage.command}\n")
@@ -192,7 +210,7 @@ class LocalExecutor:
                 n = shards if not gpus else min(shards, len(gpus))
                 procs = []
                 for i in range(n):
-                    env = dict(self.env)
+                    env = dict(base_env)
                     if gpus:
                         env["CUDA_VISIBLE_DEVICES"] = gpus[i]
                         self._share(env, 1)
@@ -210,7 +228,7 @@ class LocalExecutor:
                     p.unlink()
                 return
             argv = _argv(stage)
-            env = dict(self.env)
+            env = dict(base_env)
             cards = list(dict.fromkeys(gpus))
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(cards)
