@@ -180,9 +180,12 @@ def stage_cost(
     steps: dict[str, int],
     measured_train_s: dict[str, float] | None = None,
     train_factor: dict[str, float] | None = None,
+    lora_tps: float = LORA_TPS,
 ) -> Cost:
     """``measured_train_s``: training-loop seconds per stage name, used where a stage has one;
-    ``train_factor``: per method (sft, orpo), a factor on training-loop seconds (``train_factors``)."""
+    ``train_factor``: per method (sft, orpo), a factor on training-loop seconds (``train_factors``);
+    ``lora_tps``: the rate of generation with adapters (``LORA_TPS`` per request, eager;
+    ``BASE_TPS`` with ``lora_mode: swap``)."""
     cmd = argv[0]
     if cmd == "rollout":
         q = _questions(argv, parts) * r.runnable
@@ -203,7 +206,7 @@ def stage_cost(
                 fixer = "e1" if any(a.startswith("fixer=") and "fixer-e1" in a for a in adapters) else "sft"
                 ctok = q * r.eval_critiques_q * (k / 8) * branches * r.critique_tok
                 ftok = q * r.eval_fixes_q[fixer] * (k / 8) * r.fix_tok
-        tps = BASE_TPS if base else LORA_TPS
+        tps = BASE_TPS if base else lora_tps
         central = (ptok + ctok + ftok) / tps
         conservative = ptok / tps + (ctok + ftok) / (tps * CRITIQUE_FACTOR)
         kind = "rollout (base)" if base else "rollout (LoRA)"
@@ -225,8 +228,8 @@ def stage_cost(
         n_ckpt = steps["orpo"] // steps["save"] + (steps["orpo"] % steps["save"] != 0)
         items = parts["heldout"] * r.runnable * 8 * int(_opt(argv, "--samples", "1"))
         tok = n_ckpt * items * r.critique_tok
-        return Cost(name, "pick-checkpoint", tok, tok / LORA_TPS + VLLM_START_S,
-                    tok / (LORA_TPS * CRITIQUE_FACTOR) + VLLM_START_S, False)  # fmt: skip
+        return Cost(name, "pick-checkpoint", tok, tok / lora_tps + VLLM_START_S,
+                    tok / (lora_tps * CRITIQUE_FACTOR) + VLLM_START_S, False)  # fmt: skip
     if cmd == "select" and "--agents" in argv:  # the LM selector: prompts only, 8-token answers
         return Cost(name, "select (LM)", 0.0, 25.0 + VLLM_START_S, 60.0 + VLLM_START_S, False)
     if cmd == "diagnose" and "--counterfactual" in argv:
@@ -300,6 +303,54 @@ def schedule(costs: list[Cost], work_s: float, which: str) -> list[list[tuple[st
     return leases
 
 
+def gpu_lane(plan, costs: list[Cost], which: str, prefer: list[str]) -> tuple[list[Cost], float]:
+    """``experiment run --jobs N`` with CPU stages beside the GPU (``gpus: 0``, no slot): one GPU
+    stage at a time, the best-ranked ready one, while every CPU stage starts as soon as its inputs
+    are done. Returns the GPU stages in the order they start, each costed as its own seconds plus
+    the card's idle wait before it (for CPU stages it needs), then a last entry for CPU stages
+    that end after the last GPU stage; and the makespan."""
+    from dataclasses import replace
+
+    from matsql.experiment.executors import needs_gpu
+
+    cost = {c.stage: c for c in costs}
+    rank = {n: i for i, n in enumerate(plan.priority_order(prefer))}
+    needs = {n: plan.stages[n].needs for n in cost}
+    gpu = [n for n in cost if needs_gpu(plan.stages[n])]
+    finish: dict[str, float] = {}
+
+    def settle_cpu() -> None:
+        changed = True
+        while changed:
+            changed = False
+            for n in cost:
+                if n not in finish and n not in gpu and all(d in finish for d in needs[n]):
+                    finish[n] = max((finish[d] for d in needs[n]), default=0.0) + getattr(cost[n], which)
+                    changed = True
+
+    lane: list[Cost] = []
+    free = 0.0
+    todo = list(gpu)
+    while todo:
+        settle_cpu()
+        known = [n for n in todo if all(d in finish for d in needs[n])]
+        ready_at = {n: max((finish[d] for d in needs[n]), default=0.0) for n in known}
+        now = [n for n in known if ready_at[n] <= free]
+        nxt = min(now, key=rank.__getitem__) if now else min(known, key=lambda n: (ready_at[n], rank[n]))
+        start = max(free, ready_at[nxt])
+        own = getattr(cost[nxt], which)
+        lane.append(replace(cost[nxt], **{which: start - free + own}))
+        finish[nxt] = free = start + own
+        todo.remove(nxt)
+    settle_cpu()
+    end = max(finish.values(), default=0.0)
+    if end > free:
+        lane.append(
+            Cost("CPU stages after the last GPU stage", "CPU tail", 0.0, end - free, end - free, False)
+        )
+    return lane, end
+
+
 def print_kinds(costs: list) -> None:
     """The per-kind table (stages, central and conservative minutes), CPU stages summed apart."""
     by_kind: dict[str, list[float]] = {}
@@ -329,6 +380,14 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--train-json", type=Path, default=None, help="bench_train.py output (see module doc)")
     ap.add_argument("--train-variant", default="committed", help="its variant to scale training by")
+    ap.add_argument(
+        "--lora-mode", choices=("request", "swap"), default="request",
+        help="request: adapters at LORA_TPS (eager); swap: merged into the weights, at BASE_TPS",
+    )  # fmt: skip
+    ap.add_argument(
+        "--cpu-beside", action="store_true",
+        help="CPU stages (gpus: 0) run beside the GPU stages (experiment run --jobs N): leases hold GPU stages and the card's waits",
+    )  # fmt: skip
     args = ap.parse_args()
     factor = (
         train_factors(json.loads(args.train_json.read_text()), args.train_variant)
@@ -353,7 +412,13 @@ def main() -> None:
         parts, steps, measured = {}, {}, committed_train_s()
     r = measure()
     order = serial_order(plan, [p for p in args.prefer.split(",") if p])
-    costs = [stage_cost(n, plan.stages[n].argv, parts, r, steps, measured, factor) for n in order]
+    lora_tps = BASE_TPS if args.lora_mode == "swap" else LORA_TPS
+    costs = [stage_cost(n, plan.stages[n].argv, parts, r, steps, measured, factor, lora_tps) for n in order]
+    prefer = [p for p in args.prefer.split(",") if p]
+    if args.lora_mode == "swap":
+        print(
+            f"LoRA swapped into the weights (lora_mode: swap): adapters at the base rate, {BASE_TPS:,.0f} tokens/s\n"
+        )
     print(f"Measured (committed study): {r.planner_tok:.0f} tokens per planner sample, {r.critique_tok:.0f} per "
           f"critique, {r.fix_tok:.0f} per fix; chars/token {r.chars_per_tok['planner']:.2f} (planner), "
           f"{r.chars_per_tok['critique+fix']:.2f} (critiques, fixes); per evaluation question "
@@ -376,7 +441,14 @@ def main() -> None:
     work = (args.lease_min - args.setup_min - args.ship_min) * 60
     out = {"rates": r.__dict__, "order": order, "costs": [c.__dict__ for c in costs], "leases": {}}
     for which in ("central_s", "conservative_s"):
-        leases = schedule(costs, work, which)
+        lane = costs
+        if args.cpu_beside:
+            lane, end = gpu_lane(plan, costs, which, prefer)
+            busy = sum(getattr(c, which) for c in costs if c.kind != "CPU tail" and "CPU" not in c.kind)
+            print(f"\nCPU stages beside the GPU ({which.removesuffix('_s')}): {end / 60:.0f} min from the first "
+                  f"stage to the last, the card busy {busy / 60:.0f} of them")  # fmt: skip
+            out.setdefault("makespan_s", {})[which] = end
+        leases = schedule(lane, work, which)
         out["leases"][which] = leases
         print(f"\nLeases ({which.removesuffix('_s')}: {work / 60:.1f} min of stage work in each {args.lease_min:g}-min lease): "
               f"{len(leases)}")  # fmt: skip

@@ -14,9 +14,10 @@
 #    kernels too (bench512_mpbi);
 # 4. do seeded samples repeat across two processes: engine core in process (matsql's default),
 #    in its own process, and in its own process with batch-invariant kernels (repeat_*).
-# Next lease (session 10 measured bench512, bench512_mp, repeat_mp and train's committed and no-ckpt
-# variants): lora_modes (LoRA per request against swapped in), served (one vllm serve), bench512_s512,
-# then train's no-ckpt-bs32-bylen and no-ckpt-bs16 variants.
+# Session 11 measured lora_modes (swap failed: fixed), lora_request, lora_swap, served and bench512_s512.
+# Next lease: the committed study on one GPU first (results/vllm/study-v1-one-gpu.md has the
+# command), then bench512 (10x needs plain generate in the same run), lora_modes, and the served
+# engine's pass@8 gap (scripts/device/pass_agreement.py on the lora stages).
 # Each step has its own time limit, so a hang costs that step only.
 set -uo pipefail
 out=${1:?usage: vllm_checks.sh OUT_DIR [STEP ...]}
@@ -102,4 +103,6 @@ for i in (1, 2): random_adapter(f, Path('/root/matsql/served-lora/r8-%d' % i), s
 lora_stages lora_request experiments/agents/qwen0.5b-vllm.yaml
 lora_stages lora_swap experiments/agents/qwen0.5b-vllm-swap.yaml
 lora_stages served experiments/agents/qwen0.5b-served.yaml serve
+[[ "$want" == *" served "* && -f "$out/served-1.jsonl.gz" && -f "$out/lora_request-1.jsonl.gz" ]] && python3 scripts/device/pass_agreement.py \
+  request=$out/lora_request-1.jsonl.gz,$out/lora_request-2.jsonl.gz served=$out/served-1.jsonl.gz,$out/served-2.jsonl.gz | tee "$out/pass-agreement.txt"
 for f in "$out"/*.log; do echo "== $f"; grep -E "^(lora|base|greedy|sampled|sft|orpo|  )|Error|rc " "$f" | tail -n 8; done
