@@ -549,6 +549,15 @@ def test_swap_mode_merges_each_adapter_in_before_its_calls(tiny_chat_model_dir: 
         assert torch.equal(llm.loads[0][n], want_a) and torch.equal(llm.loads[3][n], want_a)
         assert torch.equal(llm.loads[1][n], want_b)
         assert torch.equal(llm.loads[2][n], base_w[n])
+    # a rollout's log line: what swapping cost this process's engines
+    registry.clear_engines()
+    assert registry.vllm_swap_notes() == []
+    registry._vllm_engines["tiny"] = eng
+    try:
+        (note,) = registry.vllm_swap_notes()
+        assert note.startswith(f"{tiny_chat_model_dir.name}: 4 adapter swap(s) into the weights in ")
+    finally:
+        registry._vllm_engines.clear()
 
 
 def test_swap_mode_refuses_what_it_cannot_merge(tmp_path: Path, tiny_chat_model_dir: Path) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -149,6 +150,17 @@ def shared_vllm_engine(c: VLLMConfig) -> Any:
                 "one process runs one engine: put the engine settings under `defaults:`"
             )
         return eng
+
+
+def vllm_swap_notes() -> list[str]:
+    """One line per vLLM engine of this process that swapped adapters into its weights
+    (``lora_mode: swap``): how many loads and their seconds, so a stage's log shows what
+    changing adapters cost it."""
+    return [
+        f"{Path(str(e.model_dir)).name}: {e.swaps} adapter swap(s) into the weights in {e.swap_seconds:.1f} s"
+        for e in _vllm_engines.values()
+        if getattr(e, "swaps", 0)
+    ]
 
 
 def _split_vllm_memory() -> None:
