@@ -204,7 +204,11 @@ def test_slurm_jobs_ask_for_what_each_stage_declares(tmp_path):
                 "resources": {"processes": 4, "time_min": 240, "slurm": {"qos": "long"}},
                 "cmd": "train sft r.yaml --set output_dir=${out}",
             },
-            "labels": {"needs": ["eval"], "cmd": "labels build --rollouts ${stages.eval.out} --out ${out}"},
+            "labels": {  # gpus: 0, as the plans mark CPU stages: no GPU asked for, not even 0
+                "needs": ["eval"],
+                "resources": {"gpus": 0},
+                "cmd": "labels build --rollouts ${stages.eval.out} --out ${out}",
+            },
         },
     }
     plan = parse_plan(raw, source="gpu.yaml", overrides={"run_dir": str(tmp_path / "run")})

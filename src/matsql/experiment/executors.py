@@ -358,7 +358,7 @@ class SlurmExecutor:
         gpus = res.get("gpus")
         if gpus is None and procs > 1:
             gpus = procs  # one GPU per training process
-        if gpus is not None:
+        if gpus:  # gpus: 0 (a CPU stage) asks for none rather than for zero
             params["gpus_per_node"] = int(gpus)
         if "cpus" in res:
             params["cpus_per_task"] = int(res["cpus"])
