@@ -17,6 +17,14 @@ a time (``experiment run --jobs 1``), in the order the runner picks with ``--pre
     python scripts/study_v2_estimate.py --plan experiments/study-spider.yaml --prefer compare \
         --train-json results/vllm/s10/train.json --train-variant no-ckpt   # training as measured alone
 
+    python scripts/study_v2_estimate.py --train-json results/vllm/s10/train.json --train-variant no-ckpt \
+        --lora-mode swap --cpu-beside     # session 11: LoRA merged into the weights, CPU stages beside
+
+``--lora-mode swap`` costs generation with adapters at ``BASE_TPS``: merged into the weights, a
+LoRA stage generated at about the base model's rate in session 11 (``results/vllm``).
+``--cpu-beside`` runs the stages that say ``gpus: 0`` beside the card (``experiment run --jobs N``):
+the leases then hold the GPU stages and the card's waits for CPU stages they need.
+
 ``--train-json`` (``benchmarks/bench_train.py``'s output) scales every training stage's loop
 seconds by the measured seconds per step of ``--train-variant`` over the committed study's own for
 the same recipe (``sft-planner`` for SFT stages, ``orpo-iter1-val-sel-indep`` for ORPO): what
