@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from matsql.backends.vllm_local import EngineSettings
 from matsql.evaluate.portable import portable_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,7 +172,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256, help="rows per batch of the transformers paths")
     ap.add_argument("--device", default="auto", help="transformers paths' device")
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.35, help="vLLM's share of the card")
-    ap.add_argument("--max-num-seqs", type=int, default=512, help="vLLM's concurrent sequences")
+    ap.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=EngineSettings.max_num_seqs,
+        help="vLLM's concurrent sequences (default: the engines' own)",
+    )
     ap.add_argument(
         "--max-num-batched-tokens", type=int, default=None, help="vLLM's tokens per step (default: vLLM's)"
     )
@@ -238,7 +244,7 @@ def main() -> None:
         gc.collect()
         _release_cuda()
     if "vllm" in paths:
-        from matsql.backends.vllm_local import EngineSettings, VLLMBackend, VLLMEngine
+        from matsql.backends.vllm_local import VLLMBackend, VLLMEngine
         from matsql.models import dense_folder, load_tokenizer
 
         t0 = time.perf_counter()
