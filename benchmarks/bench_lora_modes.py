@@ -20,6 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from matsql.backends.vllm_local import EngineSettings
 from matsql.evaluate.portable import portable_text
 
 HERE = Path(__file__).resolve().parent
@@ -42,7 +43,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
     ap.add_argument("--questions", type=int, default=512)
-    ap.add_argument("--max-num-seqs", type=int, default=2048)
+    ap.add_argument("--max-num-seqs", type=int, default=EngineSettings.max_num_seqs)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.8)
     ap.add_argument("--adapters", default=None, help="PLANNER_DIR,VALIDATOR_DIR (default: two random ones)")
     ap.add_argument("--json", default=None)

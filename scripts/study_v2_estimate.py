@@ -42,6 +42,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from matsql.experiment.executors import needs_gpu
 from matsql.experiment.plan import load_plan
 from matsql.rollout.io import read_records
 
@@ -319,8 +320,6 @@ def gpu_lane(plan, costs: list[Cost], which: str, prefer: list[str]) -> tuple[li
     that end after the last GPU stage; and the makespan."""
     from dataclasses import replace
 
-    from matsql.experiment.executors import needs_gpu
-
     cost = {c.stage: c for c in costs}
     rank = {n: i for i, n in enumerate(plan.priority_order(prefer))}
     needs = {n: plan.stages[n].needs for n in cost}
@@ -452,7 +451,7 @@ def main() -> None:
         lane = costs
         if args.cpu_beside:
             lane, end = gpu_lane(plan, costs, which, prefer)
-            busy = sum(getattr(c, which) for c in costs if c.kind != "CPU tail" and "CPU" not in c.kind)
+            busy = sum(getattr(c, which) for c in costs if needs_gpu(plan.stages[c.stage]))
             print(f"\nCPU stages beside the GPU ({which.removesuffix('_s')}): {end / 60:.0f} min from the first "
                   f"stage to the last, the card busy {busy / 60:.0f} of them")  # fmt: skip
             out.setdefault("makespan_s", {})[which] = end

@@ -157,9 +157,9 @@ def vllm_swap_notes() -> list[str]:
     (``lora_mode: swap``): how many loads and their seconds, so a stage's log shows what
     changing adapters cost it."""
     return [
-        f"{Path(str(e.model_dir)).name}: {e.swaps} adapter swap(s) into the weights in {e.swap_seconds:.1f} s"
+        f"{Path(e.model_dir).name}: {e.swaps} adapter swap(s) into the weights in {e.swap_seconds:.1f} s"
         for e in _vllm_engines.values()
-        if getattr(e, "swaps", 0)
+        if e.swaps
     ]
 
 

@@ -472,14 +472,10 @@ class VLLMEngine:
         llm.load_weights(list(weights.items()))
         llm.reset_prefix_cache()  # cached blocks were computed with the other weights
         self._loaded = want
+        took = time.perf_counter() - t0
         self.swaps += 1
-        self.swap_seconds += time.perf_counter() - t0
-        log.info(
-            "swapped in %s (%d weights) in %.2f s",
-            want or "the base model",
-            len(weights),
-            time.perf_counter() - t0,
-        )
+        self.swap_seconds += took
+        log.info("swapped in %s (%d weights) in %.2f s", want or "the base model", len(weights), took)
 
     def generate_texts(
         self,

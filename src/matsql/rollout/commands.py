@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.console import Console
 
-from matsql.backends.registry import vllm_swap_notes
 from matsql.benchmarks.schema import DEFAULT_STYLE, styles
 from matsql.rollout.gating import POLICIES
 
@@ -220,6 +219,8 @@ def _rollout(
         f"wrote {int(stats['written'])} record(s) to {out} in {stats['seconds']:.1f}s: "
         f"{stats['questions_per_s']:.2f} questions/s, {stats['tokens_per_s']:,.0f} generated tokens/s"
     )
+    from matsql.backends.registry import vllm_swap_notes
+
     for line in vllm_swap_notes():
         console.print(line, highlight=False)
     _report_errors(stats["errors"])
