@@ -32,7 +32,7 @@ class _Writes:
     def __init__(self, lines: list[str], fail: bool = False):
         self.lines, self.fail = lines, fail
 
-    def run(self, stage, log: Path) -> None:
+    def run(self, stage, log: Path, on_start=None) -> None:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("a") as f:
             for line in self.lines:

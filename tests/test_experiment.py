@@ -26,7 +26,7 @@ class TouchExecutor:
         self.after_fail = after_fail  # stages that end only once the failing one has failed
         self.failed = threading.Event()
 
-    def run(self, stage, log):
+    def run(self, stage, log, on_start=None):
         if stage.name == self.fail:
             self.failed.set()
             raise StageFailed(f"{stage.name} failed")
@@ -236,13 +236,13 @@ class ConcurrentTouchExecutor(TouchExecutor):
         self.events: list[tuple[str, str]] = []
         self.lock = threading.Lock()
 
-    def run(self, stage, log):
+    def run(self, stage, log, on_start=None):
         import time
 
         with self.lock:
             self.events.append(("start", stage.name))
         time.sleep(0.05)
-        super().run(stage, log)
+        super().run(stage, log, on_start)
         with self.lock:
             self.events.append(("end", stage.name))
 
@@ -480,3 +480,40 @@ def test_a_bad_memory_share_is_a_clear_error(monkeypatch, raw):
     monkeypatch.setenv("MATSQL_GPU_MEMORY_FRACTION", raw)
     with pytest.raises(ValueError, match="MATSQL_GPU_MEMORY_FRACTION"):
         memory_share()
+
+
+def test_stage_seconds_exclude_the_wait_for_gpu_slots(tmp_path):
+    """A stage queued for a card another stage holds: its manifest's ``waited_s`` is the queue,
+    ``seconds`` the run alone (session 12's one-GPU study counted the queue as stage time)."""
+    import json
+    import threading
+    import time
+
+    from matsql.experiment.executors import LocalExecutor
+
+    plan = parse_plan(
+        {
+            "name": "q",
+            "run_dir": str(tmp_path / "run"),
+            "stages": {"roll": {"cmd": "rollout --out ${out}", "out": "${run_dir}/roll.jsonl"}},
+        },
+        base_dir=tmp_path,
+    )
+    ex = LocalExecutor(gpus=["0"], gpu_slots=1)
+
+    def spawn(argv, env):
+        import subprocess as sp
+
+        Path(plan.stages["roll"].out).write_text("{}")
+        return sp.Popen(["sleep", "0.2"], stdout=sp.PIPE, stderr=sp.STDOUT, text=True)
+
+    ex._spawn = spawn
+    held = ex._acquire(1)  # another stage has the card
+    threading.Timer(1.0, ex._release, args=(held,)).start()
+    t0 = time.perf_counter()
+    assert run_plan(plan, ex) == {"roll": "ran"}
+    wall = time.perf_counter() - t0
+    m = json.loads((tmp_path / "run" / "manifests" / "roll.json").read_text())
+    assert m["waited_s"] >= 0.9  # the queue ...
+    assert 0.2 <= m["seconds"] < wall - 0.8  # ... is not in the stage's seconds
+    assert m["queued"] <= m["started"] <= m["finished"]

@@ -24,7 +24,10 @@ METRICS = {
 def _done(plan, name: str, seconds: float) -> None:
     p = manifest_path(plan.run_dir, name)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps({"status": "done", "seconds": seconds, "started": "t0", "finished": "t1"}))
+    record = {"status": "done", "seconds": seconds, "started": "t0", "finished": "t1"}
+    if name == "eval":  # a stage that queued for a GPU slot (manifests since session 12)
+        record["waited_s"] = 7.25
+    p.write_text(json.dumps(record))
 
 
 @pytest.fixture
@@ -78,7 +81,10 @@ def test_collect_keeps_outcomes_yields_metrics_and_leaves_weights(run, tmp_path)
     ]
     assert summary["label_yield"] == {"labels": {"pairs": 3}}
     assert summary["training"]["sft"]["eval_loss"] == {"before": 1.5, "after": 0.5}
-    assert "| sft | 20 | 12.500 | 1.500 -> 0.500 | 0.250 -> 0.750 |" in (dest / "stages.md").read_text()
+    md = (dest / "stages.md").read_text()
+    assert "| sft | 20 | 12.500 | 1.500 -> 0.500 | 0.250 -> 0.750 |" in md
+    assert "| eval | 3.000 | 7.250 | t0 | t1 |" in md  # the wait for slots beside the stage's seconds
+    assert "| rollout | 0.000 | - | t0 | t1 |" in md  # older manifests: no wait recorded
 
 
 def test_collect_adapters_and_skip(run, tmp_path):

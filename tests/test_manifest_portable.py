@@ -34,7 +34,7 @@ stages:
 class Touch:
     """Writes each stage's output instead of running matsql."""
 
-    def run(self, stage, log) -> None:
+    def run(self, stage, log, on_start=None) -> None:
         Path(stage.out).parent.mkdir(parents=True, exist_ok=True)
         Path(stage.out).write_text(" ".join(stage.argv))
 

@@ -127,6 +127,7 @@ def collect_run(
             {
                 "stage": name,
                 "seconds": m.get("seconds"),
+                "waited_s": m.get("waited_s"),  # for GPU slots, apart from seconds (runs since session 12)
                 "started": m.get("started"),
                 "finished": m.get("finished"),
             }
@@ -219,10 +220,15 @@ def stages_markdown(got: Collected) -> str:
     """Stage times and training outcomes as Markdown tables (the run's manifests and metrics.json)."""
     lines = primary_markdown(got.primary)
     primary = got.primary["stage"] if got.primary else None
-    lines += ["# Stages", "", "| stage | seconds | started | finished |", "|---|---|---|---|"]
+    lines += [
+        "# Stages",
+        "",
+        "| stage | seconds | waited for GPU (s) | started | finished |",
+        "|---|---|---|---|---|",
+    ]
     lines += [
         f"| {r['stage']}{' (**primary**, pre-registered)' if r['stage'] == primary else ''} | "
-        f"{_fmt(r['seconds'])} | {r['started']} | {r['finished']} |"
+        f"{_fmt(r['seconds'])} | {_fmt(r.get('waited_s'))} | {r['started']} | {r['finished']} |"
         for r in got.stage_rows
     ]
     if got.stage_rows:

@@ -73,7 +73,7 @@ class ProgressExecutor:
         if hasattr(self.inner, "set_priorities"):
             self.inner.set_priorities(rank)
 
-    def run(self, stage, log: Path) -> None:
+    def run(self, stage, log: Path, on_start=None) -> None:
         log = Path(log)
         start_size = log.stat().st_size if log.exists() else 0
         stop = threading.Event()
@@ -109,7 +109,7 @@ class ProgressExecutor:
         ok = False
         watcher.start()
         try:
-            self.inner.run(stage, log)
+            self.inner.run(stage, log, on_start=on_start)
             ok = True
         finally:
             stop.set()

@@ -19,8 +19,13 @@ class StageFailed(RuntimeError):
     pass
 
 
+#: Called by an executor once a stage holds what it waited for (GPU slots, a SLURM submission):
+#: the runner counts the stage's seconds from there.
+OnStart = Callable[[], None]
+
+
 class Executor(Protocol):
-    def run(self, stage: Stage, log: Path) -> None: ...
+    def run(self, stage: Stage, log: Path, on_start: OnStart | None = None) -> None: ...
 
 
 def _argv(stage: Stage) -> list[str]:
@@ -181,15 +186,19 @@ class LocalExecutor:
             t.join()
         return [p.wait() for p in procs]
 
-    def run(self, stage: Stage, log: Path) -> None:
+    def run(self, stage: Stage, log: Path, on_start: OnStart | None = None) -> None:
         shards = int(stage.resources.get("shards", 1))
         procs_n = int(stage.resources.get("processes", 1))
         slots = int(stage.resources.get("slots", 1) or 1)  # one process's share of a card
         single = shards <= 1 and procs_n <= 1
         wanted = slots if single else max(shards, procs_n, 1)
         if not needs_gpu(stage):
+            if on_start:
+                on_start()
             return self._run(stage, log, [], shards, procs_n, hide_gpus=True)
         gpus = self._acquire(wanted, self._rank.get(stage.name, 0), same_card=single) if self.gpus else []
+        if on_start:
+            on_start()
         try:
             self._run(stage, log, gpus, shards, procs_n)
         finally:
@@ -384,7 +393,7 @@ class SlurmExecutor:
             return [[*py, *launch, "-m", "matsql.cli", *stage.argv]]
         return [[*py, "matsql.cli", *stage.argv]]
 
-    def run(self, stage: Stage, log: Path) -> None:
+    def run(self, stage: Stage, log: Path, on_start: OnStart | None = None) -> None:
         params = self.job_parameters(stage)
         cmds = self.commands(stage)
         with self._lock:

@@ -200,13 +200,23 @@ def _run_stage(
         "out": s.out,
         "arm": s.arm,
         "commit": commit,
+        "queued": now(),
         "started": now(),
         "status": "running",
     }
     write_manifest(plan.run_dir, s, record)
-    t0 = time.perf_counter()
+    t0 = queued = time.perf_counter()
+
+    def on_start() -> None:
+        # the executor has the stage's GPU slots now: its seconds count from here, the wait for
+        # slots apart (stages sharing a card queue for it; their times would include the queue)
+        nonlocal t0
+        t0 = time.perf_counter()
+        record.update(started=now(), waited_s=round(t0 - queued, 2))
+        write_manifest(plan.run_dir, s, record)
+
     try:
-        executor.run(s, plan.run_dir / "logs" / f"{name}.log")
+        executor.run(s, plan.run_dir / "logs" / f"{name}.log", on_start=on_start)
     except StageFailed:
         write_manifest(plan.run_dir, s, record | {"status": "failed", "finished": now()})
         raise
