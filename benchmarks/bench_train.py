@@ -48,6 +48,17 @@ SFT_VARIANTS: dict[str, list[str]] = {
         "trainer.gradient_accumulation_steps=1",
         "trainer.train_sampling_strategy=group_by_length",  # transformers 5: was group_by_length
     ],
+    # Liger's Triton kernels (TRL's `use_liger_kernel`): the loss fused with the LM head, so the
+    # 151k-vocabulary logits of 32 sequences are never held whole. Session 12: two SFT stages at
+    # half an H100 each ran out of memory without activation checkpointing (38 of 39.6 GiB),
+    # so sharing the card needs either this or checkpointing back
+    "no-ckpt-liger": ["trainer.gradient_checkpointing=false", "trainer.use_liger_kernel=true"],
+    "no-ckpt-bs32-liger": [
+        "trainer.gradient_checkpointing=false",
+        "trainer.per_device_train_batch_size=32",
+        "trainer.gradient_accumulation_steps=1",
+        "trainer.use_liger_kernel=true",
+    ],
 }
 ORPO_VARIANTS: dict[str, list[str]] = {
     "committed": [],
@@ -106,6 +117,7 @@ def measure(method: str, recipe: str, data: Path, steps: int, overrides: list[st
         "wall_s": round(wall, 1),
         "rows": tok["rows"],
         "median_row_tokens": row_len,
+        "peak_gpu_memory_gib": run.get("peak_gpu_memory_gib"),  # what sharing a card must leave it
     }
 
 
@@ -192,7 +204,7 @@ def main() -> None:
             if base and r.get("s_per_step"):
                 r["speedup_vs_committed"] = round(base / r["s_per_step"], 2)
         results["methods"][method] = {"recipe": recipe, "variants": rows}
-    print("\nmethod  variant               s/step  seqs/s  tokens/s   wall s  speedup")
+    print("\nmethod  variant               s/step  seqs/s  tokens/s   wall s  speedup  peak GiB")
     for method, m in results["methods"].items():
         for name, r in m["variants"].items():
             if "error" in r:
@@ -201,6 +213,7 @@ def main() -> None:
             print(
                 f"{method:6}  {name:20}  {r['s_per_step']:6.2f}  {r['seqs_per_s']:6.1f}  "
                 f"{r['tokens_per_s_approx']:8d}  {r['wall_s']:7.1f}  {r.get('speedup_vs_committed', 1.0):.2f}x"
+                f"  {r['peak_gpu_memory_gib'] if r.get('peak_gpu_memory_gib') is not None else '-':>8}"
             )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -73,6 +73,8 @@ def test_sft_loss_falls_and_run_folder_is_complete(sft_run):
     assert saved["data"][0]["sha256"] and saved["data_counts"][0]["rows"] == 16
     assert saved["metrics"]["eval"]["eval_loss"] < saved["metrics"]["eval_before"]["eval_loss"]
     assert saved["effective_batch_size"] == 4 and saved["world_size"] == 1
+    # what the process held on its GPU (None on a CPU): what a stage needs of a shared card
+    assert (saved["peak_gpu_memory_gib"] is None) == (not torch.cuda.is_available())
     assert load_recipe(run / "recipe.yaml").sha256() == saved["recipe_sha256"]
 
 

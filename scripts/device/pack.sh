@@ -4,7 +4,8 @@
 #   - the trimmed vLLM 0.26.0 install (scripts/device/vllm-0.26.0-wheels.txt, installed here for
 #     Python 3.12 into a folder, FlashAttention 2's 123 MiB library left out: Hopper runs FA3),
 #     zstd-compressed: 241 MiB instead of 452 MiB of wheels;
-#   - the other wheels the GPU image lacks (TRL, datasets, sqlglot, gguf, zstandard: 11 MiB);
+#   - the other wheels the GPU image lacks (TRL, datasets, sqlglot, gguf, zstandard, Liger's
+#     Triton kernels for bench_train's liger variants: 11 MiB);
 #   - the Spider files the study reads;
 #   - the sha256-pinned Qwen2.5-Coder-0.5B GGUF.
 # Then, on the device: `setup.sh part partNN` per part (carry .carry/blob/partNN), `setup.sh join`.
@@ -33,7 +34,7 @@ fi
 rm -rf .whl/blob && mkdir -p .whl/blob/whl .whl/blob/data/spider .whl/blob/data/spider-syn
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${PLAT[@]}" \
   -d .whl/blob/whl trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 sqlglot==30.30.0 gguf==0.19.0 \
-  zstandard==0.25.0 omegaconf==2.4.0
+  zstandard==0.25.0 omegaconf==2.4.0 liger-kernel==0.8.5
 ln -f .whl/vllm-site.tar.zst .whl/blob/vllm-site.tar.zst
 if [ "${LITE:-0}" = 1 ]; then  # the wheels only (8 parts): random-weight checks, SmolLM2 demo training
   rm -rf .whl/blob/data

@@ -2,8 +2,8 @@
 # The vLLM checks the next lease owes issue 15 (results/vllm/README.md), in one call after
 # `setup.sh join`, from the repository snapshot with scripts/device/env.sh sourced:
 #   bash scripts/device/vllm_checks.sh OUT_DIR [STEP ...]   # steps: lora_graphs parity_fp32 parity_bf16
-#     bench512 bench512_s512 lora_modes bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train lora_request
-#     lora_swap served (default: all)
+#     bench512 bench512_s512 bench512_mbt32768 bench512_mbt65536 lora_modes bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi
+#     train_liger train lora_request lora_swap served (default: all)
 # A call is limited to 600 s: session 7 sent two calls of two or three steps each.
 # 1. LoRA with CUDA graphs on the V1 model runner after a graphs engine without LoRA has warmed the
 #    compile cache (session 8: as the first engine it gave no result in 200 s), beside eager LoRA;
@@ -15,14 +15,15 @@
 # 4. do seeded samples repeat across two processes: engine core in process (matsql's default),
 #    in its own process, and in its own process with batch-invariant kernels (repeat_*).
 # Session 11 measured lora_modes (swap failed: fixed), lora_request, lora_swap, served and bench512_s512.
-# Next lease: the committed study on one GPU first (results/vllm/study-v1-one-gpu.md has the
-# command), then bench512 (10x needs plain generate in the same run), lora_modes, and the served
-# engine's pass@8 gap (scripts/device/pass_agreement.py on the lora stages).
+# Session 12: bench512 (9.83x) and 13 stages of the committed study on one card (results/vllm/README.md).
+# Next lease: bench512_mbt32768/65536 (does a larger prefill budget lift the validators, the slower half?),
+# train_liger (SFT with Liger's fused loss: speed, and the peak memory that decides whether two
+# trainings share a card), then bench512 again if a setting won; lora_modes, the served gap.
 # Each step has its own time limit, so a hang costs that step only.
 set -uo pipefail
 out=${1:?usage: vllm_checks.sh OUT_DIR [STEP ...]}
 shift
-want=" ${*:-lora_graphs parity_fp32 parity_bf16 bench512 bench512_s512 lora_modes bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train lora_request lora_swap served} "
+want=" ${*:-lora_graphs parity_fp32 parity_bf16 bench512 bench512_s512 bench512_mbt32768 bench512_mbt65536 lora_modes bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train_liger train lora_request lora_swap served} "
 mkdir -p "$out"
 export VLLM_ENABLE_V1_MULTIPROCESSING=0
 free_gpu() { nvidia-smi --query-compute-apps=pid --format=csv,noheader | xargs -r kill -9; sleep 1; }
@@ -46,6 +47,13 @@ VLLM_ENABLE_V1_MULTIPROCESSING=1 step bench512_mp 200 benchmarks/bench_generate.
 # (max_cudagraph_capture_size 512 in session 10's log): above it decode steps run without graphs
 step bench512_s512 200 benchmarks/bench_generate.py --questions 512 --max-num-seqs 512 \
   --gpu-memory-utilization 0.8 --paths vllm --json "$out/bench512_s512.json"
+# vLLM's tokens per scheduler step (max_num_batched_tokens, 16,384 by default here): the validators'
+# 8,192 prompts of ~800 tokens are prefill-bound (18,103 kept tokens/s against the planner's 40,682
+# in session 12); a larger budget batches more prefill per step. vLLM alone, two settings
+for t in 32768 65536; do
+  step bench512_mbt$t 200 benchmarks/bench_generate.py --questions 512 --max-num-batched-tokens $t \
+    --gpu-memory-utilization 0.8 --paths vllm --json "$out/bench512_mbt$t.json"
+done
 # LoRA per request (eager) against LoRA merged into the weights (swap, CUDA graphs) and the base
 # model: three engines, one process each, same workload and adapters (benchmarks/bench_lora_modes.py)
 step lora_modes 560 benchmarks/bench_lora_modes.py --questions 512 --max-num-seqs 2048 --json "$out/lora-modes.json"
@@ -68,6 +76,9 @@ repeat repeat_mp VLLM_ENABLE_V1_MULTIPROCESSING=1
 repeat repeat_mpbi VLLM_ENABLE_V1_MULTIPROCESSING=1 VLLM_BATCH_INVARIANT=1
 # SFT: committed (no activation checkpointing since session 10, 16 x 2) and 32 x 1 length-grouped;
 # ORPO: committed and 16 x 1. No held-out evaluation (the same for every variant; 10 steps each)
+# SFT with Liger's kernels (the loss fused with the LM head) beside today's recipe: s/step and peak GiB
+step train_liger 400 benchmarks/bench_train.py --steps 10 --methods sft --variants committed,no-ckpt-liger,no-ckpt-bs32-liger \
+  --set 'data.eval_sources=[]' --json "$out/train_liger.json" --work /root/matsql/bench-train
 step train 450 benchmarks/bench_train.py --steps 10 --variants committed,no-ckpt-bs32-bylen,no-ckpt-bs16 \
   --set 'data.eval_sources=[]' --json "$out/train.json" --work /root/matsql/bench-train
 # 5. LoRA three ways, two planner stages each as a plan runs them (512 spider-dev questions, K=8,

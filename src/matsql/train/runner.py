@@ -283,6 +283,17 @@ def run_training(recipe: Recipe, *, force: bool = False) -> dict[str, Any]:
     return info
 
 
+def peak_gpu_memory_gib() -> float | None:
+    """The most GPU memory PyTorch held for tensors in this process (GiB), or None without a GPU:
+    what a stage needs of a card it shares (session 12: SFT without activation checkpointing
+    ran out of memory at half an H100)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2)
+
+
 def _write_outputs(recipe, trainer, tok, prep, start, result, eval_before, eval_after, started):
     """Rank 0 writes tokenizer, merged weights, metrics.json, recipe.yaml and run.json (last)."""
     if not trainer.is_world_process_zero():
@@ -303,6 +314,7 @@ def _write_outputs(recipe, trainer, tok, prep, start, result, eval_before, eval_
         "eval_tokens": prep.eval.summary(),
         "world_size": world,
         "effective_batch_size": effective_batch_size(trainer.args, world),
+        "peak_gpu_memory_gib": peak_gpu_memory_gib(),
         "metrics": metrics,
     }
     return write_run(
