@@ -54,14 +54,16 @@ case "$1" in
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader || true
     [ -f "$STATE/job.rc" ] && echo "job exit code $(cat "$STATE/job.rc")" || echo "job still running"
     # the machine can go back at any moment: every poll brings finished stages home
-    files=8; mkdir -p "${OUT:-$STATE/outbox}"
-    if [ -d "$STATE/bench" ]; then tar -C "$STATE" -czf "${OUT:-$STATE/outbox}/bench.tgz" bench && files=7; fi
+    # a call returns at most 8 files; a file over that is dropped although ship.py counts its
+    # stage as shipped (session 12 lost sft-fixer that way): `final` keeps one for partial.tgz
+    files=${SHIP_FILES:-8}; mkdir -p "${OUT:-$STATE/outbox}"
+    if [ -d "$STATE/bench" ]; then tar -C "$STATE" -czf "${OUT:-$STATE/outbox}/bench.tgz" bench && files=$((files - 1)); fi
     for r in "$REPO"/runs/*/; do
       [ -d "$r/manifests" ] && python3 "$REPO/scripts/device/ship.py" "$r" "${OUT:-$STATE/outbox}" --max-files $files || true
     done
     ;;
   final)
-    bash "$0" wait 0
+    SHIP_FILES=7 bash "$0" wait 0
     mkdir -p "${OUT:-$STATE/outbox}"
     (cd "$REPO/runs" && ls -d */*.shard[0-9]* */*/*.shard[0-9]* 2>/dev/null | tar -czf "${OUT:-$STATE/outbox}/partial.tgz" -T - \
       && echo "partial shards: $(tar -tzf "${OUT:-$STATE/outbox}/partial.tgz" | wc -l) file(s)") || true
