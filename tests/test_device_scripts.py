@@ -176,3 +176,67 @@ def test_final_ships_done_stages_and_the_shards_of_unfinished_rollouts(tmp_path)
             "study/eval/rollout.jsonl.shard0",
             "study/eval/rollout.jsonl.shard1",
         ]
+
+
+def test_handoff_keeps_a_run_in_history_not_in_the_tree_and_restores_it(tmp_path):
+    """handoff.sh save: the packed run in one commit, gone from the tree in the next, the restore
+    line in results/<plan>/HANDOFF.md; restore: the parts for the device and the run in runs/."""
+    import os
+    import shutil
+
+    repo = tmp_path / "repo"
+    (repo / "scripts" / "device").mkdir(parents=True)
+    for f in ("handoff.sh", "study.sh", "ship.py"):
+        shutil.copy(ROOT / "scripts" / "device" / f, repo / "scripts" / "device" / f)
+    env = os.environ | {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # python3: this one
+    }
+
+    def sh(*args: str) -> str:
+        return subprocess.run(args, cwd=repo, env=env, check=True, capture_output=True, text=True).stdout
+
+    sh("git", "init", "-q", "-b", "main")
+    (repo / ".gitignore").write_text("/runs/\n/.carry/\n")
+    sh("git", "add", ".")
+    sh("git", "commit", "-qm", "init")
+    run = repo / "runs" / "study"
+    (run / "sft-x").mkdir(parents=True)
+    (run / "sft-x" / "adapter_config.json").write_text('{"r": 8}')
+    (run / "roll.jsonl").write_text('{"q": 1}\n')
+    _stage(run, "sft-x", "sft-x")
+    _stage(run, "roll", "roll.jsonl")
+    _stage(run, "later", "later.jsonl", status="running")
+    before = sh("git", "rev-parse", "HEAD").strip()
+
+    out = sh("bash", "scripts/device/handoff.sh", "save", "runs/study")
+    commits = sh("git", "rev-list", f"{before}..HEAD").split()
+    assert len(commits) == 2
+    saved = commits[1]  # rev-list lists newest first
+    assert f"restore {saved}" in out
+    assert sh("git", "ls-files", "handoff") == ""  # not in the tree ...
+    assert "handoff/study/run.tgz.00" in sh(
+        "git", "show", "--name-only", "--format=", saved
+    )  # ... in history
+    log = (repo / "results" / "study" / "HANDOFF.md").read_text()
+    assert f"handoff.sh restore {saved}`" in log and "2 finished stage(s)" in log
+    assert sh("git", "status", "--porcelain") == ""
+
+    shutil.rmtree(repo / "runs")
+    sh("bash", "scripts/device/handoff.sh", "restore", saved)
+    got = repo / "runs" / "study"
+    assert (got / "roll.jsonl").read_text() == '{"q": 1}\n'
+    assert json.loads((got / "sft-x" / "adapter_config.json").read_text()) == {"r": 8}
+    assert (got / "manifests" / "later.json").exists()  # the whole folder, unfinished stages too
+    assert sorted(p.name for p in (repo / ".carry" / "run").iterdir()) == ["run.tgz.00"]
+    bad = subprocess.run(
+        ["bash", "scripts/device/handoff.sh", "restore", before],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode != 0 and "no single handoff" in bad.stderr
