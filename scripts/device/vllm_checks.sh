@@ -3,7 +3,7 @@
 # `setup.sh join`, from the repository snapshot with scripts/device/env.sh sourced:
 #   bash scripts/device/vllm_checks.sh OUT_DIR [STEP ...]   # steps: lora_graphs parity_fp32 parity_bf16
 #     bench512 bench512_s512 bench512_mbt32768 bench512_mbt65536 lora_modes bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi
-#     train_liger train lora_request lora_swap served (default: all)
+#     train_liger train lora_request lora_swap served served_eager (default: all)
 # A call is limited to 600 s: session 7 sent two calls of two or three steps each.
 # 1. LoRA with CUDA graphs on the V1 model runner after a graphs engine without LoRA has warmed the
 #    compile cache (session 8: as the first engine it gave no result in 200 s), beside eager LoRA;
@@ -18,12 +18,13 @@
 # Session 12: bench512 (9.83x) and 13 stages of the committed study on one card (results/vllm/README.md).
 # Next lease: bench512_mbt32768/65536 (does a larger prefill budget lift the validators, the slower half?),
 # train_liger (SFT with Liger's fused loss: speed, and the peak memory that decides whether two
-# trainings share a card), then bench512 again if a setting won; lora_modes, the served gap.
+# trainings share a card), then bench512 again if a setting won; lora_modes; lora_request +
+# served + served_eager (is the served engine's pass@8 gap LoRA under CUDA graphs?).
 # Each step has its own time limit, so a hang costs that step only.
 set -uo pipefail
 out=${1:?usage: vllm_checks.sh OUT_DIR [STEP ...]}
 shift
-want=" ${*:-lora_graphs parity_fp32 parity_bf16 bench512 bench512_s512 bench512_mbt32768 bench512_mbt65536 lora_modes bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train_liger train lora_request lora_swap served} "
+want=" ${*:-lora_graphs parity_fp32 parity_bf16 bench512 bench512_s512 bench512_mbt32768 bench512_mbt65536 lora_modes bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train_liger train lora_request lora_swap served served_eager} "
 mkdir -p "$out"
 export VLLM_ENABLE_V1_MULTIPROCESSING=0
 free_gpu() { nvidia-smi --query-compute-apps=pid --format=csv,noheader | xargs -r kill -9; sleep 1; }
@@ -114,6 +115,11 @@ for i in (1, 2): random_adapter(f, Path('/root/matsql/served-lora/r8-%d' % i), s
 lora_stages lora_request experiments/agents/qwen0.5b-vllm.yaml
 lora_stages lora_swap experiments/agents/qwen0.5b-vllm-swap.yaml
 lora_stages served experiments/agents/qwen0.5b-served.yaml serve
-[[ "$want" == *" served "* && -f "$out/served-1.jsonl.gz" && -f "$out/lora_request-1.jsonl.gz" ]] && python3 scripts/device/pass_agreement.py \
-  request=$out/lora_request-1.jsonl.gz,$out/lora_request-2.jsonl.gz served=$out/served-1.jsonl.gz,$out/served-2.jsonl.gz | tee "$out/pass-agreement.txt"
+# the served engine without CUDA graphs: if its pass@8 then matches per request's, the gap was LoRA
+# under CUDA graphs, not serving (session 11)
+SERVE_EAGER=1 lora_stages served_eager experiments/agents/qwen0.5b-served.yaml serve
+for sv in served served_eager; do
+  [[ "$want" == *" $sv "* && -f "$out/$sv-1.jsonl.gz" && -f "$out/lora_request-1.jsonl.gz" ]] && python3 scripts/device/pass_agreement.py \
+    request=$out/lora_request-1.jsonl.gz,$out/lora_request-2.jsonl.gz $sv=$out/$sv-1.jsonl.gz,$out/$sv-2.jsonl.gz | tee "$out/pass-agreement-$sv.txt"
+done
 for f in "$out"/*.log; do echo "== $f"; grep -E "^(lora|base|greedy|sampled|sft|orpo|  )|Error|rc " "$f" | tail -n 8; done
