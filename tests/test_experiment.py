@@ -517,3 +517,53 @@ def test_stage_seconds_exclude_the_wait_for_gpu_slots(tmp_path):
     assert m["waited_s"] >= 0.9  # the queue ...
     assert 0.2 <= m["seconds"] < wall - 0.8  # ... is not in the stage's seconds
     assert m["queued"] <= m["started"] <= m["finished"]
+
+
+def test_a_stage_out_of_memory_in_its_share_runs_again_with_the_whole_card(tmp_path):
+    """Session 12: SFT at half an H100 ran out of memory; alone on the card it fits. The executor
+    retries such a stage once with every slot of the card; other failures, and out-of-memory with
+    the whole card, still fail."""
+    import subprocess as sp
+
+    from matsql.experiment.executors import LocalExecutor
+    from matsql.experiment.plan import Stage
+
+    def executor(outcomes: list[str]):
+        ex = LocalExecutor(gpus=["0"], gpu_slots=2, echo=False)
+        envs: list[dict[str, str]] = []
+
+        def spawn(argv, env):
+            envs.append(env)
+            said = outcomes.pop(0)
+            rc = 0 if said == "ok" else 1
+            return sp.Popen(
+                ["sh", "-c", f"echo '{said}'; exit {rc}"], stdout=sp.PIPE, stderr=sp.STDOUT, text=True
+            )
+
+        ex._spawn = spawn
+        return ex, envs
+
+    train = Stage("sft", ["train", "sft", "r.yaml"], str(tmp_path / "o"), resources={"slots": 1})
+    log = tmp_path / "sft.log"
+    ex, envs = executor(["torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 398.00 MiB", "ok"])
+    ex.run(train, log)
+    assert [e.get("MATSQL_GPU_MEMORY_FRACTION") for e in envs] == ["0.5000", None]  # half, then the card
+    assert "again with the whole card" in log.read_text()
+    assert ex._free == ["0", "0"]  # every slot came back
+
+    ex, envs = executor(["ValueError: bad recipe", "ok"])
+    with pytest.raises(StageFailed):
+        ex.run(train, tmp_path / "other.log")
+    assert len(envs) == 1  # not memory: no second try
+
+    whole = Stage("sft2", ["train", "sft", "r.yaml"], str(tmp_path / "o2"), resources={"slots": 2})
+    ex, envs = executor(["CUDA out of memory", "ok"])
+    with pytest.raises(StageFailed):
+        ex.run(whole, tmp_path / "whole.log")
+    assert len(envs) == 1  # it had the card already
+
+    # an earlier attempt's out-of-memory in the same log does not count for this one
+    ex, envs = executor(["ValueError: bad recipe", "ok"])
+    with pytest.raises(StageFailed):
+        ex.run(train, log)
+    assert len(envs) == 1

@@ -67,6 +67,21 @@ def needs_gpu(stage: Stage) -> bool:
     return g is None or int(g) > 0
 
 
+OOM_MARKS = ("CUDA out of memory", "OutOfMemoryError")
+
+
+def out_of_memory(log: Path, start: int = 0) -> bool:
+    """Whether the stage log, from byte ``start`` (this attempt's part), shows a GPU allocation
+    failure."""
+    try:
+        with log.open("rb") as f:
+            f.seek(start)
+            text = f.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return False
+    return any(m in text for m in OOM_MARKS)
+
+
 class LocalExecutor:
     """Runs each stage as ``python -m matsql.cli ...``; output is teed to the stage log.
 
@@ -83,7 +98,8 @@ class LocalExecutor:
     ``slots: N`` gives a single-process stage N slots of one card (training: 2). Each process
     may allocate its slots' share of its card's memory (``matsql.gpu``: training caps itself,
     a vLLM engine sizes itself to it), so processes that share a card cannot run each other out
-    of memory.
+    of memory. A single-process stage that runs out of memory in its share runs once more with
+    the whole card (it waits for the card), rather than failing the plan's branch.
     """
 
     def __init__(
@@ -196,9 +212,24 @@ class LocalExecutor:
             if on_start:
                 on_start()
             return self._run(stage, log, [], shards, procs_n, hide_gpus=True)
-        gpus = self._acquire(wanted, self._rank.get(stage.name, 0), same_card=single) if self.gpus else []
+        rank = self._rank.get(stage.name, 0)
+        gpus = self._acquire(wanted, rank, same_card=single) if self.gpus else []
         if on_start:
             on_start()
+        start = log.stat().st_size if log.exists() else 0
+        try:
+            self._run(stage, log, gpus, shards, procs_n)
+            return
+        except StageFailed:
+            # a single process that ran out of memory in its share of a card gets one more try
+            # with the whole card (session 12: SFT at half an H100 did; it fits alone)
+            if not (single and gpus and self.memory_fraction(len(gpus)) and out_of_memory(log, start)):
+                raise
+        finally:
+            self._release(gpus)
+        with log.open("a", encoding="utf-8") as f:
+            f.write(f"# out of memory at {len(gpus)} of {self.gpu_slots} slots: again with the whole card\n")
+        gpus = self._acquire(self.gpu_slots, rank, same_card=True)
         try:
             self._run(stage, log, gpus, shards, procs_n)
         finally:
