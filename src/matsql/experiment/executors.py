@@ -19,8 +19,9 @@ class StageFailed(RuntimeError):
     pass
 
 
-#: Called by an executor once a stage holds what it waited for (GPU slots, a SLURM submission):
-#: the runner counts the stage's seconds from there.
+#: Called by an executor once a stage holds what it waited for (the local executor: its GPU
+#: slots): the runner counts the stage's seconds from there. The SLURM executor does not call it,
+#: so a SLURM stage's seconds include its time in the queue, as before.
 OnStart = Callable[[], None]
 
 
