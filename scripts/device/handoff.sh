@@ -44,7 +44,7 @@ print(sum(json.loads(m.read_text()).get("status") == "done" for m in pathlib.Pat
     dir=$(git show --name-only --format= "$c" | sed -n 's#^\(handoff/[^/]*\)/.*#\1#p' | sort -u)
     [ "$(echo "$dir" | grep -c .)" = 1 ] || { echo "handoff: commit $c holds no single handoff/<plan> folder" >&2; exit 1; }
     parts=$(git ls-tree --name-only "$c" "$dir/" | grep '/run\.tgz\.[0-9]*$' || true)
-    [ -n "$parts" ] || { echo "handoff: commit $c has no $dir/run.tgz.* parts" >&2; exit 1; }
+    [ -n "$parts" ] || { echo "handoff: commit $c has no $dir/run.tgz.* parts (the commit that removed them? its parent holds them)" >&2; exit 1; }
     rm -rf "$dest" && mkdir -p "$dest" runs
     for p in $parts; do git show "$c:$p" > "$dest/$(basename "$p")"; done
     cat "$dest"/run.tgz.* | tar -C runs -xzf -
