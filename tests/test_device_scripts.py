@@ -240,3 +240,12 @@ def test_handoff_keeps_a_run_in_history_not_in_the_tree_and_restores_it(tmp_path
         text=True,
     )
     assert bad.returncode != 0 and "no single handoff" in bad.stderr
+    removal = commits[0]  # the commit that took the parts out of the tree names them too
+    bad = subprocess.run(
+        ["bash", "scripts/device/handoff.sh", "restore", removal],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode != 0 and "its parent holds them" in bad.stderr
