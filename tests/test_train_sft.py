@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from matsql.train import sft
 from matsql.train.config import RecipeError, load_recipe
 from matsql.train.modeling import build_model, load_run
-from matsql.train.runner import prepare, run_training, trainer_config
+from matsql.train.runner import dry_run, prepare, run_training, trainer_config
 from tests.fixtures.train.tiny_runs import losses, sft_rows, write_jsonl, write_recipe
 
 
@@ -175,3 +175,25 @@ def test_guard_ignores_finite_logs():
     g.on_log(None, state, None, logs={"loss": 1.2, "grad_norm": 0.4, "learning_rate": 1e-4})
     with pytest.raises(TrainingDiverged, match="eval_loss = inf at step 3"):
         g.on_log(None, state, None, logs={"eval_loss": float("inf")})
+
+
+def test_init_from_an_adapter_folder_without_its_tokenizer_uses_the_base_models(sft_run, tmp_path):
+    """The demo's prepared planner, fixer and selector are adapter folders without tokenizer files:
+    continuing one failed with 'Couldn't instantiate the backend tokenizer'. The base model's
+    tokenizer is the adapter's (LoRA does not change the vocabulary)."""
+    import shutil
+
+    d, recipe, _ = sft_run
+    bare = tmp_path / "bare"
+    shutil.copytree(d / "run", bare)
+    for f in bare.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template", "vocab", "merges")):
+            f.unlink()
+    r2 = load_recipe(recipe, [f"init_from={bare}", f"output_dir={tmp_path / 'iter2'}"])
+    _, tok, _, start = build_model(r2)
+    _, base_tok, _, _ = build_model(load_recipe(recipe, [f"output_dir={tmp_path / 'base'}"]))
+    assert start.continue_adapter
+    text = "SELECT count(*) FROM singer"
+    assert tok(text)["input_ids"] == base_tok(text)["input_ids"] and tok.pad_token == base_tok.pad_token
+    rep = dry_run(r2)  # the dry run takes the same tokenizer
+    assert rep["model"] == r2.model.path and rep["train"]["rows"] > 0

@@ -82,6 +82,13 @@ def bf16_available() -> bool:
     return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
+def has_tokenizer(folder: str | Path) -> bool:
+    """Whether a run folder kept its tokenizer. An adapter folder copied without it (the demo's
+    prepared planner, fixer and selector) trains on with its base model's: an adapter does not
+    change the vocabulary."""
+    return (Path(folder) / "tokenizer_config.json").is_file()
+
+
 def load_tokenizer(spec: str) -> Any:
     """Tokenizer only (for --dry-run): a run folder's own (adapter runs have no config.json),
     else via matsql.models (local folder, alias, .gguf, hub id)."""
@@ -137,7 +144,7 @@ def build_model(recipe: Recipe) -> tuple[Any, Any, Any, Start]:
     when an init adapter is continued; then peft_config is None (the trainer must not wrap it)."""
     start = plan_start(recipe)
     model, tok = load_base(start.base_model, recipe.model.dtype, recipe.model.attn_implementation)
-    if recipe.init_from:  # the init run saved the tokenizer it trained with
+    if recipe.init_from and has_tokenizer(recipe.init_from):  # the tokenizer the init run trained with
         from transformers import AutoTokenizer
 
         tok = _with_pad(AutoTokenizer.from_pretrained(recipe.init_from))

@@ -167,7 +167,7 @@ def prepare(recipe: Recipe, tokenizer: Any) -> Prepared:
 def dry_run(recipe: Recipe, num_processes: int = 1, n_show: int = 1) -> dict[str, Any]:
     """Validate everything short of training: recipe, trainer keys, data, tokenisation, batch
     arithmetic. Loads only the tokenizer, so it runs on a laptop CPU."""
-    from matsql.train.modeling import load_tokenizer
+    from matsql.train.modeling import has_tokenizer, load_tokenizer
 
     notes = []
     spec = recipe.init_from or recipe.model.path
@@ -177,6 +177,8 @@ def dry_run(recipe: Recipe, num_processes: int = 1, n_show: int = 1) -> dict[str
             f"init_from {recipe.init_from} does not exist yet; tokenizer of {recipe.model.path} used"
         )
         spec = recipe.model.path
+    elif recipe.init_from and not has_tokenizer(recipe.init_from):
+        spec = recipe.model.path  # as build_model does: the base model's tokenizer
     trainer_config(recipe, _eval_expected(recipe), cpu_check=True)  # TRL's verdict before the data is read
     tok = load_tokenizer(spec)
     prep = prepare(recipe, tok)
