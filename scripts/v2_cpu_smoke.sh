@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
 # The v2 plan's wiring on this CPU before a lease spends GPU minutes on it: every stage of
-# experiments/study-spider-v2.yaml at toy size (the embedded minibench, disjoint parts of 16/16/8/8
-# questions, K=2, SmolLM2's tiny recipes for 2 optimizer steps, every agent the echo backend),
-# `--keep-going`. With echo agents no candidate is right and no critique has a verdict, so the
-# checkpoint picks stop with their clear error ("no checkpoint has a balanced accuracy") and what
-# needs them does not run: this checks the stages before the picks (30 of 110 in session 12,
-# about 5 minutes on 2 cores) and that a pick fails loudly, not the numbers.
-#   bash scripts/v2_cpu_smoke.sh [RUN_DIR]     # default /tmp/v2-cpu-smoke
+# experiments/study-spider-v2.yaml at toy size on the embedded minibench (disjoint parts of the
+# train split, K=2, 2 optimizer steps per training stage), `--keep-going`, two stages at a time.
+#   bash scripts/v2_cpu_smoke.sh echo [RUN_DIR]       # echo agents, SmolLM2 tiny recipes: ~5 min
+#   bash scripts/v2_cpu_smoke.sh prepared [RUN_DIR]   # SmolLM2 agents continuing the demo's
+#                                                     # prepared team (recipes/tiny/prepared)
+# echo: no candidate is right and no critique has a verdict, so the checkpoint picks stop with
+# their clear error ("no checkpoint has a balanced accuracy") and what needs them does not run:
+# it checks the stages before the picks (30 of 110 in session 12). prepared: the agents write
+# SQL and verdicts, so the picks have something to choose by and the whole plan runs. Either
+# checks the plan's wiring, not its numbers. Default RUN_DIR: /tmp/v2-cpu-smoke-MODE.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-run=${1:-/tmp/v2-cpu-smoke}
-mkdir -p "$run"
-cat > "$run/agents-echo.yaml" <<'YAML'
+mode=${1:?usage: v2_cpu_smoke.sh echo|prepared [RUN_DIR]}
+run=${2:-/tmp/v2-cpu-smoke-$mode}
+repo=$PWD t=$PWD/recipes/tiny
+mkdir -p "$run/recipes"
+sets=(--set run_dir="$run/run" --set vars.train=minibench-train --set vars.k=2 --set vars.k_sft=1
+  --set vars.branches=1 --set vars.fixer_samples=1 --set vars.shards=1
+  --set "vars.sft_opts=--set trainer.max_steps=2" --set vars.orpo_steps=2 --set vars.save_steps=1
+  --set vars.e1_steps=2)
+case "$mode" in
+  echo)
+    cat > "$run/agents.yaml" <<'YAML'
 defaults: {backend: echo}
 agents:
   planner:  {temperature: 1.0, max_tokens: 32}
@@ -20,18 +31,40 @@ agents:
   fixer:    {temperature: 0.0, max_tokens: 16}
   selector: {temperature: 0.0, max_tokens: 4}
 YAML
-t=recipes/tiny
-matsql experiment run experiments/study-spider-v2.yaml --jobs 2 --keep-going --prefer compare-primary \
-  --set run_dir="$run/run" --set vars.agents="$run/agents-echo.yaml" \
-  --set vars.recipe_sft_planner=$t/sft-planner.v1.yaml --set vars.recipe_sft_val_sel=$t/sft-val-sel.v1.yaml \
-  --set vars.recipe_sft_val_cond=$t/sft-val-cond.v1.yaml --set vars.recipe_sft_fixer=$t/sft-fixer.v1.yaml \
-  --set vars.recipe_sft_selector=$t/sft-selector.v1.yaml --set vars.recipe_orpo_val_sel=$t/orpo-val-sel-collab.v1.yaml \
-  --set vars.recipe_orpo_val_cond=$t/orpo-val-cond-collab.v1.yaml --set vars.recipe_fixer_e1=$t/sft-fixer.v1.yaml \
-  --set vars.train=minibench-train --set vars.dev=minibench --set vars.parts=sft=16,label=16,heldout=8,evaltrain=8 \
-  --set vars.k=2 --set vars.k_sft=1 --set vars.branches=1 --set vars.fixer_samples=1 --set vars.bq=8 \
-  --set vars.shards=1 --set "vars.sft_opts=--set trainer.max_steps=2" --set vars.orpo_steps=2 \
-  --set vars.save_steps=1 --set vars.e1_steps=2 > "$run/run.log" 2>&1
-echo "experiment run: exit $? (log $run/run.log)"
+    sets+=(--set vars.agents="$run/agents.yaml" --set vars.dev=minibench --set vars.bq=8
+      --set vars.parts=sft=16,label=16,heldout=8,evaltrain=8)
+    for a in planner val-sel val-cond fixer selector; do
+      printf 'extends: %s/sft-%s.v1.yaml\n' "$t" "$a" > "$run/recipes/sft-$a.yaml"
+    done
+    ;;
+  prepared)
+    # each SFT stage continues the prepared adapter (validators and selector: attention only, as
+    # scripts/device/demo_prep.sh trained them); ORPO continues the SFT stage's adapter
+    for a in planner val-sel val-cond fixer selector; do
+      printf 'extends: %s/sft-%s.v1.yaml\ninit_from: %s/prepared/%s\n' "$t" "$a" "$t" "$a" > "$run/recipes/sft-$a.yaml"
+    done
+    for a in val-sel val-cond selector; do
+      printf 'peft:\n  target_modules: [q_proj, k_proj, v_proj, o_proj]\n' >> "$run/recipes/sft-$a.yaml"
+    done
+    sets+=(--set vars.agents="$repo/experiments/agents/smollm2-cpu.yaml" --set "vars.dev=minibench --limit 4"
+      --set vars.bq=16 --set vars.parts=sft=8,label=8,heldout=10,evaltrain=4)
+    export MATSQL_MERGE_ADAPTERS=1 OMP_NUM_THREADS=1  # as the demo plan runs SmolLM2 on 2 cores
+    ;;
+  *) echo "usage: v2_cpu_smoke.sh echo|prepared [RUN_DIR]" >&2; exit 2 ;;
+esac
+for a in val-sel val-cond; do
+  printf 'extends: %s/orpo-%s-collab.v1.yaml\n' "$t" "$a" > "$run/recipes/orpo-$a.yaml"
+  [ "$mode" = prepared ] && printf 'peft:\n  target_modules: [q_proj, k_proj, v_proj, o_proj]\n' >> "$run/recipes/orpo-$a.yaml"
+done
+r=$run/recipes
+sets+=(--set vars.recipe_sft_planner="$r/sft-planner.yaml" --set vars.recipe_sft_val_sel="$r/sft-val-sel.yaml"
+  --set vars.recipe_sft_val_cond="$r/sft-val-cond.yaml" --set vars.recipe_sft_fixer="$r/sft-fixer.yaml"
+  --set vars.recipe_sft_selector="$r/sft-selector.yaml" --set vars.recipe_fixer_e1="$r/sft-fixer.yaml"
+  --set vars.recipe_orpo_val_sel="$r/orpo-val-sel.yaml" --set vars.recipe_orpo_val_cond="$r/orpo-val-cond.yaml")
+t0=$SECONDS
+matsql experiment run experiments/study-spider-v2.yaml --jobs 2 --keep-going --prefer compare-primary "${sets[@]}" \
+  > "$run/run.log" 2>&1
+echo "experiment run: exit $? in $(( (SECONDS - t0) / 60 )) min (log $run/run.log)"
 python3 - "$run/run/manifests" <<'PY'
 import collections, json, pathlib, sys
 st = {m.stem: json.loads(m.read_text())["status"] for m in pathlib.Path(sys.argv[1]).glob("*.json")}
