@@ -232,20 +232,18 @@ def test_handoff_keeps_a_run_in_history_not_in_the_tree_and_restores_it(tmp_path
     assert json.loads((got / "sft-x" / "adapter_config.json").read_text()) == {"r": 8}
     assert (got / "manifests" / "later.json").exists()  # the whole folder, unfinished stages too
     assert sorted(p.name for p in (repo / ".carry" / "run").iterdir()) == ["run.tgz.00"]
-    bad = subprocess.run(
-        ["bash", "scripts/device/handoff.sh", "restore", before],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert bad.returncode != 0 and "no single handoff" in bad.stderr
+
+    def refused(commit: str) -> str:
+        res = subprocess.run(
+            ["bash", "scripts/device/handoff.sh", "restore", commit],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert res.returncode != 0
+        return res.stderr
+
+    assert "no single handoff" in refused(before)
     removal = commits[0]  # the commit that took the parts out of the tree names them too
-    bad = subprocess.run(
-        ["bash", "scripts/device/handoff.sh", "restore", removal],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert bad.returncode != 0 and "its parent holds them" in bad.stderr
+    assert "its parent holds them" in refused(removal)

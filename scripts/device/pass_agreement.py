@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from scipy.stats import binomtest
+import numpy as np
 
+from matsql.evaluate.statistics import mcnemar_exact
 from matsql.rollout.io import read_records
 
 
@@ -38,16 +39,15 @@ def main() -> None:
     for name, runs in ways.items():
         if name == ref:
             continue
-        only_ref = only_other = 0
-        for a, b in zip(ways[ref], runs, strict=True):
-            if a.keys() != b.keys():
+        a: list[bool] = []
+        b: list[bool] = []
+        for ra, rb in zip(ways[ref], runs, strict=True):
+            if ra.keys() != rb.keys():
                 raise SystemExit(f"{ref} and {name}: not the same questions")
-            only_ref += sum(a[q] and not b[q] for q in a)
-            only_other += sum(b[q] and not a[q] for q in a)
-        p = binomtest(only_other, only_ref + only_other).pvalue if only_ref + only_other else 1.0
-        print(
-            f"{ref} vs {name}: solved by {ref} only {only_ref}, by {name} only {only_other}, exact p {p:.4f}"
-        )
+            a += [ra[q] for q in ra]
+            b += [rb[q] for q in ra]
+        m = mcnemar_exact(np.array(a), np.array(b))  # b: solved by ref only, c: by this way only
+        print(f"{ref} vs {name}: solved by {ref} only {m.b}, by {name} only {m.c}, exact p {m.p_value:.4f}")
 
 
 if __name__ == "__main__":

@@ -217,24 +217,23 @@ class LocalExecutor:
         gpus = self._acquire(wanted, rank, same_card=single) if self.gpus else []
         if on_start:
             on_start()
-        start = log.stat().st_size if log.exists() else 0
-        try:
-            self._run(stage, log, gpus, shards, procs_n)
-            return
-        except StageFailed:
-            # a single process that ran out of memory in its share of a card gets one more try
-            # with the whole card (session 12: SFT at half an H100 did; it fits alone)
-            if not (single and gpus and self.memory_fraction(len(gpus)) and out_of_memory(log, start)):
-                raise
-        finally:
-            self._release(gpus)
-        with log.open("a", encoding="utf-8") as f:
-            f.write(f"# out of memory at {len(gpus)} of {self.gpu_slots} slots: again with the whole card\n")
-        gpus = self._acquire(self.gpu_slots, rank, same_card=True)
-        try:
-            self._run(stage, log, gpus, shards, procs_n)
-        finally:
-            self._release(gpus)
+        while True:  # at most twice: the second try has the whole card, so no memory share
+            start = log.stat().st_size if log.exists() else 0
+            try:
+                self._run(stage, log, gpus, shards, procs_n)
+                return
+            except StageFailed:
+                # a single process that ran out of memory in its share of a card gets one more
+                # try with the whole card (session 12: SFT at half an H100 did; it fits alone)
+                if not (single and gpus and self.memory_fraction(len(gpus)) and out_of_memory(log, start)):
+                    raise
+            finally:
+                self._release(gpus)
+            with log.open("a", encoding="utf-8") as f:
+                f.write(
+                    f"# out of memory at {len(gpus)} of {self.gpu_slots} slots: again with the whole card\n"
+                )
+            gpus = self._acquire(self.gpu_slots, rank, same_card=True)
 
     def _run(
         self, stage: Stage, log: Path, gpus: list[str], shards: int, procs_n: int, hide_gpus: bool = False

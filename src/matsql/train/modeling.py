@@ -93,7 +93,7 @@ def load_tokenizer(spec: str) -> Any:
     """Tokenizer only (for --dry-run): a run folder's own (adapter runs have no config.json),
     else via matsql.models (local folder, alias, .gguf, hub id)."""
     p = Path(spec)
-    if p.is_dir() and (p / "tokenizer_config.json").is_file() and not (p / "config.json").is_file():
+    if p.is_dir() and has_tokenizer(p) and not (p / "config.json").is_file():
         from transformers import AutoTokenizer
 
         return _with_pad(AutoTokenizer.from_pretrained(str(p)))
