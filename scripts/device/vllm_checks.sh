@@ -2,7 +2,7 @@
 # The vLLM checks the next lease owes issue 15 (results/vllm/README.md), in one call after
 # `setup.sh join`, from the repository snapshot with scripts/device/env.sh sourced:
 #   bash scripts/device/vllm_checks.sh OUT_DIR [STEP ...]   # steps: lora_graphs parity_fp32 parity_bf16
-#     bench512 bench512_s512 bench512_mbt32768 bench512_mbt65536 lora_modes bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi
+#     bench512 bench512_s512 bench512_mbt16384 bench512_mbt32768 bench512_mbt65536 lora_modes bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi
 #     train_liger train lora_request lora_swap served served_eager (default: all)
 # A call is limited to 600 s: session 7 sent two calls of two or three steps each.
 # 1. LoRA with CUDA graphs on the V1 model runner after a graphs engine without LoRA has warmed the
@@ -24,7 +24,7 @@
 set -uo pipefail
 out=${1:?usage: vllm_checks.sh OUT_DIR [STEP ...]}
 shift
-want=" ${*:-lora_graphs parity_fp32 parity_bf16 bench512 bench512_s512 bench512_mbt32768 bench512_mbt65536 lora_modes bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train_liger train lora_request lora_swap served served_eager} "
+want=" ${*:-lora_graphs parity_fp32 parity_bf16 bench512 bench512_s512 bench512_mbt16384 bench512_mbt32768 bench512_mbt65536 lora_modes bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train_liger train lora_request lora_swap served served_eager} "
 mkdir -p "$out"
 export VLLM_ENABLE_V1_MULTIPROCESSING=0
 free_gpu() { nvidia-smi --query-compute-apps=pid --format=csv,noheader | xargs -r kill -9; sleep 1; }
@@ -38,7 +38,9 @@ step() {  # step NAME LIMIT_S COMMAND...
 step lora_graphs 580 benchmarks/vllm_lora_graphs.py --limit 250 --json "$out/lora-graphs.json"
 step parity_fp32 200 benchmarks/vllm_parity.py --mode greedy --dtype float32 --adapter none --out "$out/parity_fp32.json"
 step parity_bf16 150 benchmarks/vllm_parity.py --mode greedy --adapter random --out "$out/parity_bf16.json"
+# BENCH512_MBT=N runs it at vLLM's max_num_batched_tokens N (recorded in the JSON's args)
 step bench512 420 benchmarks/bench_generate.py --questions 512 --max-num-seqs 2048 --gpu-memory-utilization 0.8 \
+  ${BENCH512_MBT:+--max-num-batched-tokens $BENCH512_MBT} \
   --paths vllm,transformers,plain --hf-questions 64 --json "$out/bench512.json"
 # the engine core in its own process (vLLM's default; matsql runs it in process for repeatable
 # seeds): what that choice costs, vLLM alone on the same workload
@@ -51,7 +53,7 @@ step bench512_s512 200 benchmarks/bench_generate.py --questions 512 --max-num-se
 # vLLM's tokens per scheduler step (max_num_batched_tokens, 16,384 by default here): the validators'
 # 8,192 prompts of ~800 tokens are prefill-bound (18,103 kept tokens/s against the planner's 40,682
 # in session 12); a larger budget batches more prefill per step. vLLM alone, two settings
-for t in 32768 65536; do
+for t in 16384 32768 65536; do
   step bench512_mbt$t 200 benchmarks/bench_generate.py --questions 512 --max-num-batched-tokens $t \
     --gpu-memory-utilization 0.8 --paths vllm --json "$out/bench512_mbt$t.json"
 done
@@ -78,7 +80,7 @@ repeat repeat_mpbi VLLM_ENABLE_V1_MULTIPROCESSING=1 VLLM_BATCH_INVARIANT=1
 # SFT: committed (no activation checkpointing since session 10, 16 x 2) and 32 x 1 length-grouped;
 # ORPO: committed and 16 x 1. No held-out evaluation (the same for every variant; 10 steps each)
 # SFT with Liger's kernels (the loss fused with the LM head) beside today's recipe: s/step and peak GiB
-step train_liger 400 benchmarks/bench_train.py --steps 10 --methods sft --variants committed,no-ckpt-liger,no-ckpt-bs32-liger \
+step train_liger 480 benchmarks/bench_train.py --steps 10 --methods sft --variants committed,no-ckpt-liger,no-ckpt-nodrop-liger,no-ckpt-nodrop-bylen-liger \
   --set 'data.eval_sources=[]' --json "$out/train_liger.json" --work /root/matsql/bench-train
 step train 450 benchmarks/bench_train.py --steps 10 --variants committed,no-ckpt-bs32-bylen,no-ckpt-bs16 \
   --set 'data.eval_sources=[]' --json "$out/train.json" --work /root/matsql/bench-train
