@@ -375,3 +375,29 @@ def test_recipe_typos_are_one_line_errors_naming_the_file_and_key(override, mess
     with pytest.raises(RecipeError, match=message) as err:
         load_recipe(path, [override])
     assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
+
+
+def test_liger_recipe_says_what_it_needs_before_the_model_loads():
+    """The qwen0.5b SFT recipes turn on Liger's Triton kernels: without a GPU or without the
+    package, trainer_config names the recipe and the way out; a CPU dry run still checks."""
+    import importlib.util
+
+    from matsql.train import runner
+
+    path = RECIPES / "qwen0.5b" / "sft-val-sel.v1.yaml"
+    recipe = load_recipe(path)
+    assert recipe.trainer["use_liger_kernel"] is True
+    with mock.patch.object(runner, "_cuda", return_value=False):
+        with pytest.raises(
+            RecipeError, match=r"sft-val-sel\.v1\.yaml: trainer\.use_liger_kernel needs a CUDA GPU"
+        ):
+            runner.trainer_config(recipe, False)
+        assert runner.trainer_config(recipe, False, cpu_check=True).use_cpu  # --dry-run here
+        off = load_recipe(path, ["trainer.use_liger_kernel=false"])
+        assert not runner.trainer_config(off, False).use_liger_kernel
+    with (
+        mock.patch.object(runner, "_cuda", return_value=True),
+        mock.patch.object(importlib.util, "find_spec", return_value=None),
+        pytest.raises(RecipeError, match=r"needs the liger-kernel package \(pip install 'matsql\[gpu\]'\)"),
+    ):
+        runner.trainer_config(recipe, False)
