@@ -20,10 +20,10 @@ def _ship():
     return mod
 
 
-def _stage(run: Path, name: str, out: str, status: str = "done") -> None:
+def _stage(run: Path, name: str, out: str, status: str = "done", argv: list[str] | None = None) -> None:
     (run / "manifests").mkdir(parents=True, exist_ok=True)
     (run / "logs").mkdir(exist_ok=True)
-    m = {"status": status, "out": f"/root/matsql/repo/runs/{run.name}/{out}"}
+    m = {"status": status, "out": f"/root/matsql/repo/runs/{run.name}/{out}", "argv": argv or []}
     (run / "manifests" / f"{name}.json").write_text(json.dumps(m))
     (run / "logs" / f"{name}.log").write_text(f"log of {name}\n")
 
@@ -97,18 +97,31 @@ def test_cast_only_turns_adapters_to_bf16_in_place(tmp_path):
 
 def test_pack_of_chosen_stages_carries_them_once_and_unpack_restores_them(tmp_path):
     """`study.sh pack RUN DEST STAGE...` sends finished stages to a fresh machine: only those
-    stages (outputs, manifests, logs), no SFT datasets, identical tokenizers stored once."""
+    stages (outputs, manifests, logs), no SFT dataset a finished stage trained on (a dataset
+    still to be trained on goes), identical tokenizers stored once."""
     run = tmp_path / "runs" / "study"
     big = bytes(range(256)) * 8192  # 2 MiB, incompressible enough to see a second copy
+    data = f"/root/matsql/repo/runs/{run.name}/sft-data"
     for name in ("sft-a", "sft-b"):
-        _stage(run, name, name)
+        argv = ["train", "sft", "r.yaml", "--set", f"data.sources.0.path={data}/planner"]
+        _stage(run, name, name, argv=argv)
         (run / name).mkdir()
         (run / name / "tokenizer.json").write_bytes(big)
         (run / name / "adapter_config.json").write_text("{}")
+    # sft-selector has not run: its dataset must reach the next machine
+    _stage(
+        run,
+        "sft-selector",
+        "sft-selector",
+        status="pending",
+        argv=["train", "sft", "s.yaml", "--set", f"data.sources.0.path={data}/selector"],
+    )
     _stage(run, "sft-data", "sft-data")
     (run / "sft-data" / "planner").mkdir(parents=True)
     (run / "sft-data" / "planner.jsonl").write_bytes(big)
     (run / "sft-data" / "planner" / "data.arrow").write_bytes(big)
+    (run / "sft-data" / "selector").mkdir()
+    (run / "sft-data" / "selector" / "data.arrow").write_text("selector rows\n")
     (run / "sft-data" / "sft_data.json").write_text("{}")
     _stage(run, "eval", "eval/rollout.jsonl")
     (run / "eval").mkdir()
@@ -138,6 +151,7 @@ def test_pack_of_chosen_stages_carries_them_once_and_unpack_restores_them(tmp_pa
     assert (got / "sft-data" / "sft_data.json").exists() and (got / "sft-data" / "planner").is_dir()
     assert not (got / "sft-data" / "planner.jsonl").exists()
     assert not (got / "sft-data" / "planner" / "data.arrow").exists()
+    assert (got / "sft-data" / "selector" / "data.arrow").read_text() == "selector rows\n"
     assert (got / "eval" / "rollout.jsonl").exists()
     assert not (got / "later.jsonl").exists() and not (got / "manifests" / "later.json").exists()
     # stages that came from here are not shipped back

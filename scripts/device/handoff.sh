@@ -3,7 +3,7 @@
 # ignored files (runs/, .carry/) do not reach the next session's checkout, and a plan of several
 # leases (experiments/study-spider-v2.yaml: 5-6) needs each lease's finished stages in the next.
 # So the stages shipped home are packed (study.sh pack: outputs, manifests, logs; adapters in bf16;
-# no checkpoints, no SFT datasets), committed in one commit and removed from the tree in the next:
+# no checkpoints, no SFT dataset already trained on), committed in one commit and removed from the tree in the next:
 # the tree stays small enough for a device call (64 MiB with a part), and the commit restores them.
 #   bash scripts/device/handoff.sh save RUN_DIR [STAGE ...]   # two commits; appends the restore
 #                                                            # line to results/<plan>/HANDOFF.md

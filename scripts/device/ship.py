@@ -11,6 +11,7 @@ listed in ``RUN_DIR/.shipped``. Unpack here with ``scripts/device/collect.sh``.
     python3 scripts/device/ship.py RUN_DIR DEST [--max-files 8] [--max-mib 60]
     python3 scripts/device/ship.py RUN_DIR --cast-only     # adapters to bf16 only (study.sh pack)
     python3 scripts/device/ship.py RUN_DIR --dedupe        # identical big files -> hard links
+    python3 scripts/device/ship.py RUN_DIR --spent-sft-data  # sft-data/ folders already trained on
 """
 
 from __future__ import annotations
@@ -88,6 +89,25 @@ def pack_stage(run_dir: Path, stage: str, manifest: dict) -> bytes:
     return buf.getvalue()
 
 
+def spent_sft_data(run_dir: Path) -> list[str]:
+    """The ``sft-data/<agent>`` datasets that a finished training stage of ``run_dir`` has read
+    (``--set data.sources.N.path=.../sft-data/<agent>`` in its argv). `study.sh pack` leaves these
+    behind and carries the rest: a stage still to come (v2's sft-selector, leases later) needs
+    its dataset in the next session's checkout, where the run folder arrives only by hand-off."""
+    spent = set()
+    for m in (run_dir / "manifests").glob("*.json"):
+        man = json.loads(m.read_text())
+        argv = man.get("argv") or []
+        if man.get("status") != "done" or argv[:1] != ["train"]:
+            continue
+        for a in argv:
+            key, _, path = a.partition("=")
+            parts = Path(path).parts
+            if key.startswith("data.sources.") and "sft-data" in parts and parts[-1] != "sft-data":
+                spent.add(parts[parts.index("sft-data") + 1])
+    return sorted(spent)
+
+
 def _local_out(run_dir: Path, out: Path) -> Path:
     """The stage output inside ``run_dir`` (manifests hold absolute paths of the machine that ran)."""
     parts = out.parts
@@ -137,6 +157,9 @@ def main() -> None:
     ap.add_argument("dest", type=Path, nargs="?")
     ap.add_argument("--cast-only", action="store_true", help="only cast RUN_DIR's adapters to bf16")
     ap.add_argument("--dedupe", action="store_true", help="only hard-link RUN_DIR's identical big files")
+    ap.add_argument(
+        "--spent-sft-data", action="store_true", help="print sft-data/ folders already trained on"
+    )
     ap.add_argument("--max-files", type=int, default=8)
     ap.add_argument("--max-mib", type=float, default=60)
     a = ap.parse_args()
@@ -145,6 +168,9 @@ def main() -> None:
         return
     if a.dedupe:
         print(f"hard-linked {dedupe(a.run_dir)} identical file(s)")
+        return
+    if a.spent_sft_data:
+        print("\n".join(spent_sft_data(a.run_dir)))
         return
     if a.dest is None:
         ap.error("DEST is required unless --cast-only")

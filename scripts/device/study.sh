@@ -10,7 +10,7 @@
 #   bash scripts/device/study.sh pack RUN_DIR DEST [STAGE ...]
 #                                                  # RUN_DIR (or only these stages: outputs,
 #                                                  # manifests, logs) as parts of <=15 MiB (no
-#                                                  # checkpoints, no SFT datasets, adapters in bf16,
+#                                                  # checkpoints, no SFT dataset already trained on, adapters in bf16,
 #                                                  # identical files stored once)
 #   bash scripts/device/study.sh unpack DIR        # join DIR/run.tgz.* into the copy's runs/
 # The tree is copied to $MATSQL_STATE/repo first: later calls replace the working tree, the
@@ -83,7 +83,11 @@ case "$1" in
         [ -f "$run/logs/$s.log" ] && paths+=("$name/logs/$s.log")
       done
     fi
-    tar -C "$(dirname "$run")" --exclude='checkpoint-*' --exclude='sft-data/*.jsonl' --exclude='sft-data/*/*' \
+    # SFT datasets go only while a training stage still has to read them (v2's sft-selector)
+    spent=()
+    while read -r a; do [ -n "$a" ] && spent+=(--exclude="sft-data/$a/*"); done \
+      < <(python3 "$(dirname "$0")/ship.py" "$run" --spent-sft-data)
+    tar -C "$(dirname "$run")" --exclude='checkpoint-*' --exclude='sft-data/*.jsonl' "${spent[@]}" \
       --exclude='*.pt' -czf - "${paths[@]}" | split -b 15m -d - "$dest/run.tgz."
     ls -la "$dest"
     ;;
