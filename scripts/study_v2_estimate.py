@@ -154,13 +154,15 @@ def _questions(argv: list[str], parts: dict[str, int]) -> int:
     return n
 
 
-def train_factors(bench: dict, variant: str) -> dict[str, float]:
+def train_factors(bench: dict, variant: str, orpo: tuple[dict, str] | None = None) -> dict[str, float]:
     """Per method, seconds per step of ``variant`` in a bench_train JSON over the committed study's
-    seconds per step of the same recipe's stage (see module doc)."""
+    seconds per step of the same recipe's stage (see module doc). ``orpo``: another bench JSON and
+    variant for ORPO (session 13 measured SFT alone)."""
     t = json.loads((STUDY / "collect.json").read_text(encoding="utf-8"))["training"]
     out = {}
     for method, stage in (("sft", "sft-planner"), ("orpo", "orpo-iter1-val-sel-indep")):
-        row = bench["methods"][method]["variants"][variant]
+        b, var = orpo if (method == "orpo" and orpo) else (bench, variant)
+        row = b["methods"][method]["variants"][var]
         out[method] = float(row["s_per_step"]) / (float(t[stage]["train_runtime_s"]) / int(t[stage]["steps"]))
     return out
 
@@ -388,6 +390,10 @@ def main() -> None:
     ap.add_argument("--train-json", type=Path, default=None, help="bench_train.py output (see module doc)")
     ap.add_argument("--train-variant", default="committed", help="its variant to scale training by")
     ap.add_argument(
+        "--orpo-json", type=Path, default=None, help="ORPO from this bench_train.py output instead"
+    )
+    ap.add_argument("--orpo-variant", default="committed", help="its variant (with --orpo-json)")
+    ap.add_argument(
         "--lora-mode", choices=("request", "swap"), default="request",
         help="request: adapters at LORA_TPS (eager); swap: merged into the weights, at BASE_TPS",
     )  # fmt: skip
@@ -397,13 +403,19 @@ def main() -> None:
     )  # fmt: skip
     args = ap.parse_args()
     factor = (
-        train_factors(json.loads(args.train_json.read_text()), args.train_variant)
+        train_factors(
+            json.loads(args.train_json.read_text()),
+            args.train_variant,
+            (json.loads(args.orpo_json.read_text()), args.orpo_variant) if args.orpo_json else None,
+        )
         if args.train_json
         else None
     )
     if factor:
         print(f"Training loop seconds x {factor['sft']:.2f} (SFT), x {factor['orpo']:.2f} (ORPO): "
-              f"{args.train_variant} in {args.train_json.as_posix()} against the committed study's stages\n")  # fmt: skip
+              f"{args.train_variant} in {args.train_json.as_posix()}"
+              + (f", ORPO {args.orpo_variant} in {args.orpo_json.as_posix()}" if args.orpo_json else "")
+              + " against the committed study's stages\n")  # fmt: skip
     plan = load_plan(args.plan, base_dir=ROOT)
     v = plan.vars
     if "parts" in v:  # the v2 plan: a partition of spider-train, ORPO steps and saves as plan vars
