@@ -16,10 +16,11 @@
 #    in its own process, and in its own process with batch-invariant kernels (repeat_*).
 # Session 11 measured lora_modes (swap failed: fixed), lora_request, lora_swap, served and bench512_s512.
 # Session 12: bench512 (9.83x) and 13 stages of the committed study on one card (results/vllm/README.md).
-# Next lease: bench512_mbt32768/65536 (does a larger prefill budget lift the validators, the slower half?),
-# train_liger (SFT with Liger's fused loss: speed, and the peak memory that decides whether two
-# trainings share a card), then bench512 again if a setting won; lora_modes; lora_request +
-# served + served_eager (is the served engine's pass@8 gap LoRA under CUDA graphs?).
+# Session 13: bench512 at BENCH512_MBT=65536 (6.76x; 0.82x the default 16,384 alone on the same
+# machine, so the default stays) and train_liger (SFT 1.38x with LoRA dropout 0 + Liger's kernels
+# + length grouping, peak 31.6 GiB: now the qwen0.5b recipes).
+# Next lease: train with ORPO's variants (peak memory: can ORPO share the card?), lora_modes,
+# lora_request + served + served_eager (is the served engine's pass@8 gap LoRA under CUDA graphs?).
 # Each step has its own time limit, so a hang costs that step only.
 set -uo pipefail
 out=${1:?usage: vllm_checks.sh OUT_DIR [STEP ...]}
