@@ -75,8 +75,13 @@ SFT_VARIANTS: dict[str, list[str]] = {
         "trainer.train_sampling_strategy=group_by_length",
     ],
 }
+# An "env:NAME=VALUE" item sets an environment variable of the `matsql train` call instead.
 ORPO_VARIANTS: dict[str, list[str]] = {
     "committed": [],
+    # every position's logits, as before session 13 (the loss reads only the completions')
+    "all-logits": ["env:MATSQL_ORPO_LOGITS=all"],
+    # session 12's ORPO: LoRA dropout 0.05 and every position's logits
+    "before-s13": ["env:MATSQL_ORPO_LOGITS=all", "peft.dropout=0.05"],
     "ckpt": ["trainer.gradient_checkpointing=true"],
     "no-ckpt": ["trainer.gradient_checkpointing=false"],
     "no-ckpt-bs16": [
@@ -87,13 +92,14 @@ ORPO_VARIANTS: dict[str, list[str]] = {
 }
 
 
-def matsql(*args: str, log: Path) -> float:
+def matsql(*args: str, log: Path, env_extra: dict[str, str] | None = None) -> float:
     """Run one matsql command, its output to ``log``; returns wall seconds (raises on failure)."""
     t = time.time()
     with log.open("w") as fh:
         env = os.environ | {
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
         }
+        env |= env_extra or {}
         rc = subprocess.call(
             [sys.executable, "-m", "matsql.cli", *args], stdout=fh, stderr=subprocess.STDOUT, env=env
         )
@@ -112,12 +118,13 @@ def measure(method: str, recipe: str, data: Path, steps: int, overrides: list[st
         "trainer.save_strategy=no",
         "trainer.eval_strategy=no",  # evaluation before and after training still runs (same for all)
         "init_from=null",
-        *overrides,
+        *(o for o in overrides if not o.startswith("env:")),
     ]
+    env = dict(o.removeprefix("env:").split("=", 1) for o in overrides if o.startswith("env:"))
     args = ["train", method, recipe]
     for s in sets:
         args += ["--set", s]
-    wall = matsql(*args, log=out.with_suffix(".log"))
+    wall = matsql(*args, log=out.with_suffix(".log"), env_extra=env)
     run = json.loads((out / "run.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
     runtime = metrics["train"]["train_runtime"]

@@ -112,6 +112,9 @@ def test_confident_completions_train_without_nan(pairs, boost):
     def hook(module, args, kwargs, output):
         ids = kwargs.get("input_ids", args[0] if args else None)
         nxt = torch.roll(ids, -1, dims=1)
+        keep = kwargs.get("logits_to_keep")
+        if isinstance(keep, torch.Tensor):  # the completion-only path computes these positions only
+            nxt = nxt[:, keep]
         output.logits = output.logits + boost * torch.nn.functional.one_hot(nxt, output.logits.shape[-1])
         return output
 
@@ -130,3 +133,44 @@ def test_confident_completions_train_without_nan(pairs, boost):
             assert torch.isfinite(torch.tensor(h[k])), (k, h)
     for p in trainer.model.parameters():
         assert torch.isfinite(p).all()
+
+
+def test_completion_positions_give_the_full_logits_loss_and_gradients(pairs, monkeypatch):
+    """The LM head only where a completion token is predicted: the same log-probs, NLL, ORPO
+    loss and LoRA gradients as computing every position's logits (MATSQL_ORPO_LOGITS=all), and
+    logged logits the size of the scored tokens, not of the batch."""
+    d, data, model_dir = pairs
+    recipe = write_recipe(d / "keep.yaml", "orpo", model_dir, data, d / "keep")
+    trainer, _ = _trainer(recipe)
+    batch = _batch(trainer)
+    model = trainer.model
+    model.train(False)  # no dropout: the two passes must see the same network
+
+    def run(mode: str):
+        monkeypatch.setenv("MATSQL_ORPO_LOGITS", mode)
+        model.zero_grad()
+        out = trainer.concatenated_forward(model, batch)
+        loss = out[4] - trainer.odds_ratio_loss(out[0], out[1])[0].mean()
+        loss.backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        return out, loss.detach(), grads
+
+    widths = []
+    handle = model.get_base_model().register_forward_hook(lambda m, a, o: widths.append(o.logits.shape[1]))
+    try:
+        fast, fast_loss, fast_g = run("completion")
+        full, full_loss, full_g = run("all")
+    finally:
+        handle.remove()
+    seq = batch["chosen_input_ids"].shape[1]
+    assert widths[0] < seq <= widths[1]  # the head ran at fewer positions, then at all of them
+    for a, b in zip(fast[:2], full[:2], strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(fast[4], full[4], atol=1e-5) and torch.allclose(fast_loss, full_loss, atol=1e-5)
+    assert fast_g.keys() == full_g.keys() and any("lora" in k for k in fast_g)
+    for k in fast_g:
+        assert torch.allclose(fast_g[k], full_g[k], atol=1e-5, rtol=1e-4), k
+    n_scored = int((batch["chosen_labels"][:, 1:] != -100).sum())
+    assert fast[2].shape[0] == n_scored and fast[2].ndim == 2  # chosen completion tokens x vocab
+    # the logged logits are each row's completion positions in both modes
+    assert torch.allclose(fast[2], full[2], atol=1e-5) and torch.allclose(fast[3], full[3], atol=1e-5)

@@ -83,7 +83,10 @@ repeat repeat_mpbi VLLM_ENABLE_V1_MULTIPROCESSING=1 VLLM_BATCH_INVARIANT=1
 # SFT with Liger's kernels (the loss fused with the LM head) beside today's recipe: s/step and peak GiB
 step train_liger 480 benchmarks/bench_train.py --steps 10 --methods sft --variants committed,no-ckpt-liger,no-ckpt-nodrop-liger,no-ckpt-nodrop-bylen-liger \
   --set 'data.eval_sources=[]' --json "$out/train_liger.json" --work /root/matsql/bench-train
-step train 450 benchmarks/bench_train.py --steps 10 --variants committed,no-ckpt-bs32-bylen,no-ckpt-bs16 \
+# ORPO: the committed recipe and code (LoRA dropout 0, the LM head at completion positions only)
+# against every position's logits, and against session 12's ORPO (dropout 0.05 too); peak memory
+# decides whether ORPO fits half a card (--gpu-slots 4)
+step train 450 benchmarks/bench_train.py --steps 10 --methods orpo --variants committed,all-logits,before-s13 \
   --set 'data.eval_sources=[]' --json "$out/train.json" --work /root/matsql/bench-train
 # 5. LoRA three ways, two planner stages each as a plan runs them (512 spider-dev questions, K=8,
 #    each stage with its own random adapter): in process with a LoRARequest per call (eager), in

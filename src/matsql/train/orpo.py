@@ -16,6 +16,13 @@
 
 The odds-ratio term and the metrics (``rewards/chosen|rejected|accuracies|margins`` with
 ``eval_`` twins, rewards = ``beta * average log p``) are TRL's.
+
+With the completion-only NLL the LM head runs only where a completion token is predicted
+(``logits_to_keep``: the positions any row of the batch scores). The loss needs nothing else,
+and a batch's full logits (16 sequences x ~900 tokens x 151,936 words) are about 4 GB in bf16
+plus their gradient. Same loss; ``logits/chosen|rejected`` are then the mean logit over each
+row's completion tokens, not over the whole sequence. ``MATSQL_ORPO_LOGITS=all`` computes every
+position's logits as before (for benchmarks).
 """
 
 from __future__ import annotations
@@ -47,12 +54,23 @@ TOKENISED_COLUMNS = (
 
 def completion_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence sum of completion-token log-probs and their count (labels -100 = ignored)."""
-    labels = labels[:, 1:]
-    logits = logits[:, :-1, :]
-    mask = labels != -100
+    return target_logps(logits[:, :-1, :], labels[:, 1:])
+
+
+def target_logps(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row sum of log p(target) over positions whose target is not -100, and their count;
+    ``logits[:, j]`` predicts ``targets[:, j]`` (already shifted)."""
+    mask = targets != -100
     # TRL's selective_log_softmax never materialises a full-vocabulary log-softmax copy
-    logps = selective_log_softmax(logits, torch.where(mask, labels, 0))
+    logps = selective_log_softmax(logits, torch.where(mask, targets, 0))
     return (logps * mask).sum(-1), mask.sum(-1)
+
+
+def scored_positions(labels: torch.Tensor) -> torch.Tensor | None:
+    """Positions ``t`` whose next token some row scores (``labels[:, t + 1] != -100``): the only
+    logits the completion-only loss reads. None when there are none."""
+    pos = (labels[:, 1:] != -100).any(0).nonzero().squeeze(-1)
+    return pos if pos.numel() else None
 
 
 class MatsORPOTrainer(ORPOTrainer):
@@ -83,7 +101,13 @@ class MatsORPOTrainer(ORPOTrainer):
             batch, is_encoder_decoder=False, padding_value=self.padding_value, device=self.accelerator.device
         )
         n = batch["chosen_labels"].shape[0]
+        labels = cb["concatenated_labels"]
         kw = {"output_router_logits": True} if self.aux_loss_enabled else {}
+        keep = None
+        if self.nll_scope == "completion" and os.environ.get("MATSQL_ORPO_LOGITS", "completion") != "all":
+            keep = scored_positions(labels)
+        if keep is not None:
+            kw["logits_to_keep"] = keep  # the LM head at these positions only (transformers >= 4.50)
         outputs = model(
             cb["concatenated_input_ids"],
             attention_mask=cb["concatenated_attention_mask"],
@@ -91,16 +115,24 @@ class MatsORPOTrainer(ORPOTrainer):
             **kw,
         )
         logits = outputs.logits
-        labels = cb["concatenated_labels"]
-        sums, counts = completion_logps(logits, labels)
+        # predicted[:, j] scores targets[:, j]
+        if keep is not None:
+            predicted, targets = logits, labels[:, 1:][:, keep]
+        else:
+            predicted, targets = logits[:, :-1, :], labels[:, 1:]
+        sums, counts = target_logps(predicted, targets)
         avg = sums / counts.clamp(min=1)
         if self.nll_scope == "completion":
             nll = -sums[:n].sum() / counts[:n].sum().clamp(min=1)
+            # TRL logs the mean of what comes back as logits: each row's completion positions
+            scored = targets != -100
+            shown = (predicted[:n][scored[:n]], predicted[n:][scored[n:]])
         else:  # TRL 1.16: every attended token of the chosen sequence, prompt included
             full = torch.where(cb["concatenated_attention_mask"] == 1, cb["concatenated_input_ids"], -100)
             s, c = completion_logps(logits[:n], full[:n])
             nll = -s.sum() / c.sum().clamp(min=1)
-        out = (avg[:n], avg[n:], logits[:n, :-1, :], logits[n:, :-1, :], nll)
+            shown = (logits[:n, :-1, :], logits[n:, :-1, :])
+        out = (avg[:n], avg[n:], *shown, nll)
         return (*out, outputs.aux_loss) if self.aux_loss_enabled else out
 
 
