@@ -261,3 +261,44 @@ def test_handoff_keeps_a_run_in_history_not_in_the_tree_and_restores_it(tmp_path
     assert "no single handoff" in refused(before)
     removal = commits[0]  # the commit that took the parts out of the tree names them too
     assert "its parent holds them" in refused(removal)
+
+
+def test_chain_runs_the_checks_then_the_rule_then_the_plan_with_its_slots(tmp_path):
+    """chain.sh: the checks first, then the rule file (here: ORPO's peak from the checks'
+    train.json), then study.sh start with the rule's --gpu-slots and the options as given."""
+    import shutil
+    import time
+
+    snap, state = tmp_path / "snap", tmp_path / "state"
+    (snap / "scripts" / "device" / "rules").mkdir(parents=True)
+    state.mkdir()
+    for f in ("chain.sh", "rules/orpo_slots.sh"):
+        shutil.copy(ROOT / "scripts" / "device" / f, snap / "scripts" / "device" / f)
+    # a stand-in for study.sh that records how it was called
+    (snap / "scripts/device/study.sh").write_text('echo "study $*" >> "$MATSQL_STATE/calls"\n')
+
+    def chain(peak: float) -> list[str]:
+        # a stand-in for the checks: records its call, writes ORPO's peak where train writes it
+        (snap / "scripts/device/vllm_checks.sh").write_text(
+            'mkdir -p "$1"; echo "checks $*" >> "$MATSQL_STATE/calls"\n'
+            f'echo \'{{"methods": {{"orpo": {{"variants": {{"committed": '
+            f'{{"peak_gpu_memory_gib": {peak}}}}}}}}}}}\' > "$1/train.json"\n'
+        )
+        calls = state / "calls"
+        calls.unlink(missing_ok=True)
+        subprocess.run(
+            ["bash", "scripts/device/chain.sh", "start", str(tmp_path / "checks"), "train",
+             "scripts/device/rules/orpo_slots.sh", "experiments/p.yaml", "--jobs", "4", "--prefer", "a b"],
+            cwd=snap, check=True, capture_output=True, env={"MATSQL_STATE": str(state), "PATH": "/usr/bin:/bin"},
+        )  # fmt: skip
+        for _ in range(100):  # the chain runs detached
+            if calls.exists() and "study" in calls.read_text():
+                break
+            time.sleep(0.1)
+        return calls.read_text().splitlines()
+
+    calls = chain(31.5)
+    assert calls[0] == f"checks {tmp_path / 'checks'} train"
+    assert calls[1] == "study start experiments/p.yaml --jobs 4 --prefer a b --gpu-slots 4"
+    assert "peak 31.5 GiB -> --gpu-slots 4" in (state / "chain.log").read_text()
+    assert chain(44.6)[1].endswith("--gpu-slots 2")
