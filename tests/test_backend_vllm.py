@@ -582,3 +582,54 @@ def test_registry_passes_lora_mode() -> None:
     assert cfg.lora_mode == "swap"
     with pytest.raises(ValueError):
         registry.VLLMConfig.model_validate({"backend": "vllm", "model": "m", "lora_mode": "merge"})
+
+
+def test_a_shared_card_fixes_the_kv_cache_and_starts_without_waiting(
+    tiny_chat_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a shared card with a known size the engine's KV cache is its part of the card less
+    weights and reserve (no profiling, so no turn at the start-up lock); with
+    MATSQL_VLLM_SHARED_KV=profile, or the card to itself, vLLM sizes it as before."""
+    from contextlib import contextmanager
+
+    from matsql.backends import vllm_local
+    from matsql.gpu import ENV
+
+    locked: list[float | None] = []
+
+    @contextmanager
+    def recording_lock(share: float | None):  # type: ignore[no-untyped-def]
+        locked.append(share)
+        yield
+
+    card = 80 * 2**30
+    monkeypatch.setattr(vllm_local, "start_lock", recording_lock)
+    monkeypatch.setattr(vllm_local, "_card_bytes", lambda: card)
+    weights = sum(f.stat().st_size for f in tiny_chat_model_dir.glob("*.safetensors"))
+    cfg = {"backend": "vllm", "model": str(tiny_chat_model_dir), "gpu_memory_utilization": 0.8}
+
+    def start(share: str | None, mode: str | None) -> dict:
+        registry.clear_engines()
+        for name, value in ((ENV, share), (vllm_local.SHARED_KV_ENV, mode)):
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        b = registry.make_backend(cfg, agent="planner")
+        _fake_engines(b.engine)
+        b.generate(PROMPTS[:1], max_tokens=3)
+        return b.engine.llm.kwargs
+
+    try:
+        kw = start("0.5", None)
+        assert kw["gpu_memory_utilization"] == pytest.approx(0.4)
+        want = int(card * 0.4) - weights - vllm_local.NON_KV_RESERVE_BYTES - weights // 4
+        assert kw["kv_cache_memory_bytes"] == want and locked == [None]
+        kw = start("0.5", "profile")
+        assert "kv_cache_memory_bytes" not in kw and locked[-1] == pytest.approx(0.5)
+        kw = start(None, None)  # the card to itself: vLLM profiles, nothing to wait for
+        assert "kv_cache_memory_bytes" not in kw and locked[-1] is None
+    finally:
+        registry.clear_engines()
+    with pytest.raises(ValueError, match="no room for a KV cache"):
+        vllm_local.shared_kv_bytes(8 * 2**30, 0.2, 2**30)

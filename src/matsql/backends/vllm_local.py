@@ -23,7 +23,9 @@ largest rank and the number of adapters are known; an adapter registered after t
 fit what it started with. A team on two base models (the paper's 1.5B planner and selector, 0.5B
 validators and fixer) runs two engines in one process (vLLM 0.26 accepts a second in-process
 engine of the same tensor-parallel size); they split the process's memory by weight
-(``process_fraction``, set by ``matsql.backends.registry``) and start one at a time.
+(``process_fraction``, set by ``matsql.backends.registry``). An engine on a shared card gets
+its KV cache sized up front (``shared_kv_bytes``), so engines sharing a card start at once;
+without that (``MATSQL_VLLM_SHARED_KV=profile``) they start one at a time.
 
 Measured on the lent H100 (``results/vllm/README.md``), and why two settings are defaults:
 - Seeded samples repeat exactly from run to run only with the engine core in this process
@@ -112,10 +114,47 @@ class Adapter:
     rank: int
 
 
+# What a shared-card engine keeps beside its KV cache and weights when its KV size is fixed up
+# front: session 13's 0.5B engine at 16,384 tokens a step used 0.65 GiB of activations, 0.23 of
+# non-torch memory and 0.39 of CUDA graphs (1.27 GiB); a quarter of the weights on top covers
+# larger models' activations
+NON_KV_RESERVE_BYTES = 3 * 2**30
+SHARED_KV_ENV = "MATSQL_VLLM_SHARED_KV"  # "profile": size the KV cache by profiling, under the lock
+
+
+def shared_kv_bytes(card_bytes: int, utilization: float, weights_bytes: int) -> int:
+    """The KV cache of an engine that takes ``utilization`` of a card of ``card_bytes`` beside
+    other engines or a training stage: its part of the card less its weights and a reserve for
+    activations, CUDA graphs and non-torch memory. Fixed up front, vLLM skips memory profiling,
+    which would charge this engine with whatever its neighbours allocate meanwhile; so engines
+    sharing a card need not start one at a time. Pure."""
+    kv = int(card_bytes * utilization) - weights_bytes - NON_KV_RESERVE_BYTES - weights_bytes // 4
+    if kv <= 0:
+        raise ValueError(
+            f"no room for a KV cache: {utilization:.3f} of a {card_bytes / 2**30:.1f} GiB card holds "
+            f"{weights_bytes / 2**30:.2f} GiB of weights and a {NON_KV_RESERVE_BYTES / 2**30:.0f} GiB "
+            "reserve; give this stage more of the card (fewer --gpu-slots)"
+        )
+    return kv
+
+
+def _card_bytes() -> int | None:
+    """Total memory of this process's card, or None without CUDA."""
+    import torch
+
+    return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
+
+
+def _weights_bytes(model_dir: Path) -> int:
+    return sum(f.stat().st_size for f in Path(model_dir).glob("*.safetensors"))
+
+
 @contextmanager
 def start_lock(share: float | None) -> Iterator[None]:
     """Hold the card's start-up lock while this process starts an engine on a shared card (a
-    memory ``share`` below 1): engines sharing a card start one at a time. vLLM counts as its own
+    memory ``share`` below 1) whose KV cache vLLM sizes by profiling (no CUDA to read the card's
+    size, or ``MATSQL_VLLM_SHARED_KV=profile``; otherwise :func:`shared_kv_bytes` fixes it and
+    no lock is needed): engines sharing a card start one at a time. vLLM counts as its own
     non-KV memory everything the card gained from its creation to the end of its profiling
     minus its own torch memory (``vllm.utils.mem_utils.memory_profiling``), so another engine
     allocating its KV cache meanwhile would be charged to this one and shrink, or exhaust, its
@@ -385,10 +424,13 @@ class VLLMEngine:
             self.adapters[p] = ad
             return ad
 
-    def engine_kwargs(self, memory_share: float | None = None) -> dict[str, Any]:
+    def engine_kwargs(
+        self, memory_share: float | None = None, card_bytes: int | None = None, weights_bytes: int = 0
+    ) -> dict[str, Any]:
         """Keyword arguments of ``vllm.LLM`` for the current settings and adapters (pure). With
         ``memory_share`` (this process's share of its card, ``matsql.gpu``) the engine takes that
-        share of ``gpu_memory_utilization`` (:func:`matsql.gpu.vllm_memory_utilization`)."""
+        share of ``gpu_memory_utilization`` (:func:`matsql.gpu.vllm_memory_utilization`), and
+        with the card's size too, a KV cache fixed up front (:func:`shared_kv_bytes`)."""
         from matsql.gpu import vllm_memory_utilization
 
         s = self.settings
@@ -408,6 +450,10 @@ class VLLMEngine:
         }
         if s.max_num_batched_tokens:
             kw["max_num_batched_tokens"] = s.max_num_batched_tokens
+        if memory_share is not None and card_bytes:
+            kw["kv_cache_memory_bytes"] = shared_kv_bytes(
+                card_bytes, kw["gpu_memory_utilization"], weights_bytes
+            )
         if self.adapters and s.lora_mode == "request":
             rank, loras = lora_capacity([a.rank for a in self.adapters.values()], s)
             kw |= {"enable_lora": True, "max_lora_rank": rank, "max_loras": loras}
@@ -433,7 +479,8 @@ class VLLMEngine:
         with self.lock:
             if self._llm is None:
                 share = self.memory_share()
-                kw = self.engine_kwargs(share)
+                card = _card_bytes() if os.environ.get(SHARED_KV_ENV) != "profile" else None
+                kw = self.engine_kwargs(share, card, _weights_bytes(self.model_dir) if card else 0)
                 if kw["gpu_memory_utilization"] != self.settings.gpu_memory_utilization:
                     log.info(
                         "vLLM takes %.4f of the card: gpu_memory_utilization %.2f x this engine's share "
@@ -445,7 +492,8 @@ class VLLMEngine:
                 # in-process engine core: scheduling, and so seeded samples, repeat run to run
                 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
                 t0 = time.perf_counter()
-                with start_lock(share):
+                # a KV cache fixed up front needs no profiling, so no turn at the card
+                with start_lock(None if "kv_cache_memory_bytes" in kw else share):
                     self._llm = self.llm_factory(**kw)
                 if kw.get("enable_lora"):
                     self._lora = (kw["max_lora_rank"], kw["max_loras"])
