@@ -53,7 +53,13 @@ PLAN = ROOT / "experiments" / "study-spider-v2.yaml"
 BASE_TPS = 30_000.0  # results/vllm session 8: 34,950 kept tokens/s, base planner, graphs, 512 questions
 LORA_TPS = BASE_TPS * (19_859 / 29_223) * (11_914 / 17_823)  # LoRA/base eager (s8) x eager/graphs (s6)
 CRITIQUE_FACTOR = 15_639 / 34_950  # results/vllm session 8: validator rows vs planner rows, same engine
-VLLM_START_S = 30.0  # a later engine start on a warm machine: 9-16 s, plus imports and LoRA JIT
+# a generation stage's fixed cost on a warm machine (session 13, results/study-spider-v2/lease1/):
+# about 27 s from the stage's start to its engine's (process, imports, questions) and 11-25 s
+# for the engine; session 8-11's 30 s left the process start out
+VLLM_START_S = 50.0
+# a sharded rollout's second process on the same card starts its engine only when the first's is
+# up (matsql.backends.vllm_local.start_lock): session 13's rollout-sft lost about 25 s to it
+SECOND_SHARD_S = 25.0
 TRAIN_START_S = 40.0  # model load, data, first/last eval: committed stage wall minus train time
 # seconds per optimizer step in the committed study (stages.md: train seconds / steps)
 SFT_STEP_S = {"planner": 283.363 / 120, "val-sel": 151.348 / 120, "val-cond": 151.460 / 120,
@@ -192,6 +198,7 @@ def stage_cost(
     measured_train_s: dict[str, float] | None = None,
     train_factor: dict[str, float] | None = None,
     lora_tps: float = LORA_TPS,
+    shards: int = 1,
 ) -> Cost:
     """``measured_train_s``: training-loop seconds per stage name, used where a stage has one;
     ``train_factor``: per method (sft, orpo), a factor on training-loop seconds (``train_factors``);
@@ -221,7 +228,8 @@ def stage_cost(
         central = (ptok + ctok + ftok) / tps
         conservative = ptok / tps + (ctok + ftok) / (tps * CRITIQUE_FACTOR)
         kind = "rollout (base)" if base else "rollout (LoRA)"
-        return Cost(name, kind, ptok + ctok + ftok, central + VLLM_START_S, conservative + VLLM_START_S, True)
+        start = VLLM_START_S + SECOND_SHARD_S * (shards > 1)  # shards share one card here
+        return Cost(name, kind, ptok + ctok + ftok, central + start, conservative + start, True)
     if cmd == "train" and argv[1] in ("sft", "orpo") and name in (measured_train_s or {}):
         s = measured_train_s[name] * (train_factor or {}).get(argv[1], 1.0)  # type: ignore[index]
         return Cost(name, f"train {argv[1]}", 0.0, s + TRAIN_START_S, s + TRAIN_START_S, False)
@@ -432,7 +440,13 @@ def main() -> None:
     r = measure()
     order = serial_order(plan, [p for p in args.prefer.split(",") if p])
     lora_tps = BASE_TPS if args.lora_mode == "swap" else LORA_TPS
-    costs = [stage_cost(n, plan.stages[n].argv, parts, r, steps, measured, factor, lora_tps) for n in order]
+    costs = [
+        stage_cost(
+            n, plan.stages[n].argv, parts, r, steps, measured, factor, lora_tps,
+            shards=int(plan.stages[n].resources.get("shards", 1)),
+        )  # fmt: skip
+        for n in order
+    ]
     prefer = [p for p in args.prefer.split(",") if p]
     if args.lora_mode == "swap":
         print(
