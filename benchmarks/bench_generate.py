@@ -182,6 +182,10 @@ def main() -> None:
         "--max-num-batched-tokens", type=int, default=None, help="vLLM's tokens per step (default: vLLM's)"
     )
     ap.add_argument(
+        "--max-cudagraph-capture-size", type=int, default=None,
+        help="vLLM captures CUDA graphs up to this many sequences (default: vLLM's, 512 here)",
+    )  # fmt: skip
+    ap.add_argument(
         "--hf-questions",
         type=int,
         default=None,
@@ -253,6 +257,7 @@ def main() -> None:
             gpu_memory_utilization=args.gpu_memory_utilization,
             max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens,
+            max_cudagraph_capture_size=args.max_cudagraph_capture_size,
             lora_mode="request" if args.lora_mode == "none" else args.lora_mode,
         )
         engine = VLLMEngine(folder, load_tokenizer(folder), f"{args.model}|{digest[:16]}", settings)

@@ -187,6 +187,19 @@ def test_adapters_go_per_request_and_size_the_engine(engine: VLLMEngine, tmp_pat
 def test_no_adapter_no_lora(engine: VLLMEngine) -> None:
     kw = engine.engine_kwargs()
     assert "enable_lora" not in kw and kw["enforce_eager"] is False
+    assert "compilation_config" not in kw  # vLLM's own CUDA-graph sizes unless asked
+
+
+def test_agents_file_reaches_the_engines_cuda_graph_sizes(tiny_chat_model_dir: Path) -> None:
+    """max_cudagraph_capture_size in an agents file becomes vLLM's compilation_config."""
+    registry.clear_engines()
+    try:
+        cfg = {"backend": "vllm", "model": str(tiny_chat_model_dir), "max_cudagraph_capture_size": 2048}
+        b = registry.make_backend(cfg, agent="planner")
+        assert b.engine.settings.max_cudagraph_capture_size == 2048
+        assert b.engine.engine_kwargs()["compilation_config"] == {"max_cudagraph_capture_size": 2048}
+    finally:
+        registry.clear_engines()
 
 
 def test_adapter_folder_checks(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 # The vLLM checks the next lease owes issue 15 (results/vllm/README.md), in one call after
 # `setup.sh join`, from the repository snapshot with scripts/device/env.sh sourced:
 #   bash scripts/device/vllm_checks.sh OUT_DIR [STEP ...]   # steps: lora_graphs parity_fp32 parity_bf16
-#     bench512 bench512_s512 bench512_mbt16384 bench512_mbt32768 bench512_mbt65536 lora_modes bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi
+#     bench512 bench512_s512 bench512_mbt16384 bench512_mbt32768 bench512_mbt65536 bench512_cg2048 lora_modes bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi
 #     train_liger train lora_request lora_swap served served_eager (default: all)
 # A call is limited to 600 s: session 7 sent two calls of two or three steps each.
 # 1. LoRA with CUDA graphs on the V1 model runner after a graphs engine without LoRA has warmed the
@@ -25,7 +25,7 @@
 set -uo pipefail
 out=${1:?usage: vllm_checks.sh OUT_DIR [STEP ...]}
 shift
-want=" ${*:-lora_graphs parity_fp32 parity_bf16 bench512 bench512_s512 bench512_mbt16384 bench512_mbt32768 bench512_mbt65536 lora_modes bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train_liger train lora_request lora_swap served served_eager} "
+want=" ${*:-lora_graphs parity_fp32 parity_bf16 bench512 bench512_s512 bench512_mbt16384 bench512_mbt32768 bench512_mbt65536 bench512_cg2048 lora_modes bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train_liger train lora_request lora_swap served served_eager} "
 mkdir -p "$out"
 export VLLM_ENABLE_V1_MULTIPROCESSING=0
 free_gpu() { nvidia-smi --query-compute-apps=pid --format=csv,noheader | xargs -r kill -9; sleep 1; }
@@ -58,6 +58,10 @@ for t in 16384 32768 65536; do
   step bench512_mbt$t 200 benchmarks/bench_generate.py --questions 512 --max-num-batched-tokens $t \
     --gpu-memory-utilization 0.8 --paths vllm --json "$out/bench512_mbt$t.json"
 done
+# CUDA graphs for decode batches up to 2,048 sequences (vLLM captures up to 512 by default, and
+# matsql runs up to 2,048 at once): vLLM alone, beside bench512_mbt16384 (the default) in one lease
+step bench512_cg2048 240 benchmarks/bench_generate.py --questions 512 --max-cudagraph-capture-size 2048 \
+  --gpu-memory-utilization 0.8 --paths vllm --json "$out/bench512_cg2048.json"
 # LoRA per request (eager) against LoRA merged into the weights (swap, CUDA graphs) and the base
 # model: three engines, one process each, same workload and adapters (benchmarks/bench_lora_modes.py)
 step lora_modes 560 benchmarks/bench_lora_modes.py --questions 512 --max-num-seqs 2048 --json "$out/lora-modes.json"

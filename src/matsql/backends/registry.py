@@ -82,6 +82,7 @@ class VLLMConfig(_Cfg):
     enable_prefix_caching: bool = _ENGINE.enable_prefix_caching
     max_num_seqs: int = _ENGINE.max_num_seqs
     max_num_batched_tokens: int | None = _ENGINE.max_num_batched_tokens
+    max_cudagraph_capture_size: int | None = _ENGINE.max_cudagraph_capture_size
     enforce_eager: bool | None = _ENGINE.enforce_eager
     max_loras: int | None = _ENGINE.max_loras
     max_lora_rank: int | None = _ENGINE.max_lora_rank

@@ -94,6 +94,9 @@ class EngineSettings:
     # vLLM captures CUDA graphs only up to 512 sequences; its own H100 default is 1,024
     max_num_seqs: int = 2048
     max_num_batched_tokens: int | None = None
+    # vLLM captures CUDA graphs for batches up to min(2 x max_num_seqs, 512) sequences; larger
+    # decode batches run without them. Set to capture up to this many (longer engine start)
+    max_cudagraph_capture_size: int | None = None
     enforce_eager: bool | None = None  # None: eager only when LoRA is on (see module doc)
     dtype: str = "bfloat16"
     max_loras: int | None = None  # default: the number of registered adapters
@@ -450,6 +453,8 @@ class VLLMEngine:
         }
         if s.max_num_batched_tokens:
             kw["max_num_batched_tokens"] = s.max_num_batched_tokens
+        if s.max_cudagraph_capture_size:
+            kw["compilation_config"] = {"max_cudagraph_capture_size": s.max_cudagraph_capture_size}
         if memory_share is not None and card_bytes:
             kw["kv_cache_memory_bytes"] = shared_kv_bytes(
                 card_bytes, kw["gpu_memory_utilization"], weights_bytes
