@@ -19,7 +19,8 @@
 # Session 13: bench512 at BENCH512_MBT=65536 (6.76x; 0.82x the default 16,384 alone on the same
 # machine, so the default stays) and train_liger (SFT 1.38x with LoRA dropout 0 + Liger's kernels
 # + length grouping, peak 31.6 GiB: now the qwen0.5b recipes).
-# Next lease: train with ORPO's variants (peak memory: can ORPO share the card?), lora_modes,
+# Next lease with spare minutes: bench512_mbt16384 bench512_cg2048 (CUDA graphs up to 2,048
+# sequences), train with ORPO's variants (peak memory: can ORPO share the card?), lora_modes,
 # lora_request + served + served_eager (is the served engine's pass@8 gap LoRA under CUDA graphs?).
 # Each step has its own time limit, so a hang costs that step only.
 set -uo pipefail
