@@ -442,9 +442,16 @@ def main() -> None:
     lora_tps = BASE_TPS if args.lora_mode == "swap" else LORA_TPS
     costs = [
         stage_cost(
-            n, plan.stages[n].argv, parts, r, steps, measured, factor, lora_tps,
+            n,
+            plan.stages[n].argv,
+            parts,
+            r,
+            steps,
+            measured,
+            factor,
+            lora_tps,
             shards=int(plan.stages[n].resources.get("shards", 1)),
-        )  # fmt: skip
+        )
         for n in order
     ]
     prefer = [p for p in args.prefer.split(",") if p]

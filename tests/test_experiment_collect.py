@@ -83,8 +83,9 @@ def test_collect_keeps_outcomes_yields_metrics_and_leaves_weights(run, tmp_path)
     assert summary["training"]["sft"]["eval_loss"] == {"before": 1.5, "after": 0.5}
     md = (dest / "stages.md").read_text()
     assert "| sft | 20 | 12.500 | 1.500 -> 0.500 | 0.250 -> 0.750 |" in md
-    assert "| eval | 3.000 | 7.250 | t0 | t1 |" in md  # the wait for slots beside the stage's seconds
-    assert "| rollout | 0.000 | - | t0 | t1 |" in md  # older manifests: no wait recorded
+    # the wait for slots beside the stage's seconds; no lease: these stamps are not timestamps
+    assert "| eval | - | 3.000 | 7.250 | t0 | t1 |" in md
+    assert "| rollout | - | 0.000 | - | t0 | t1 |" in md  # older manifests: no wait recorded
 
 
 def test_collect_adapters_and_skip(run, tmp_path):
@@ -177,8 +178,8 @@ def test_collect_marks_the_primary_comparison_and_judges_it_at_the_registered_ma
         md = (dest / "stages.md").read_text()
         assert md.startswith("# Primary comparison (pre-registered in the plan)")
         assert ("**the claim holds**" in md) is holds
-        assert "| compare (**primary**, pre-registered) | 5.000 |" in md
-        assert "| select | 4.000 |" in md  # other rows unmarked
+        assert "| compare (**primary**, pre-registered) | - | 5.000 |" in md
+        assert "| select | - | 4.000 |" in md  # other rows unmarked
 
 
 def test_collect_says_when_the_primary_comparison_has_not_run(run, tmp_path):
@@ -190,3 +191,59 @@ def test_collect_says_when_the_primary_comparison_has_not_run(run, tmp_path):
     collect_run(run, tmp_path / "plain")  # a plan without one: no section
     assert json.loads((tmp_path / "plain" / "collect.json").read_text())["primary"] is None
     assert (tmp_path / "plain" / "stages.md").read_text().startswith("# Stages")
+
+
+def test_stages_group_into_the_leases_they_ran_in():
+    """Stages more than 30 minutes after everything before them had finished open a new lease;
+    a stage that ran beside a longer one stays in its lease; untimed rows are left out."""
+    from matsql.experiment.collect import leases
+
+    def row(stage, start, end, seconds):
+        return {"stage": stage, "started": f"2026-12-07T{start}+00:00", "finished": f"2026-12-07T{end}+00:00",
+                "seconds": seconds}  # fmt: skip
+
+    rows = [
+        row("sft", "14:46:00", "14:49:00", 180.0),
+        row("rollout", "14:44:00", "14:45:40", 100.0),
+        row("beside", "14:47:00", "14:48:00", 60.0),  # ran during sft
+        row("late", "15:15:00", "15:16:00", 60.0),  # 26 minutes after sft: same lease
+        row("next", "17:00:00", "17:05:00", 300.0),  # the next session's lease
+        {"stage": "old", "started": "t0", "finished": "t1", "seconds": 1.0},
+    ]
+    got = leases(rows)
+    assert [g["stages"] for g in got] == [["rollout", "sft", "beside", "late"], ["next"]]
+    assert got[0]["first_started"].startswith("2026-12-07T14:44:00")
+    assert got[0]["last_finished"].startswith("2026-12-07T15:16:00")
+    assert got[0]["span_s"] == 32 * 60 and got[0]["stage_seconds"] == 400.0
+    assert got[1]["span_s"] == 300 and {r["stage"]: r.get("lease") for r in rows} == {
+        "sft": 1, "rollout": 1, "beside": 1, "late": 1, "next": 2, "old": None,
+    }  # fmt: skip
+
+
+def test_stages_md_gives_the_times_per_lease_when_a_run_spans_leases():
+    from matsql.experiment.collect import Collected, leases, stages_markdown
+
+    got = Collected(
+        stage_rows=[
+            {
+                "stage": "a",
+                "seconds": 10.0,
+                "started": "2026-12-07T14:00:00+00:00",
+                "finished": "2026-12-07T14:00:10+00:00",
+            },
+            {
+                "stage": "b",
+                "seconds": 20.0,
+                "started": "2026-12-08T09:00:00+00:00",
+                "finished": "2026-12-08T09:00:20+00:00",
+            },
+        ]
+    )
+    got.leases = leases(got.stage_rows)
+    md = stages_markdown(got)
+    assert "| a | 1 | 10.000 |" in md and "| b | 2 | 20.000 |" in md
+    assert "# Stage times per lease" in md
+    assert "| 2 | 1 | 2026-12-08T09:00:00+00:00 | 2026-12-08T09:00:20+00:00 | 20.000 | 20.000 |" in md
+    one = Collected(stage_rows=got.stage_rows[:1])
+    one.leases = leases(one.stage_rows)
+    assert "per lease" not in stages_markdown(one)  # one sitting: no table of one row

@@ -12,6 +12,7 @@ import gzip
 import json
 import shutil
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,49 @@ ADAPTER_FILES = (
     "run.json",
 )
 TRAIN_KEYS = ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_mean_token_accuracy")
+LEASE_GAP_S = 1800.0  # a lent GPU goes back 30 s after its last call; sessions are hours apart
+
+
+def leases(rows: list[dict[str, Any]], gap_s: float = LEASE_GAP_S) -> list[dict[str, Any]]:
+    """Group finished stages into the sittings they ran in: a stage that started more than
+    ``gap_s`` after every earlier stage had finished opens a new group. A plan that resumes
+    across GPU leases gets one group per lease (stages run off the device between leases form
+    groups of their own). Sets each row's ``lease`` (1, 2, ...) and returns, per group, its
+    stages, first start, last finish, span and summed stage seconds. Pure but for the rows."""
+    timed: list[tuple[datetime, datetime, dict[str, Any]]] = []
+    for r in rows:
+        start, finish = _when(r.get("started")), _when(r.get("finished"))
+        if start and finish:
+            timed.append((start, finish, r))
+    timed.sort(key=lambda t: t[0])
+    out: list[dict[str, Any]] = []
+    end = datetime.min
+    for start, finish, r in timed:
+        if not out or (start - end).total_seconds() > gap_s:
+            out.append(
+                {"lease": len(out) + 1, "first_started": r["started"], "last_finished": r["finished"],
+                 "stages": [], "stage_seconds": 0.0}
+            )  # fmt: skip
+            end = finish
+        group = out[-1]
+        r["lease"] = group["lease"]
+        group["stages"].append(r["stage"])
+        group["stage_seconds"] += float(r.get("seconds") or 0.0)
+        if finish > end:
+            end, group["last_finished"] = finish, r["finished"]
+    for g in out:
+        span = datetime.fromisoformat(g["last_finished"]) - datetime.fromisoformat(g["first_started"])
+        g["span_s"] = round(span.total_seconds(), 1)
+        g["stage_seconds"] = round(g["stage_seconds"], 1)
+    return out
+
+
+def _when(stamp: Any) -> datetime | None:
+    """A manifest's ISO timestamp, or None (absent or not a timestamp)."""
+    try:
+        return datetime.fromisoformat(stamp) if isinstance(stamp, str) else None
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -41,6 +85,7 @@ class Collected:
     files: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     primary: dict[str, Any] | None = None  # the plan's pre-registered comparison and its result
+    leases: list[dict[str, Any]] = field(default_factory=list)  # stage groups by sitting (`leases`)
 
 
 def _gzip_copy(src: Path, dest: Path) -> None:
@@ -170,9 +215,11 @@ def collect_run(
             if (src / fname).is_file():
                 shutil.copy2(src / fname, target / fname)
     got.primary = primary_result(plan)
+    got.leases = leases(got.stage_rows)
     summary = {
         "plan": plan.name,
         "primary": got.primary,
+        "leases": got.leases,
         "stages": got.stage_rows,
         "not_done": got.missing,
         "training": got.training,
@@ -223,12 +270,12 @@ def stages_markdown(got: Collected) -> str:
     lines += [
         "# Stages",
         "",
-        "| stage | seconds | waited for GPU (s) | started | finished |",
-        "|---|---|---|---|---|",
+        "| stage | lease | seconds | waited for GPU (s) | started | finished |",
+        "|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {r['stage']}{' (**primary**, pre-registered)' if r['stage'] == primary else ''} | "
-        f"{_fmt(r['seconds'])} | {_fmt(r.get('waited_s'))} | {r['started']} | {r['finished']} |"
+        f"{_fmt(r.get('lease'))} | {_fmt(r['seconds'])} | {_fmt(r.get('waited_s'))} | {r['started']} | {r['finished']} |"
         for r in got.stage_rows
     ]
     if got.stage_rows:
@@ -236,6 +283,20 @@ def stages_markdown(got: Collected) -> str:
         ends = [r["finished"] for r in got.stage_rows if r["finished"]]
         if starts and ends:
             lines += ["", f"First stage started {min(starts)}, last finished {max(ends)}."]
+    if len(got.leases) > 1:
+        lines += [
+            "",
+            f"# Stage times per lease (stages more than {LEASE_GAP_S / 60:.0f} minutes apart start a new "
+            "group; stages run off the device between leases form groups of their own)",
+            "",
+            "| lease | stages | first started | last finished | span (s) | stage seconds |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {g['lease']} | {len(g['stages'])} | {g['first_started']} | {g['last_finished']} | "
+            f"{_fmt(g['span_s'])} | {_fmt(g['stage_seconds'])} |"
+            for g in got.leases
+        ]
     if got.training:
         lines += ["", "# Training (held-out split, before -> after)", ""]
         lines += [
