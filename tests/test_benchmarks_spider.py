@@ -87,3 +87,32 @@ def test_missing_field_names_file_and_entry(tmp_path: Path) -> None:
 def test_absent_files_raise_data_error(tmp_path: Path) -> None:
     with pytest.raises(BenchmarkDataError, match="MATSQL_DATA"):
         load_benchmark("spider-dev", tmp_path)
+
+
+def test_approx_hardness_is_remembered_and_a_damaged_memory_is_rebuilt(tmp_path, monkeypatch):
+    """spider-train's 7,000 sqlglot parses are done once per cache folder, not once per process:
+    the labels come back the same from the file, and a damaged file is rebuilt."""
+    from matsql.benchmarks import spider
+    from matsql.benchmarks.hardness import approx_hardness
+
+    monkeypatch.setenv("MATSQL_CACHE", str(tmp_path / "cache"))  # not there yet: made
+    queries = [
+        "SELECT name FROM singer",
+        "SELECT count(*) FROM singer WHERE age > 20 GROUP BY country ORDER BY count(*) DESC LIMIT 1",
+        "SELECT name FROM singer",  # twice: one entry, two answers
+        "not sql at all ((",
+    ]
+    want = [approx_hardness(q) for q in queries]
+    assert spider.approx_hardness_remembered(queries) == want
+    (memory,) = (tmp_path / "cache").glob("hardness-approx-v*-sqlglot-*.json")
+    assert len(json.loads(memory.read_text())) == 3
+
+    def parse_again(q):
+        raise AssertionError(f"parsed again: {q}")
+
+    monkeypatch.setattr(spider, "approx_hardness", parse_again)
+    assert spider.approx_hardness_remembered(queries) == want  # from the file
+    memory.write_text('["damaged"]')
+    monkeypatch.setattr(spider, "approx_hardness", approx_hardness)
+    assert spider.approx_hardness_remembered(queries[:2]) == want[:2]
+    assert sorted(json.loads(memory.read_text())) == sorted(set(queries[:2]))

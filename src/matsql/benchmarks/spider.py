@@ -11,13 +11,43 @@ Question ids are positional (``spider-dev-{i}``, ``spider-train-{i}``) because S
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import sqlglot
+
 from matsql.benchmarks.base import Benchmark
 from matsql.benchmarks.hardness import APPROX_SOURCE, OFFICIAL_SOURCE, approx_hardness, official_hardness
-from matsql.benchmarks.paths import read_json_list, require
+from matsql.benchmarks.paths import cache_root, read_json_list, require
+from matsql.fileio import write_text_atomic
 from matsql.records import Question
+
+APPROX_CACHE_VERSION = 1  # bump when approx_hardness's rule changes
+
+
+def approx_hardness_remembered(queries: list[str]) -> list[str]:
+    """``approx_hardness`` of each query, remembered in the cache folder. Parsing spider-train's
+    7,000 gold queries with sqlglot took 5-13 s in every process that loaded the benchmark (each
+    rollout shard, sft-data, labels: a share of a generation stage's fixed cost, session 13), for
+    labels that depend only on the text, the rule and sqlglot's version, which name the file."""
+    path = cache_root() / f"hardness-approx-v{APPROX_CACHE_VERSION}-sqlglot-{sqlglot.__version__}.json"
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict) or not all(isinstance(v, str) for v in known.values()):
+        known = {}  # not ours, or damaged: rebuilt below
+    missing = [q for q in dict.fromkeys(queries) if q not in known]
+    for q in missing:
+        known[q] = approx_hardness(q)
+    if missing:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(path, json.dumps(known, sort_keys=True))
+        except OSError:
+            pass  # a read-only cache folder: computed again next time, same labels
+    return [known[q] for q in queries]
 
 
 def _field(row: dict[str, Any], key: str, path: Path, i: int) -> Any:
@@ -72,19 +102,20 @@ def load_spider_dev(root: Path) -> Benchmark:
 def load_spider_train(root: Path) -> Benchmark:
     path = root / "spider-syn" / "train_spider.json"
     rows = read_json_list(path, "Spider train questions (spider-syn/train_spider.json)")
-    questions = []
-    for i, row in enumerate(rows):
-        sql = _field(row, "query", path, i).strip()
-        questions.append(
-            Question(
-                question_id=f"spider-train-{i}",
-                db_id=_field(row, "db_id", path, i),
-                question=_field(row, "SpiderQuestion", path, i),
-                gold_sql=sql,
-                difficulty=approx_hardness(sql),
-                benchmark="spider-train",
-            )
+    sqls = [_field(row, "query", path, i).strip() for i, row in enumerate(rows)]
+    questions = [
+        Question(
+            question_id=f"spider-train-{i}",
+            db_id=_field(row, "db_id", path, i),
+            question=_field(row, "SpiderQuestion", path, i),
+            gold_sql=sql,
+            difficulty=difficulty,
+            benchmark="spider-train",
         )
+        for i, (row, sql, difficulty) in enumerate(
+            zip(rows, sqls, approx_hardness_remembered(sqls), strict=True)
+        )
+    ]
     return Benchmark(
         "spider-train", questions, root / "spider" / "database", root=root, difficulty_source=APPROX_SOURCE
     )
