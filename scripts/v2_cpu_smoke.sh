@@ -46,8 +46,10 @@ YAML
     for a in val-sel val-cond selector; do
       printf 'peft:\n  target_modules: [q_proj, k_proj, v_proj, o_proj]\n' >> "$run/recipes/sft-$a.yaml"
     done
+    # two critiques per candidate at label time: with one, no candidate has both a right and a
+    # wrong verdict, every label set is empty and the ORPO stages end "no_data" (session 13)
     sets+=(--set vars.agents="$repo/experiments/agents/smollm2-cpu.yaml" --set "vars.dev=minibench --limit 4"
-      --set vars.bq=16 --set vars.parts=sft=8,label=8,heldout=10,evaltrain=4)
+      --set vars.bq=16 --set vars.parts=sft=8,label=8,heldout=10,evaltrain=4 --set vars.branches=2)
     export MATSQL_MERGE_ADAPTERS=1 OMP_NUM_THREADS=1  # as the demo plan runs SmolLM2 on 2 cores
     ;;
   *) echo "usage: v2_cpu_smoke.sh echo|prepared [RUN_DIR]" >&2; exit 2 ;;
@@ -69,4 +71,7 @@ python3 - "$run/run/manifests" <<'PY'
 import collections, json, pathlib, sys
 st = {m.stem: json.loads(m.read_text())["status"] for m in pathlib.Path(sys.argv[1]).glob("*.json")}
 print(dict(collections.Counter(st.values())), "| not done:", sorted(k for k, v in st.items() if v != "done"))
+# a training stage that found no rows saves an untrained adapter and says so in run.json
+runs = {p.parent.name: json.loads(p.read_text()).get("status") for p in pathlib.Path(sys.argv[1]).parent.glob("*/run.json")}
+print("training runs:", dict(collections.Counter(runs.values())), "| without data:", sorted(k for k, v in runs.items() if v == "no_data"))
 PY
