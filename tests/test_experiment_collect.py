@@ -247,3 +247,17 @@ def test_stages_md_gives_the_times_per_lease_when_a_run_spans_leases():
     one = Collected(stage_rows=got.stage_rows[:1])
     one.leases = leases(one.stage_rows)
     assert "per lease" not in stages_markdown(one)  # one sitting: no table of one row
+
+
+def test_a_training_stage_that_found_no_rows_is_named(run, tmp_path):
+    """A training stage with no rows is done (later stages find a model) but trained nothing:
+    the results say which, above the stage table."""
+    sft = Path(run.stages["sft"].out)
+    (sft / "run.json").write_text(json.dumps({"status": "complete"}))
+    got = collect_run(run, tmp_path / "a")
+    assert got.untrained == [] and "Trained on no rows" not in (tmp_path / "a" / "stages.md").read_text()
+    (sft / "run.json").write_text(json.dumps({"status": "no_data"}))
+    got = collect_run(run, tmp_path / "b")
+    assert got.untrained == ["sft"]
+    assert "**Trained on no rows**" in (tmp_path / "b" / "stages.md").read_text()
+    assert json.loads((tmp_path / "b" / "collect.json").read_text())["untrained"] == ["sft"]

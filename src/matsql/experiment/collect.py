@@ -86,6 +86,7 @@ class Collected:
     missing: list[str] = field(default_factory=list)
     primary: dict[str, Any] | None = None  # the plan's pre-registered comparison and its result
     leases: list[dict[str, Any]] = field(default_factory=list)  # stage groups by sitting (`leases`)
+    untrained: list[str] = field(default_factory=list)  # training stages that found no rows
 
 
 def _gzip_copy(src: Path, dest: Path) -> None:
@@ -189,6 +190,10 @@ def collect_run(
             continue
         if (out / "metrics.json").is_file():
             got.training[name] = training_summary(json.loads((out / "metrics.json").read_text()))
+        if (out / "run.json").is_file() and json.loads((out / "run.json").read_text()).get(
+            "status"
+        ) == "no_data":
+            got.untrained.append(name)  # done as a stage, but its adapter is the one it started from
         if (out / "yield.json").is_file():
             got.yields[name] = json.loads(portable_text((out / "yield.json").read_text(), run_dir))
         trained = (out / "adapter_config.json").exists()  # its metrics are summarised above
@@ -222,6 +227,7 @@ def collect_run(
         "leases": got.leases,
         "stages": got.stage_rows,
         "not_done": got.missing,
+        "untrained": got.untrained,
         "training": got.training,
         "label_yield": got.yields,
     }
@@ -266,6 +272,12 @@ def primary_markdown(primary: dict[str, Any] | None) -> list[str]:
 def stages_markdown(got: Collected) -> str:
     """Stage times and training outcomes as Markdown tables (the run's manifests and metrics.json)."""
     lines = primary_markdown(got.primary)
+    if got.untrained:
+        lines += [
+            f"**Trained on no rows** (done, but the adapter is the one it started from; `run.json` "
+            f"status `no_data`): {', '.join(got.untrained)}",
+            "",
+        ]
     primary = got.primary["stage"] if got.primary else None
     lines += [
         "# Stages",
