@@ -37,6 +37,7 @@ def run_dir(tmp: Path) -> Path:
         adapter(run / "checkpoints" / "abc123" / f"checkpoint-{step}", tag)
     (run / "checkpoints" / "abc123" / "checkpoint-40").mkdir()  # no adapter: not a candidate
     adapter(run, "lenient")
+    (run / "run.json").write_text(json.dumps({"status": "complete", "kind": "adapter", "base_model": "tiny"}))
     return run
 
 
@@ -221,4 +222,11 @@ def test_cli_end_to_end_with_the_echo_backend(tmp_path: Path, monkeypatch: pytes
     pick = json.loads((out / PICK_FILE).read_text())
     assert pick["chosen"] == "checkpoint-20" and pick["candidates"] == 6
     assert (out / "adapter_model.safetensors").read_bytes() == b"sharp"
+    # a later training stage can continue from the pick (the v2 plan's iter2 ORPO): it has the
+    # run's run.json, naming the checkpoint it now describes (session 13's smoke: it had none)
+    from matsql.train.modeling import read_run
+
+    info = read_run(out)
+    assert info["kind"] == "adapter" and info["base_model"] == "tiny"
+    assert info["picked_checkpoint"] == "checkpoint-20" and info["picked_step"] == 20
     assert "kept checkpoint-20 of 4" in res.output

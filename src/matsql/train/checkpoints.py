@@ -27,6 +27,7 @@ from matsql.backends.base import Backend, ChatPrompt
 from matsql.evaluate.diagnostics import ValidatorDiagnostics, tally
 from matsql.fileio import atomic_dir
 from matsql.records import RolloutRecord
+from matsql.train.modeling import RUN_FILE
 
 PICK_FILE = "pick.json"
 
@@ -138,11 +139,17 @@ def pick_checkpoint(
 
 
 def write_pick(
-    out: Path, chosen: CheckpointRef, scores: dict[str, ValidatorDiagnostics], meta: dict[str, Any]
+    out: Path,
+    chosen: CheckpointRef,
+    scores: dict[str, ValidatorDiagnostics],
+    meta: dict[str, Any],
+    run_info: dict[str, Any] | None = None,
 ) -> Path:
     """Copy the chosen adapter to ``out`` (a plain adapter folder later stages load) with
     ``pick.json`` naming it and every checkpoint's scores; written to a temp folder that then
-    replaces ``out`` (:func:`matsql.fileio.atomic_dir`)."""
+    replaces ``out`` (:func:`matsql.fileio.atomic_dir`). A TRL checkpoint has no ``run.json``,
+    which a training stage that continues from ``out`` (``init_from``: the v2 plan's iter2 ORPO)
+    needs: ``run_info``, the run's own, goes there with the checkpoint it now describes."""
     out = Path(out)
     body = meta | {
         "chosen": chosen.name,
@@ -160,4 +167,7 @@ def write_pick(
         (tmp / PICK_FILE).write_text(
             json.dumps(body, indent=1, sort_keys=True, default=str), encoding="utf-8"
         )
+        if run_info is not None and not (tmp / RUN_FILE).exists():
+            picked = run_info | {"picked_checkpoint": chosen.name, "picked_step": chosen.step}
+            (tmp / RUN_FILE).write_text(json.dumps(picked, indent=1, default=str), encoding="utf-8")
     return out

@@ -215,7 +215,9 @@ def pick_checkpoint_cmd(
         "seed": seed,
         "temperature": spec.temperature,
     }
-    write_pick(out, ref, scores, meta)
+    run_json = run_dir / "run.json"
+    run_info = json.loads(run_json.read_text(encoding="utf-8")) if run_json.is_file() else None
+    write_pick(out, ref, scores, meta, run_info)
     for r in refs:
         rates = scores[r.name].rates()
         ba, fa = rates["balanced_accuracy"], rates["false_alarm_rate"]
