@@ -17,7 +17,7 @@ run=${2:-/tmp/v2-cpu-smoke-$mode}
 repo=$PWD t=$PWD/recipes/tiny
 mkdir -p "$run/recipes"
 sets=(--set run_dir="$run/run" --set vars.train=minibench-train --set vars.k=2 --set vars.k_sft=1
-  --set vars.branches=1 --set vars.fixer_samples=1 --set vars.shards=1
+  --set vars.fixer_samples=1 --set vars.shards=1
   --set "vars.sft_opts=--set trainer.max_steps=2" --set vars.orpo_steps=2 --set vars.save_steps=1
   --set vars.e1_steps=2)
 case "$mode" in
@@ -32,7 +32,7 @@ agents:
   selector: {temperature: 0.0, max_tokens: 4}
 YAML
     sets+=(--set vars.agents="$run/agents.yaml" --set vars.dev=minibench --set vars.bq=8
-      --set vars.parts=sft=16,label=16,heldout=8,evaltrain=8)
+      --set vars.parts=sft=16,label=16,heldout=8,evaltrain=8 --set vars.branches=1)
     for a in planner val-sel val-cond fixer selector; do
       printf 'extends: %s/sft-%s.v1.yaml\n' "$t" "$a" > "$run/recipes/sft-$a.yaml"
     done

@@ -1,4 +1,5 @@
-# Sourced by chain.sh after `vllm_checks.sh OUT train` (issue 16, lease 2; fixed before it ran):
+# Sourced by chain.sh after `vllm_checks.sh OUT train`, for a v2 lease that decides on four slots
+# (results/study-spider-v2/PLAN.md; lease 2 runs at two without it):
 # --gpu-slots 4 if the committed ORPO recipe peaked at 36 GiB or less (half an H100 is 39.6: an
 # ORPO run then fits beside a rollout or a checkpoint pick), else 2 (training alone on the card).
 peak=$(python3 -c '

@@ -190,9 +190,8 @@ def collect_run(
             continue
         if (out / "metrics.json").is_file():
             got.training[name] = training_summary(json.loads((out / "metrics.json").read_text()))
-        if (out / "run.json").is_file() and json.loads((out / "run.json").read_text()).get(
-            "status"
-        ) == "no_data":
+        run_json = out / "run.json"
+        if run_json.is_file() and json.loads(run_json.read_text()).get("status") == "no_data":
             got.untrained.append(name)  # done as a stage, but its adapter is the one it started from
         if (out / "yield.json").is_file():
             got.yields[name] = json.loads(portable_text((out / "yield.json").read_text(), run_dir))

@@ -179,6 +179,7 @@ def pick_checkpoint_cmd(
     from matsql.rollout.io import read_header, read_records, schema_style_of
     from matsql.team import load_team
     from matsql.train.checkpoints import heldout_items, list_checkpoints, pick_checkpoint, write_pick
+    from matsql.train.modeling import RUN_FILE
 
     if agent not in ("val-sel", "val-cond"):
         raise typer.BadParameter(f"--agent {agent!r}: expected val-sel or val-cond")
@@ -215,7 +216,7 @@ def pick_checkpoint_cmd(
         "seed": seed,
         "temperature": spec.temperature,
     }
-    run_json = run_dir / "run.json"
+    run_json = run_dir / RUN_FILE
     run_info = json.loads(run_json.read_text(encoding="utf-8")) if run_json.is_file() else None
     write_pick(out, ref, scores, meta, run_info)
     for r in refs:
