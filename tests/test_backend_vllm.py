@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from matsql.backends import registry
 from matsql.backends.base import Backend, ChatPrompt
 from matsql.backends.chat import derive_seed
 from matsql.backends.vllm_local import (
+    ENGINE_ENV,
     SEED_BITS,
     EngineSettings,
     VLLMBackend,
@@ -646,3 +648,25 @@ def test_a_shared_card_fixes_the_kv_cache_and_starts_without_waiting(
         registry.clear_engines()
     with pytest.raises(ValueError, match="no room for a KV cache"):
         vllm_local.shared_kv_bytes(8 * 2**30, 0.2, 2**30)
+
+
+def test_the_engine_starts_in_process_without_flashinfers_sampler(
+    engine: VLLMEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # seeded requests never reach FlashInfer's sampler; its warmup only costs a JIT compile
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    monkeypatch.setenv("VLLM_USE_FLASHINFER_SAMPLER", "1")  # a user's choice stands
+    seen: dict[str, str | None] = {}
+    make = engine.llm_factory
+
+    def factory(**kw: object) -> object:
+        seen.update({k: os.environ.get(k) for k in ENGINE_ENV})
+        return make(**kw)
+
+    engine.llm_factory = factory
+    VLLMBackend(engine).generate(PROMPTS[:1], n=2, temperature=1.0, max_tokens=4, seed=0)
+    assert seen == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_FLASHINFER_SAMPLER": "1"}
+    monkeypatch.delenv("VLLM_USE_FLASHINFER_SAMPLER")
+    engine._llm = None
+    VLLMBackend(engine).generate(PROMPTS[:1], n=2, temperature=1.0, max_tokens=4, seed=0)
+    assert seen["VLLM_USE_FLASHINFER_SAMPLER"] == "0"

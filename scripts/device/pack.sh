@@ -15,7 +15,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=${MATSQL_DATA:-../shared/data}
 # A part plus the working tree must fit one call (64 MiB): size parts to what the tree leaves.
-TREE_MB=$(( ( $( (git ls-files -z; git ls-files -z --others --exclude-standard) | xargs -0 du -cb 2>/dev/null | awk '/total$/ {s += $1} END {print s}') + 1048575 ) / 1048576 ))
+# Files a sparse checkout leaves out (scripts/device/README.md, "A lighter tree") do not travel.
+TREE_MB=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | python3 -c '
+import os, sys
+print(-(-sum(os.path.getsize(p) for p in sys.stdin.read().split("\0") if os.path.isfile(p)) // 1048576))')
 PART=${PART_MB:-$(( 62 - TREE_MB ))}
 echo "working tree ${TREE_MB} MiB: parts of ${PART} MiB"
 PLAT=()

@@ -33,6 +33,13 @@ Measured on the lent H100 (``results/vllm/README.md``), and why two settings are
   default engine process, two runs with the same seed differed. Within one process a second
   identical call can still differ (likely the prefix cache: cached blocks change bf16 rounding
   in prefill; not isolated). A rollout asks each prompt once, so its records repeat.
+- Every sampled request carries a seed, and vLLM samples seeded requests with its PyTorch path,
+  never FlashInfer's top-p/top-k kernels (``TopKTopPSampler.forward_cuda``); but its warmup
+  (``_dummy_sampler_run``) runs them once, unseeded, and FlashInfer JIT-compiles them on a bare
+  machine. The first engine of session 14's lease took 99.7 s to start, 79 s of it after the
+  CUDA graphs, where that warmup runs; later engines took 9.8 s. ``VLLM_USE_FLASHINFER_SAMPLER=0``
+  (set unless the environment says otherwise) leaves FlashInfer's sampler out and changes no
+  sampled token.
 - With LoRA enabled and CUDA graphs captured, engine start hung for over 7 minutes (vLLM
   0.26.0, V2 model runner); in eager mode it started in seconds. ``enforce_eager=None`` (the
   default) therefore runs eagerly exactly when adapters are registered.
@@ -284,6 +291,12 @@ def lora_capacity(ranks: Sequence[int], settings: EngineSettings) -> tuple[int, 
     return rank, settings.max_loras or max(1, len(ranks))
 
 
+#: Environment the engine starts with, unless already set (module docstring): the engine core in
+#: this process, so scheduling and seeded samples repeat run to run; no FlashInfer sampler, which
+#: seeded requests never use and whose warmup compiles on a bare machine.
+ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_FLASHINFER_SAMPLER": "0"}
+
+
 def build_requests(
     token_ids: Sequence[Sequence[int]],
     texts: Sequence[str],
@@ -494,8 +507,8 @@ class VLLMEngine:
                         self.settings.gpu_memory_utilization,
                         self.process_fraction,
                     )
-                # in-process engine core: scheduling, and so seeded samples, repeat run to run
-                os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+                for name, value in ENGINE_ENV.items():
+                    os.environ.setdefault(name, value)
                 t0 = time.perf_counter()
                 # a KV cache fixed up front needs no profiling, so no turn at the card
                 with start_lock(None if "kv_cache_memory_bytes" in kw else share):
