@@ -20,6 +20,9 @@ a time (``experiment run --jobs 1``), in the order the runner picks with ``--pre
     python scripts/study_v2_estimate.py --train-json results/vllm/s10/train.json --train-variant no-ckpt \
         --lora-mode swap --cpu-beside     # session 11: LoRA merged into the weights, CPU stages beside
 
+``--done runs/study-spider-v2`` leaves out the stages that run folder's manifests say are done,
+so the leases count what is left of a run in progress.
+
 ``--lora-mode swap`` costs generation with adapters at ``BASE_TPS``: merged into the weights, a
 LoRA stage generated at about the base model's rate in session 11 (``results/vllm``).
 ``--cpu-beside`` runs the stages that say ``gpus: 0`` beside the card (``experiment run --jobs N``):
@@ -53,13 +56,14 @@ PLAN = ROOT / "experiments" / "study-spider-v2.yaml"
 BASE_TPS = 30_000.0  # results/vllm session 8: 34,950 kept tokens/s, base planner, graphs, 512 questions
 LORA_TPS = BASE_TPS * (19_859 / 29_223) * (11_914 / 17_823)  # LoRA/base eager (s8) x eager/graphs (s6)
 CRITIQUE_FACTOR = 15_639 / 34_950  # results/vllm session 8: validator rows vs planner rows, same engine
-# a generation stage's fixed cost on a warm machine (session 13, results/study-spider-v2/lease1/):
-# about 27 s from the stage's start to its engine's (process, imports, questions) and 11-25 s
-# for the engine; session 8-11's 30 s left the process start out
-VLLM_START_S = 50.0
-# a sharded rollout's second process on the same card starts its engine only when the first's is
-# up (matsql.backends.vllm_local.start_lock): session 13's rollout-sft lost about 25 s to it
-SECOND_SHARD_S = 25.0
+# a generation stage's fixed cost on a warm machine (session 14, results/study-spider-v2/lease2/:
+# eval-planner-dev-s1 ran 51.5 s, 14 s of it generating): 17 s from the stage's start to its
+# engine's (process, imports, questions), 18 s for the engine, 2 s to exit. Session 13 charged
+# 50 s (27 s + 11-25 s); sessions 8-11's 30 s left the process start out.
+VLLM_START_S = 37.0
+# a sharded rollout's second process on the same card: since session 14 engines on a shared card
+# start together (a KV cache fixed up front); session 13's start lock cost rollout-sft about 25 s
+SECOND_SHARD_S = 0.0
 TRAIN_START_S = 40.0  # model load, data, first/last eval: committed stage wall minus train time
 # seconds per optimizer step in the committed study (stages.md: train seconds / steps)
 SFT_STEP_S = {"planner": 283.363 / 120, "val-sel": 151.348 / 120, "val-cond": 151.460 / 120,
@@ -290,6 +294,15 @@ def _units(costs: list[Cost]) -> list[list[Cost]]:
     return units
 
 
+def done_stages(run_dir: Path) -> set[str]:
+    """Stages whose manifest in ``run_dir/manifests`` says done (the runner's own record)."""
+    out = set()
+    for f in (run_dir / "manifests").glob("*.json"):
+        if json.loads(f.read_text(encoding="utf-8")).get("status") == "done":
+            out.add(f.stem)
+    return out
+
+
 def schedule(costs: list[Cost], work_s: float, which: str) -> list[list[tuple[str, float]]]:
     """Pack stages into leases of ``work_s`` seconds: a rollout may continue on the next lease
     (its shard file is shipped and resumes); any other stage (an ORPO run with its pick) that
@@ -390,7 +403,11 @@ def main() -> None:
     ap.add_argument("--plan", type=Path, default=PLAN)
     ap.add_argument("--prefer", default="compare-primary")
     ap.add_argument("--lease-min", type=float, default=30.0)
-    ap.add_argument("--setup-min", type=float, default=6.5, help="machine start, parts, join")
+    ap.add_argument(
+        "--setup-min", type=float, default=2.5,
+        help="machine start, parts, join (session 14: 2.4 min with a sparse tree, scripts/device/README.md)",
+    )  # fmt: skip
+    ap.add_argument("--done", type=Path, default=None, help="a run folder: leave out the stages done there")
     ap.add_argument(
         "--ship-min", type=float, default=2.0, help="run folder in (carry) and out (final) per lease"
     )
@@ -455,6 +472,12 @@ def main() -> None:
         for n in order
     ]
     prefer = [p for p in args.prefer.split(",") if p]
+    done = done_stages(args.done) if args.done else set()
+    if done:
+        from dataclasses import replace
+
+        costs = [replace(c, central_s=0.0, conservative_s=0.0) if c.stage in done else c for c in costs]
+        print(f"Done in {args.done.as_posix()}: {len(done & set(order))} of {len(order)} stages (costed 0)\n")
     if args.lora_mode == "swap":
         print(
             f"LoRA swapped into the weights (lora_mode: swap): adapters at the base rate, {BASE_TPS:,.0f} tokens/s\n"
@@ -488,7 +511,7 @@ def main() -> None:
             print(f"\nCPU stages beside the GPU ({which.removesuffix('_s')}): {end / 60:.0f} min from the first "
                   f"stage to the last, the card busy {busy / 60:.0f} of them")  # fmt: skip
             out.setdefault("makespan_s", {})[which] = end
-        leases = schedule(lane, work, which)
+        leases = schedule([c for c in lane if c.stage not in done], work, which)
         out["leases"][which] = leases
         print(f"\nLeases ({which.removesuffix('_s')}: {work / 60:.1f} min of stage work in each {args.lease_min:g}-min lease): "
               f"{len(leases)}")  # fmt: skip

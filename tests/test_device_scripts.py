@@ -158,6 +158,38 @@ def test_pack_of_chosen_stages_carries_them_once_and_unpack_restores_them(tmp_pa
     assert set((got / ".shipped").read_text().split()) == {"sft-a", "sft-b", "sft-data", "eval"}
 
 
+def test_pack_cuts_parts_of_part_mb_that_unpack_joins(tmp_path):
+    """Beside a sparse working tree a part may be near a call's whole 64 MiB (PART_MB); the parts
+    are plain cuts of one archive, so unpack joins any size."""
+    import random
+
+    run = tmp_path / "runs" / "study"
+    _stage(run, "eval", "eval/rollout.jsonl")
+    (run / "eval").mkdir()
+    blob = random.Random(0).randbytes(3 * 2**20)  # incompressible: about 3 MiB packed
+    (run / "eval" / "rollout.jsonl").write_bytes(blob)
+    script = ROOT / "scripts/device/study.sh"
+    sizes = {}
+    for mb in ("1", "2"):
+        dest = tmp_path / f"carry{mb}"
+        env = {"PART_MB": mb, "PATH": "/usr/bin:/bin"}
+        subprocess.run(
+            ["bash", str(script), "pack", str(run), str(dest)], check=True, capture_output=True, env=env
+        )
+        parts = sorted(dest.glob("run.tgz.*"))
+        assert all(p.stat().st_size <= int(mb) * 2**20 for p in parts)
+        sizes[mb] = len(parts)
+        state = tmp_path / f"state{mb}"
+        subprocess.run(
+            ["bash", str(script), "unpack", str(dest)],
+            check=True,
+            capture_output=True,
+            env={"MATSQL_STATE": str(state), "PATH": "/usr/bin:/bin"},
+        )
+        assert (state / "repo" / "runs" / "study" / "eval" / "rollout.jsonl").read_bytes() == blob
+    assert sizes == {"1": 4, "2": 2}
+
+
 def test_final_ships_done_stages_and_the_shards_of_unfinished_rollouts(tmp_path):
     """The lease's last call: finished stages come home, and so do the shard files of a
     rollout still running, which resume on the next machine."""

@@ -5,7 +5,8 @@
 # So the stages shipped home are packed (study.sh pack: outputs, manifests, logs; adapters in bf16;
 # no checkpoints, no SFT dataset already trained on), committed in one commit and removed from the tree in the next:
 # the tree stays small enough for a device call (64 MiB with a part), and the commit restores them.
-#   bash scripts/device/handoff.sh save RUN_DIR [STAGE ...]   # two commits; appends the restore
+#   PART_MB=58 bash scripts/device/handoff.sh save RUN_DIR [STAGE ...]
+#                                                            # two commits; appends the restore
 #                                                            # line to results/<plan>/HANDOFF.md
 #   bash scripts/device/handoff.sh restore COMMIT [DEST]      # parts into DEST (default .carry/run)
 #                                                            # and the run into runs/

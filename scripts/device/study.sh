@@ -9,7 +9,8 @@
 #                                                  # (partial.tgz: they resume on the next machine)
 #   bash scripts/device/study.sh pack RUN_DIR DEST [STAGE ...]
 #                                                  # RUN_DIR (or only these stages: outputs,
-#                                                  # manifests, logs) as parts of <=15 MiB (no
+#                                                  # manifests, logs) as parts of <=15 MiB, or
+#                                                  # PART_MB (58 beside a sparse tree: scripts/device/README.md) (no
 #                                                  # checkpoints, no SFT dataset already trained on, adapters in bf16,
 #                                                  # identical files stored once)
 #   bash scripts/device/study.sh unpack DIR        # join DIR/run.tgz.* into the copy's runs/
@@ -88,7 +89,7 @@ case "$1" in
     while read -r a; do [ -n "$a" ] && spent+=(--exclude="sft-data/$a/*"); done \
       < <(python3 "$(dirname "$0")/ship.py" "$run" --spent-sft-data)
     tar -C "$(dirname "$run")" --exclude='checkpoint-*' --exclude='sft-data/*.jsonl' "${spent[@]}" \
-      --exclude='*.pt' -czf - "${paths[@]}" | split -b 15m -d - "$dest/run.tgz."
+      --exclude='*.pt' -czf - "${paths[@]}" | split -b "${PART_MB:-15}m" -d - "$dest/run.tgz."
     ls -la "$dest"
     ;;
   unpack)
