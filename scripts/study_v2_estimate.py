@@ -249,6 +249,7 @@ def stage_cost(
         return Cost(name, f"train {argv[1]}", 0.0, s + TRAIN_START_S, s + TRAIN_START_S, False)
     if cmd == "train" and argv[1] == "pick-checkpoint":
         n_ckpt = steps["orpo"] // steps["save"] + (steps["orpo"] % steps["save"] != 0)
+        n_ckpt = 1 if "--final-only" in argv else n_ckpt  # an SFT reference: its final adapter
         items = parts["heldout"] * r.runnable * 8 * int(_opt(argv, "--samples", "1"))
         tok = n_ckpt * items * r.critique_tok
         return Cost(name, "pick-checkpoint", tok, tok / lora_tps + VLLM_START_S,

@@ -199,13 +199,13 @@ def test_cli_end_to_end_with_the_echo_backend(tmp_path: Path, monkeypatch: pytes
     agents = tmp_path / "agents.yaml"
     agents.write_text("defaults: {backend: echo}\nagents:\n  val-sel: {temperature: 1.0, max_tokens: 16}\n")
     monkeypatch.setattr(registry, "make_backend", lambda cfg, agent=None: JudgeBackend(cfg["adapter"]))
-    out = tmp_path / "picked"
-    res = CliRunner().invoke(
-        app,
-        [
+    out, run = tmp_path / "picked", run_dir(tmp_path)
+
+    def pick_args(dest: Path) -> list[str]:
+        return [
             "train",
             "pick-checkpoint",
-            str(run_dir(tmp_path)),
+            str(run),
             "--agent",
             "val-sel",
             "--rollouts",
@@ -215,9 +215,10 @@ def test_cli_end_to_end_with_the_echo_backend(tmp_path: Path, monkeypatch: pytes
             "-b",
             "minibench",
             "--out",
-            str(out),
-        ],
-    )
+            str(dest),
+        ]
+
+    res = CliRunner().invoke(app, pick_args(out))
     assert res.exit_code == 0, res.output
     pick = json.loads((out / PICK_FILE).read_text())
     assert pick["chosen"] == "checkpoint-20" and pick["candidates"] == 6
@@ -230,3 +231,10 @@ def test_cli_end_to_end_with_the_echo_backend(tmp_path: Path, monkeypatch: pytes
     assert info["kind"] == "adapter" and info["base_model"] == "tiny"
     assert info["picked_checkpoint"] == "checkpoint-20" and info["picked_step"] == 20
     assert "kept checkpoint-20 of 4" in res.output
+    # --final-only: the final adapter alone, scored on the same items (the SFT reference)
+    ref = tmp_path / "reference"
+    res = CliRunner().invoke(app, [*pick_args(ref), "--final-only"])
+    assert res.exit_code == 0, res.output
+    pick = json.loads((ref / PICK_FILE).read_text())
+    assert pick["chosen"] == "final" and set(pick["scores"]) == {"final"} and pick["candidates"] == 6
+    assert "kept final of 1" in res.output

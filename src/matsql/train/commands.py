@@ -172,6 +172,12 @@ def pick_checkpoint_cmd(
         0, "--seed", help="Sampling seed, the same for every checkpoint (a paired comparison)."
     ),
     data: Path | None = typer.Option(None, "--data", help="Benchmark root (default MATSQL_DATA)."),
+    final_only: bool = typer.Option(
+        False,
+        "--final-only",
+        help="Score the final adapter alone: a reference on the same candidates and seed, such as "
+        "the SFT validator an ORPO run started from.",
+    ),
 ) -> None:
     """Keep the validator checkpoint with the best balanced accuracy on held-out candidates."""
     from matsql.backends.registry import make_backend
@@ -185,6 +191,10 @@ def pick_checkpoint_cmd(
         raise typer.BadParameter(f"--agent {agent!r}: expected val-sel or val-cond")
     try:
         refs = list_checkpoints(run_dir)
+        if final_only:
+            refs = [r for r in refs if r.name == "final"]
+            if not refs:
+                raise FileNotFoundError(f"{run_dir}: --final-only, but the run has no final adapter")
         team = load_team(agents)
         spec = team[agent]
         bench = load_benchmark(benchmark, data)
