@@ -670,3 +670,19 @@ def test_the_engine_starts_in_process_without_flashinfers_sampler(
     engine._llm = None
     VLLMBackend(engine).generate(PROMPTS[:1], n=2, temperature=1.0, max_tokens=4, seed=0)
     assert seen["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
+
+
+def test_process_age_counts_from_this_process_start() -> None:
+    import subprocess
+    import sys
+
+    from matsql.backends.vllm_local import process_age
+
+    age = process_age()
+    assert age is not None and 0 < age < 24 * 3600
+    # a fresh interpreter that sleeps first is about that old when it asks
+    code = "import time; time.sleep(1.0); from matsql.backends.vllm_local import process_age; print(process_age())"
+    out = float(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    )
+    assert 1.0 <= out < 30

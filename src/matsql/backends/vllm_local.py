@@ -340,11 +340,23 @@ def build_requests(
     return prompts, params
 
 
+def process_age() -> float | None:
+    """Seconds since this process started (Linux ``/proc``; None elsewhere): where a stage's
+    time goes before its engine starts."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class OfflineLLM:
     """``vllm.LLM`` taking the plain requests this module builds: the one place that imports
     vLLM, so the engine logic above it runs (and is tested) without vLLM installed."""
 
     def __init__(self, **kw: Any) -> None:
+        t0 = time.perf_counter()
         try:
             from vllm import LLM
         except ImportError as e:
@@ -352,6 +364,7 @@ class OfflineLLM:
                 f"the vllm backend needs vLLM on a CUDA machine ({e}); install it with "
                 "`pip install vllm==0.26.0` (on the lent GPU: scripts/device/setup.sh join)"
             ) from None
+        self.import_s = time.perf_counter() - t0
         self.llm = LLM(**kw)
 
     def generate(
@@ -515,7 +528,15 @@ class VLLMEngine:
                     self._llm = self.llm_factory(**kw)
                 if kw.get("enable_lora"):
                     self._lora = (kw["max_lora_rank"], kw["max_loras"])
-                log.info("vLLM engine on %s started in %.1f s", self.model_dir, time.perf_counter() - t0)
+                age = process_age()
+                log.info(
+                    "vLLM engine on %s started in %.1f s (importing vLLM %.1f s); the process was %s s "
+                    "old when it began (imports, questions, tokenizer: a stage's fixed cost)",
+                    self.model_dir,
+                    time.perf_counter() - t0,
+                    getattr(self._llm, "import_s", 0.0),
+                    "?" if age is None else f"{age - (time.perf_counter() - t0):.1f}",
+                )
             return self._llm
 
     def _swap_in(self, llm: Any, adapter: Adapter | None) -> None:
