@@ -334,3 +334,112 @@ def test_chain_runs_the_checks_then_the_rule_then_the_plan_with_its_slots(tmp_pa
     assert calls[1] == "study start experiments/p.yaml --jobs 4 --prefer a b --gpu-slots 4"
     assert "peak 31.5 GiB -> --gpu-slots 4" in (state / "chain.log").read_text()
     assert chain(44.6)[1].endswith("--gpu-slots 2")
+
+
+def _pick_dir(run: Path, arm: str, ba: float, lr: str) -> None:
+    """The two stages of one arm as the ORPO LR rule reads them: a pick and its ORPO run."""
+    pick = run / f"pick-iter1-val-sel-{arm}"
+    pick.mkdir(parents=True, exist_ok=True)
+    rates = {"balanced_accuracy": ba, "catch_rate": 0.8, "false_alarm_rate": 0.3}
+    (pick / "pick.json").write_text(
+        json.dumps({"chosen": "checkpoint-40", "scores": {"checkpoint-40": {"rates": rates}}})
+    )
+    orpo = run / f"orpo-iter1-val-sel-{arm}"
+    orpo.mkdir(parents=True, exist_ok=True)
+    metrics = {
+        w: {"eval_rewards/accuracies": 0.6, "eval_rewards/margins": 0.004, "eval_loss": 0.24}
+        for w in ("eval_before", "eval")
+    }
+    (orpo / "run.json").write_text(json.dumps({"metrics": metrics}))
+    (orpo / "recipe.yaml").write_text(f"trainer:\n  learning_rate: {lr}\n")
+    for s in (pick.name, orpo.name):
+        _stage(run, s, s)
+
+
+def test_orpo_lr_check_reruns_the_four_stages_in_a_copy_then_adopts_or_keeps_by_its_rule(tmp_path):
+    """orpo_lr_check.sh: the iter1 val-sel ORPO runs and picks again in a copy of the run folder at
+    the new learning rate (a stand-in for the runner writes their picks), the rule, then
+    study.sh start; with the override and the four stages moved in only if the rule adopts."""
+    import shutil
+    import time
+
+    def check(new_ba: dict[str, float]) -> tuple[list[str], Path, dict]:
+        snap, state = tmp_path / "snap", tmp_path / "state"
+        shutil.rmtree(snap, ignore_errors=True)
+        shutil.rmtree(state, ignore_errors=True)
+        for d in ("scripts/device", "src/matsql", "experiments", "recipes", "benchmarks"):
+            (snap / d).mkdir(parents=True)
+        (snap / "pyproject.toml").write_text("")
+        for f in ("orpo_lr_check.sh", "orpo_lr_rule.py"):
+            shutil.copy(ROOT / "scripts" / "device" / f, snap / "scripts" / "device" / f)
+        (snap / "scripts/device/env.sh").write_text("export PYTHONPATH=$PWD/src\n")
+        (snap / "scripts/device/study.sh").write_text('echo "study $*" >> "$MATSQL_STATE/calls"\n')
+        # a stand-in for the runner: records its argv, writes the rerun stages at new_ba
+        (snap / "src/matsql/__init__.py").write_text("")
+        (snap / "src/matsql/cli.py").write_text(
+            "import json, os, sys\n"
+            "from pathlib import Path\n"
+            "a = sys.argv[1:]\n"
+            "open(os.environ['MATSQL_STATE'] + '/calls', 'a').write('run ' + ' '.join(a) + '\\n')\n"
+            "run = Path(a[a.index('--set') + 1].split('=', 1)[1])\n"
+            f"for arm, ba in {new_ba!r}.items():\n"
+            "    p = run / f'pick-iter1-val-sel-{arm}'; o = run / f'orpo-iter1-val-sel-{arm}'\n"
+            "    p.mkdir(parents=True); o.mkdir(parents=True)\n"
+            "    r = {'balanced_accuracy': ba, 'catch_rate': 0.8, 'false_alarm_rate': 0.3}\n"
+            "    (p / 'pick.json').write_text(json.dumps({'chosen': 'checkpoint-40', 'scores': {'checkpoint-40': {'rates': r}}}))\n"
+            "    (o / 'run.json').write_text(json.dumps({'metrics': {}}))\n"
+            "    (o / 'recipe.yaml').write_text('trainer:\\n  learning_rate: 2.0e-4\\n')\n"
+        )
+        run = state / "repo" / "runs" / "p"
+        for arm, ba in (("collab", 0.736), ("indep", 0.800)):
+            _pick_dir(run, arm, ba, "5.0e-05")
+        (run / ".shipped").write_text("orpo-iter1-val-sel-collab\npick-iter1-val-sel-collab\nsft-val-sel\n")
+        calls = state / "calls"
+        subprocess.run(
+            ["bash", "scripts/device/orpo_lr_check.sh", "start", "experiments/p.yaml", "2.0e-4", "--jobs", "4"],
+            cwd=snap, check=True, capture_output=True,
+            env={"MATSQL_STATE": str(state), "PATH": "/usr/bin:/bin", "TESTS": str(ROOT / "tests")},
+        )  # fmt: skip
+        for _ in range(200):  # it runs detached
+            if calls.exists() and "study" in calls.read_text():
+                break
+            time.sleep(0.1)
+        return calls.read_text().splitlines(), run, json.loads((state / "lr-decision.json").read_text())
+
+    calls, run, decision = check({"collab": 0.75, "indep": 0.81})  # mean +0.012: adopted
+    assert calls[0].startswith("run experiment run experiments/p.yaml --set run_dir=runs/lrcheck")
+    assert (
+        "--set vars.orpo_extra=--set trainer.learning_rate=2.0e-4 --until pick-iter1-val-sel-indep"
+        in calls[0]
+    )
+    assert (
+        calls[1]
+        == "study start experiments/p.yaml --jobs 4 --set vars.orpo_extra=--set trainer.learning_rate=2.0e-4"
+    )
+    assert decision["adopt"] and decision["new_lr"]["pairs"]["indep"]["learning_rate"] == "2.0e-4"
+    pick = json.loads((run / "pick-iter1-val-sel-indep" / "pick.json").read_text())
+    assert pick["scores"]["checkpoint-40"]["rates"]["balanced_accuracy"] == 0.81  # moved in
+    old = json.loads((run.parent / "lr-replaced" / "pick-iter1-val-sel-indep" / "pick.json").read_text())
+    assert old["scores"]["checkpoint-40"]["rates"]["balanced_accuracy"] == 0.8
+    assert (run / ".shipped").read_text().split() == ["sft-val-sel"]  # the moved stages ship home
+
+    calls, run, decision = check({"collab": 0.74, "indep": 0.81})  # mean +0.007: kept
+    assert calls[1] == "study start experiments/p.yaml --jobs 4" and not decision["adopt"]
+    pick = json.loads((run / "pick-iter1-val-sel-indep" / "pick.json").read_text())
+    assert pick["scores"]["checkpoint-40"]["rates"]["balanced_accuracy"] == 0.8
+    assert not (run.parent / "lr-replaced").exists()
+
+
+def test_orpo_lr_rule_is_symmetric_in_the_arms_and_needs_both():
+    spec = importlib.util.spec_from_file_location("orpo_lr_rule", ROOT / "scripts/device/orpo_lr_rule.py")
+    rule = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rule)
+    old = {"collab": 0.70, "indep": 0.80}
+    assert rule.decide(old, {"collab": 0.73, "indep": 0.80})  # +0.015 on the mean: adopted
+    assert not rule.decide(old, {"collab": 0.71, "indep": 0.80})  # +0.005: kept
+    assert rule.decide(old, {"collab": 0.70, "indep": 0.83}) == rule.decide(
+        old, {"collab": 0.73, "indep": 0.80}
+    )
+    assert not rule.decide(old, {"collab": 0.75, "indep": 0.74})  # one arm's gain, the other's loss
+    with pytest.raises(ValueError, match="arms differ"):
+        rule.decide(old, {"collab": 0.9})

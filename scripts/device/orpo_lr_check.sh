@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Lease 3 of study-spider-v2 as one detached job: the ORPO learning-rate check, its rule, then
+# the plan (results/study-spider-v2/PLAN.md, "Lease 3"). From the unpacked snapshot, after
+# `study.sh unpack`, in the call that ran `setup.sh join`:
+#   bash scripts/device/orpo_lr_check.sh start PLAN LR [experiment-run options]
+# 1. copies the plan's run folder to runs/lrcheck without the iter1 val-sel ORPO runs and picks,
+#    and reruns those four there at learning rate LR (`--set vars.orpo_extra=...`, both arms);
+# 2. applies scripts/device/orpo_lr_rule.py (written before the run): adopt LR iff the picks'
+#    mean balanced accuracy over the arms rises by 0.01 or more; the decision goes to
+#    $MATSQL_STATE/lr-decision.json, and if adopted the four stages move into the run folder;
+# 3. `study.sh start PLAN [options]`, with the override if adopted.
+# Its log: $MATSQL_STATE/lrcheck.log. Poll with `study.sh wait N` once the plan has started
+# (`grep -q 'started pid' $MATSQL_STATE/lrcheck.log`), `sleep N` before.
+set -euo pipefail
+STATE=${MATSQL_STATE:-/root/matsql}
+REPO=$STATE/repo
+case "${1:-}" in
+  start)
+    plan=${2:?usage: orpo_lr_check.sh start PLAN LR [options]} lr=${3:?usage: orpo_lr_check.sh start PLAN LR [options]}
+    shift 3
+    name=$(basename "$plan" .yaml) snap=$PWD
+    [ -d "$REPO/runs/$name/manifests" ] || { echo "orpo_lr_check: no $REPO/runs/$name (study.sh unpack first)" >&2; exit 2; }
+    mkdir -p "$REPO"
+    rm -rf "$REPO/src" "$REPO/experiments" "$REPO/recipes" "$REPO/scripts" "$REPO/benchmarks"
+    cp -r src experiments recipes scripts benchmarks pyproject.toml "$REPO/"
+    printf '%q ' "$@" > "$STATE/lrcheck.args"
+    setsid nohup bash -c '
+      set -u
+      cd "'"$REPO"'" && source scripts/device/env.sh
+      run=runs/'"$name"' check=runs/lrcheck lr='"$lr"'
+      rm -rf "$check" && cp -a "$run" "$check"
+      for s in orpo-iter1-val-sel-collab pick-iter1-val-sel-collab orpo-iter1-val-sel-indep pick-iter1-val-sel-indep; do
+        rm -rf "$check/$s" "$check/manifests/$s.json" "$check/logs/$s.log"
+      done
+      t0=$(date +%s)
+      python3 -m matsql.cli experiment run '"$plan"' --set run_dir="$check" \
+        --set "vars.orpo_extra=--set trainer.learning_rate=$lr" --until pick-iter1-val-sel-indep \
+        --jobs 2 --gpu-slots 2
+      echo "lrcheck: the check ran $(( $(date +%s) - t0 )) s"
+      extra=""
+      if python3 scripts/device/orpo_lr_rule.py "$run" "$check" --lr "$lr" --out "'"$STATE"'/lr-decision.json" --apply &&
+         python3 -c "import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))[\"adopt\"] else 1)" "'"$STATE"'/lr-decision.json"; then
+        extra=$(printf "%q " --set "vars.orpo_extra=--set trainer.learning_rate=$lr")
+      fi
+      cd "'"$snap"'"
+      eval "bash scripts/device/study.sh start '"$plan"' $(cat "'"$STATE"'/lrcheck.args") $extra"
+    ' > "$STATE/lrcheck.log" 2>&1 < /dev/null &
+    echo "orpo lr check started (pid $!); log $STATE/lrcheck.log"
+    ;;
+  *) echo "usage: orpo_lr_check.sh start PLAN LR [experiment-run options]" >&2; exit 2 ;;
+esac
