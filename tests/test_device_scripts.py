@@ -389,6 +389,8 @@ def test_orpo_lr_check_reruns_the_four_stages_in_a_copy_then_adopts_or_keeps_by_
             "    (p / 'pick.json').write_text(json.dumps({'chosen': 'checkpoint-40', 'scores': {'checkpoint-40': {'rates': r}}}))\n"
             "    (o / 'run.json').write_text(json.dumps({'metrics': {}}))\n"
             "    (o / 'recipe.yaml').write_text('trainer:\\n  learning_rate: 2.0e-4\\n')\n"
+            "    for st in (p, o):\n"
+            "        (run / 'manifests' / f'{st.name}.json').write_text(json.dumps({'status': 'done', 'out': str(st.resolve())}))\n"
         )
         run = state / "repo" / "runs" / "p"
         for arm, ba in (("collab", 0.736), ("indep", 0.800)):
@@ -422,6 +424,8 @@ def test_orpo_lr_check_reruns_the_four_stages_in_a_copy_then_adopts_or_keeps_by_
     old = json.loads((run.parent / "lr-replaced" / "pick-iter1-val-sel-indep" / "pick.json").read_text())
     assert old["scores"]["checkpoint-40"]["rates"]["balanced_accuracy"] == 0.8
     assert (run / ".shipped").read_text().split() == ["sft-val-sel"]  # the moved stages ship home
+    man = json.loads((run / "manifests" / "pick-iter1-val-sel-indep.json").read_text())
+    assert man["out"] == str((run / "pick-iter1-val-sel-indep").resolve())  # where ship.py looks
 
     calls, run, decision = check({"collab": 0.74, "indep": 0.81})  # mean +0.007: kept
     assert calls[1] == "study start experiments/p.yaml --jobs 4" and not decision["adopt"]

@@ -66,8 +66,16 @@ def decide(old: dict[str, float], new: dict[str, float], margin: float = MARGIN)
     return mean(new) >= mean(old) + margin
 
 
+def _repoint(path: Path, check: Path, run: Path) -> None:
+    """Rewrite the check folder's absolute path as the run folder's in a moved JSON file: a
+    manifest's ``out`` is where ``ship.py`` looks for the stage's files."""
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace(str(check.resolve()), str(run.resolve())), encoding="utf-8")
+
+
 def apply(run: Path, check: Path) -> list[str]:
-    """Move the check's stages into ``run`` (the replaced ones aside) and unlist them as shipped."""
+    """Move the check's stages into ``run`` (the replaced ones aside), point their manifests and
+    run records at ``run``, and unlist them as shipped."""
     aside = run.parent / "lr-replaced"
     aside.mkdir(exist_ok=True)
     for s in STAGES:
@@ -78,6 +86,9 @@ def apply(run: Path, check: Path) -> list[str]:
                 shutil.move(str(dst), str(aside / sub / name))
             if src.exists():
                 shutil.move(str(src), str(dst))
+        for f in [run / "manifests" / f"{s}.json", *(run / s).glob("*.json")]:
+            if f.is_file():
+                _repoint(f, check, run)
     ledger = run / ".shipped"
     if ledger.exists():
         kept = [s for s in ledger.read_text().split() if s not in STAGES]
