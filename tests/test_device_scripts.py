@@ -409,7 +409,9 @@ def test_orpo_lr_check_reruns_the_four_stages_in_a_copy_then_adopts_or_keeps_by_
         return calls.read_text().splitlines(), run, json.loads((state / "lr-decision.json").read_text())
 
     calls, run, decision = check({"collab": 0.75, "indep": 0.81})  # mean +0.012: adopted
-    assert calls[0].startswith("run experiment run experiments/p.yaml --set run_dir=runs/lrcheck")
+    assert calls[0].startswith(
+        f"run experiment run experiments/p.yaml --set run_dir={tmp_path / 'state' / 'lrcheck'}"
+    )
     assert (
         "--set vars.orpo_extra=--set trainer.learning_rate=2.0e-4 --until pick-iter1-val-sel-indep"
         in calls[0]
@@ -432,6 +434,20 @@ def test_orpo_lr_check_reruns_the_four_stages_in_a_copy_then_adopts_or_keeps_by_
     pick = json.loads((run / "pick-iter1-val-sel-indep" / "pick.json").read_text())
     assert pick["scores"]["checkpoint-40"]["rates"]["balanced_accuracy"] == 0.8
     assert not (run.parent / "lr-replaced").exists()
+    # a poll brings the decision and the check's own picks home
+    out = tmp_path / "out"
+    subprocess.run(
+        ["bash", "scripts/device/orpo_lr_check.sh", "ship", str(out)],
+        cwd=tmp_path / "snap", check=True, capture_output=True,
+        env={"MATSQL_STATE": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert json.loads((out / "lr-decision.json").read_text())["adopt"] is False
+    import tarfile
+
+    with tarfile.open(out / "lrcheck.tgz") as t:
+        names = set(t.getnames())
+    assert "lrcheck/pick-iter1-val-sel-indep/pick.json" in names
+    assert "lrcheck/orpo-iter1-val-sel-collab/run.json" in names
 
 
 def test_orpo_lr_rule_is_symmetric_in_the_arms_and_needs_both():

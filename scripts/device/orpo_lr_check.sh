@@ -3,14 +3,16 @@
 # the plan (results/study-spider-v2/PLAN.md, "Lease 3"). From the unpacked snapshot, after
 # `study.sh unpack`, in the call that ran `setup.sh join`:
 #   bash scripts/device/orpo_lr_check.sh start PLAN LR [experiment-run options]
-# 1. copies the plan's run folder to runs/lrcheck without the iter1 val-sel ORPO runs and picks,
+# 1. copies the plan's run folder to $MATSQL_STATE/lrcheck (outside runs/, so the polls do not
+#    ship it) without the iter1 val-sel ORPO runs and picks,
 #    and reruns those four there at learning rate LR (`--set vars.orpo_extra=...`, both arms);
 # 2. applies scripts/device/orpo_lr_rule.py (written before the run): adopt LR iff the picks'
 #    mean balanced accuracy over the arms rises by 0.01 or more; the decision goes to
 #    $MATSQL_STATE/lr-decision.json, and if adopted the four stages move into the run folder;
 # 3. `study.sh start PLAN [options]`, with the override if adopted.
-# Its log: $MATSQL_STATE/lrcheck.log. Poll with `study.sh wait N` once the plan has started
-# (`grep -q 'started pid' $MATSQL_STATE/lrcheck.log`), `sleep N` before.
+# Its log: $MATSQL_STATE/lrcheck.log. Poll with `study.sh wait N` (until the plan starts it ships
+# nothing). `orpo_lr_check.sh ship $OUT` in a poll brings the
+# decision, the log and the check's picks and stage logs home.
 set -euo pipefail
 STATE=${MATSQL_STATE:-/root/matsql}
 REPO=$STATE/repo
@@ -27,7 +29,7 @@ case "${1:-}" in
     setsid nohup bash -c '
       set -u
       cd "'"$REPO"'" && source scripts/device/env.sh
-      run=runs/'"$name"' check=runs/lrcheck lr='"$lr"'
+      run=runs/'"$name"' check="'"$STATE"'/lrcheck" lr='"$lr"'
       rm -rf "$check" && cp -a "$run" "$check"
       for s in orpo-iter1-val-sel-collab pick-iter1-val-sel-collab orpo-iter1-val-sel-indep pick-iter1-val-sel-indep; do
         rm -rf "$check/$s" "$check/manifests/$s.json" "$check/logs/$s.log"
@@ -47,5 +49,18 @@ case "${1:-}" in
     ' > "$STATE/lrcheck.log" 2>&1 < /dev/null &
     echo "orpo lr check started (pid $!); log $STATE/lrcheck.log"
     ;;
-  *) echo "usage: orpo_lr_check.sh start PLAN LR [experiment-run options]" >&2; exit 2 ;;
+  ship)
+    # what the check leaves outside the plan's run folder, for a poll's $OUT: the decision, the
+    # log, and the check's picks, run records and stage logs (its adapters stay on the machine)
+    out=${2:?usage: orpo_lr_check.sh ship OUT}
+    mkdir -p "$out"
+    for f in lr-decision.json lrcheck.log; do [ -f "$STATE/$f" ] && cp "$STATE/$f" "$out/"; done
+    if [ -d "$STATE/lrcheck" ]; then
+      (cd "$STATE" && find lrcheck -path 'lrcheck/logs/*-iter1-val-sel-*.log' -o \
+        -path 'lrcheck/*-iter1-val-sel-*/pick.json' -o -path 'lrcheck/orpo-iter1-val-sel-*/run.json' \
+        -o -path 'lrcheck/orpo-iter1-val-sel-*/metrics.json' | tar -czf "$out/lrcheck.tgz" -T -)
+    fi
+    ls -la "$out"
+    ;;
+  *) echo "usage: orpo_lr_check.sh start PLAN LR [experiment-run options] | ship OUT" >&2; exit 2 ;;
 esac
