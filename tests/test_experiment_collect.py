@@ -60,7 +60,7 @@ def run(tmp_path):
 def test_collect_keeps_outcomes_yields_metrics_and_leaves_weights(run, tmp_path):
     dest = tmp_path / "results"
     got = collect_run(run, dest)
-    assert got.missing == ["never-ran"]
+    assert got.missing == ["pick", "never-ran"]
     assert (
         gzip.decompress((dest / "rollout.jsonl.gz").read_bytes())
         == Path(run.stages["rollout"].out).read_bytes()
@@ -261,3 +261,72 @@ def test_a_training_stage_that_found_no_rows_is_named(run, tmp_path):
     assert got.untrained == ["sft"]
     assert "**Trained on no rows**" in (tmp_path / "b" / "stages.md").read_text()
     assert json.loads((tmp_path / "b" / "collect.json").read_text())["untrained"] == ["sft"]
+
+
+def test_collect_reports_training_budgets_and_every_checkpoint_a_pick_scored(run, tmp_path):
+    """Issue 16's tables: train rows (pairs) and optimizer steps per training stage, and each
+    pick's checkpoints in step order with catch rate and false alarms, the kept one marked."""
+    sft = Path(run.stages["sft"].out)
+    info = {
+        "status": "complete",
+        "method": "orpo",
+        "data_counts": [{"train": 1370, "eval": 0}, {"train": 0, "eval": 136}],
+        "train_tokens": {"rows": 1370, "prompts_cut": 381},
+        "effective_batch_size": 16,
+        "peak_gpu_memory_gib": 40.48,
+        "metrics": {"train": {"train_runtime": 137.2, "train_steps_per_second": 1.166, "epoch": 1.86}},
+    }
+    (sft / "run.json").write_text(json.dumps(info))
+    (sft / "recipe.yaml").write_text("trainer:\n  learning_rate: 5.0e-05\n  beta: 0.1\n")
+    pick = Path(run.stages["pick"].out)
+    pick.mkdir(parents=True)
+    (pick / "adapter_model.safetensors").write_bytes(b"weights")  # the kept copy: not committed
+    (pick / "adapter_config.json").write_text("{}")
+
+    def rates(ba: float, fa: float) -> dict:
+        return {
+            "rates": {
+                "balanced_accuracy": ba,
+                "catch_rate": 0.87,
+                "false_alarm_rate": fa,
+                "unknown_rate": 0.0,
+            }
+        }
+
+    scores = {
+        "checkpoint-120": rates(0.69, 0.5),
+        "final": rates(0.70, 0.48),
+        "checkpoint-40": rates(0.74, 0.4),
+    }
+    body = {
+        "agent": "val-sel",
+        "chosen": "checkpoint-40",
+        "candidates": 1192,
+        "run_dir": str(sft),
+        "scores": scores,
+    }
+    (pick / "pick.json").write_text(json.dumps(body))
+    _done(run, "pick", 1.0)
+    dest = tmp_path / "results"
+    got = collect_run(run, dest)
+    assert got.budgets["sft"] == {
+        "method": "orpo",
+        "train_rows": 1370,
+        "steps": 160,
+        "epochs": 1.86,
+        "effective_batch": 16,
+        "learning_rate": 5e-05,
+        "peak_gpu_memory_gib": 40.48,
+        "prompts_cut": 381,
+    }
+    assert list(got.picks["pick"]["scores"]) == ["checkpoint-40", "checkpoint-120", "final"]
+    assert (dest / "pick" / "pick.json").is_file() and not (
+        dest / "pick" / "adapter_model.safetensors"
+    ).exists()
+    assert str(tmp_path) not in (dest / "pick" / "pick.json").read_text()  # portable paths
+    md = (dest / "stages.md").read_text()
+    assert "| sft | 1370 | 160 | 1.860 | 16 | 5e-05 | 40.480 | 381 |" in md
+    assert "| pick | val-sel | 1192 | **checkpoint-40** | 0.740 | 0.870 | 0.400 | 0.000 |" in md
+    assert md.index("checkpoint-40") < md.index("checkpoint-120") < md.index("| final |")
+    summary = json.loads((dest / "collect.json").read_text())
+    assert summary["picks"]["pick"]["chosen"] == "checkpoint-40" and summary["budgets"]["sft"]["steps"] == 160

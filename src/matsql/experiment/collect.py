@@ -87,6 +87,8 @@ class Collected:
     primary: dict[str, Any] | None = None  # the plan's pre-registered comparison and its result
     leases: list[dict[str, Any]] = field(default_factory=list)  # stage groups by sitting (`leases`)
     untrained: list[str] = field(default_factory=list)  # training stages that found no rows
+    picks: dict[str, dict[str, Any]] = field(default_factory=dict)  # checkpoint picks (`pick_summary`)
+    budgets: dict[str, dict[str, Any]] = field(default_factory=dict)  # training budgets (`budget_row`)
 
 
 def _gzip_copy(src: Path, dest: Path) -> None:
@@ -107,6 +109,64 @@ def training_summary(metrics: dict[str, Any]) -> dict[str, Any]:
         if k in before or k in after:
             row[k] = {"before": before.get(k), "after": after.get(k)}
     return row
+
+
+PICK_RATES = ("balanced_accuracy", "catch_rate", "false_alarm_rate", "unknown_rate")
+
+
+def pick_summary(pick: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint pick's choice and every candidate's rates, from its ``pick.json`` (pure):
+    issue 16 reports catch rate and false alarms for every arm's validators, not only the kept one."""
+
+    def step(name: str) -> tuple[int, int]:  # checkpoint-N by N, then the final adapter
+        tail = name.rsplit("-", 1)[-1]
+        return (1, 0) if not tail.isdigit() else (0, int(tail))
+
+    raw = pick.get("scores", {})
+    scores = {
+        name: {k: (raw[name].get("rates") or {}).get(k) for k in PICK_RATES} for name in sorted(raw, key=step)
+    }
+    keys = {"agent", "run_dir", "chosen", "chosen_step", "candidates", "questions", "samples", "seed"}
+    return {k: pick.get(k) for k in sorted(keys)} | {"scores": scores}
+
+
+def budget_row(run_info: dict[str, Any], recipe_lr: Any = None) -> dict[str, Any]:
+    """What a training stage trained on and for how long, from its ``run.json`` (pure): train
+    rows (preference pairs for ORPO), optimizer steps, epochs, batch, learning rate and peak
+    memory. Issue 16 asks for pairs and ORPO steps per arm (equal budgets)."""
+    counts = run_info.get("data_counts") or []
+    train = run_info.get("train_tokens") or {}
+    rows = sum(int(c.get("train") or 0) for c in counts) if counts else train.get("rows")
+    m = (run_info.get("metrics") or {}).get("train") or {}
+    batch = run_info.get("effective_batch_size")
+    steps = None
+    if m.get("train_runtime") and m.get("train_steps_per_second"):
+        steps = round(m["train_runtime"] * m["train_steps_per_second"])
+    return {
+        "method": run_info.get("method"),
+        "train_rows": rows,
+        "steps": steps,
+        "epochs": m.get("epoch"),
+        "effective_batch": batch,
+        "learning_rate": recipe_lr,
+        "peak_gpu_memory_gib": run_info.get("peak_gpu_memory_gib"),
+        "prompts_cut": train.get("prompts_cut"),
+    }
+
+
+def _recipe_lr(folder: Path) -> Any:
+    """The learning rate of the recipe a run resolved (its ``recipe.yaml``), or None."""
+    import yaml
+
+    f = folder / "recipe.yaml"
+    if not f.is_file():
+        return None
+    try:
+        return ((yaml.safe_load(f.read_text(encoding="utf-8")) or {}).get("trainer") or {}).get(
+            "learning_rate"
+        )
+    except yaml.YAMLError:
+        return None
 
 
 def primary_result(plan: Plan) -> dict[str, Any] | None:
@@ -191,8 +251,17 @@ def collect_run(
         if (out / "metrics.json").is_file():
             got.training[name] = training_summary(json.loads((out / "metrics.json").read_text()))
         run_json = out / "run.json"
-        if run_json.is_file() and json.loads(run_json.read_text()).get("status") == "no_data":
+        run_info = json.loads(run_json.read_text()) if run_json.is_file() else None
+        if run_info and run_info.get("status") == "no_data":
             got.untrained.append(name)  # done as a stage, but its adapter is the one it started from
+        if (out / "pick.json").is_file():  # a checkpoint pick: its scores, not its adapter copy
+            text = portable_text((out / "pick.json").read_text(), run_dir)
+            got.picks[name] = pick_summary(json.loads(text))
+            (dest / rel).mkdir(parents=True, exist_ok=True)
+            (dest / rel / "pick.json").write_text(text, encoding="utf-8")
+            got.files.append(str(rel / "pick.json"))
+        elif run_info and (out / "metrics.json").is_file():  # a training run
+            got.budgets[name] = budget_row(run_info, _recipe_lr(out))
         if (out / "yield.json").is_file():
             got.yields[name] = json.loads(portable_text((out / "yield.json").read_text(), run_dir))
         trained = (out / "adapter_config.json").exists()  # its metrics are summarised above
@@ -229,10 +298,17 @@ def collect_run(
         "untrained": got.untrained,
         "training": got.training,
         "label_yield": got.yields,
+        "budgets": got.budgets,
+        "picks": got.picks,
     }
     (dest / "collect.json").write_text(json.dumps(summary, indent=2) + "\n")
     (dest / "stages.md").write_text(stages_markdown(got))
     return got
+
+
+def _lr(v: Any) -> str:
+    """A learning rate as the recipe would write it (2e-04, not 0.000)."""
+    return "-" if v is None else f"{float(v):g}"
 
 
 def _fmt(v: Any) -> str:
@@ -323,6 +399,36 @@ def stages_markdown(got: Collected) -> str:
                 + " | ".join(cells)
                 + " |"
             )
+    if got.budgets:
+        lines += [
+            "",
+            "# Training budgets (train rows: preference pairs for ORPO; steps: optimizer steps)",
+            "",
+            "| stage | train rows | steps | epochs | batch | learning rate | peak GiB | prompts cut |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {n} | {_fmt(b['train_rows'])} | {_fmt(b['steps'])} | {_fmt(b['epochs'])} | "
+            f"{_fmt(b['effective_batch'])} | {_lr(b['learning_rate'])} | {_fmt(b['peak_gpu_memory_gib'])} | "
+            f"{_fmt(b['prompts_cut'])} |"
+            for n, b in got.budgets.items()
+        ]
+    if got.picks:
+        lines += [
+            "",
+            "# Checkpoint picks (held-out candidates; balanced accuracy, catch rate / false alarms; "
+            "**kept**)",
+            "",
+            "| stage | agent | candidates | checkpoint | balanced accuracy | catch | false alarms | unknown |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for n, p in got.picks.items():
+            for ck, r in p["scores"].items():
+                mark = f"**{ck}**" if ck == p["chosen"] else ck
+                lines.append(
+                    f"| {n} | {p['agent']} | {_fmt(p['candidates'])} | {mark} | {_fmt(r['balanced_accuracy'])} | "
+                    f"{_fmt(r['catch_rate'])} | {_fmt(r['false_alarm_rate'])} | {_fmt(r['unknown_rate'])} |"
+                )
     if got.missing:
         lines += ["", f"Not done (not collected): {', '.join(got.missing)}"]
     return "\n".join(lines) + "\n"
