@@ -64,10 +64,11 @@ sets+=(--set vars.recipe_sft_planner="$r/sft-planner.yaml" --set vars.recipe_sft
   --set vars.recipe_sft_selector="$r/sft-selector.yaml" --set vars.recipe_fixer_e1="$r/sft-fixer.yaml"
   --set vars.recipe_orpo_val_sel="$r/orpo-val-sel.yaml" --set vars.recipe_orpo_val_cond="$r/orpo-val-cond.yaml")
 t0=$SECONDS
-# V2_SMOKE_ARGS: more runner options, e.g. "--until ref-sft-val-sel" for one stage and what it needs
-# shellcheck disable=SC2086
+# V2_SMOKE_ARGS: more runner options, shell-quoted, e.g. "--until ref-sft-val-sel" for one stage
+# and what it needs, or "--set 'vars.orpo_extra=--set trainer.learning_rate=2.0e-4'"
+eval "more=(${V2_SMOKE_ARGS:-})"
 matsql experiment run experiments/study-spider-v2.yaml --jobs 2 --keep-going --prefer compare-primary "${sets[@]}" \
-  ${V2_SMOKE_ARGS:-} > "$run/run.log" 2>&1
+  "${more[@]}" > "$run/run.log" 2>&1
 echo "experiment run: exit $? in $(( (SECONDS - t0) / 60 )) min (log $run/run.log)"
 python3 - "$run/run/manifests" <<'PY'
 import collections, json, pathlib, sys
