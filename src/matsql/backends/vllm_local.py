@@ -37,7 +37,8 @@ Measured on the lent H100 (``results/vllm/README.md``), and why two settings are
   never FlashInfer's top-p/top-k kernels (``TopKTopPSampler.forward_cuda``); but its warmup
   (``_dummy_sampler_run``) runs them once, unseeded, and FlashInfer JIT-compiles them on a bare
   machine. The first engine of session 14's lease took 99.7 s to start, 79 s of it after the
-  CUDA graphs, where that warmup runs; later engines took 9.8 s. ``VLLM_USE_FLASHINFER_SAMPLER=0``
+  CUDA graphs, where that warmup runs (located from vLLM's source, not profiled); later engines
+  took 9.8 s. ``VLLM_USE_FLASHINFER_SAMPLER=0``
   (set unless the environment says otherwise) leaves FlashInfer's sampler out and changes no
   sampled token.
 - With LoRA enabled and CUDA graphs captured, engine start hung for over 7 minutes (vLLM
