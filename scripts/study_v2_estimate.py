@@ -60,10 +60,9 @@ CRITIQUE_FACTOR = 15_639 / 34_950  # results/vllm session 8: validator rows vs p
 # eval-planner-dev-s1 ran 51.5 s, 14 s of it generating): 17 s from the stage's start to its
 # engine's (process, imports, questions), 18 s for the engine, 2 s to exit. Session 13 charged
 # 50 s (27 s + 11-25 s); sessions 8-11's 30 s left the process start out.
+# A sharded rollout's processes share the card and, since session 14, start together (a KV cache
+# fixed up front): no extra charge for the second (session 13's start lock cost about 25 s).
 VLLM_START_S = 37.0
-# a sharded rollout's second process on the same card: since session 14 engines on a shared card
-# start together (a KV cache fixed up front); session 13's start lock cost rollout-sft about 25 s
-SECOND_SHARD_S = 0.0
 TRAIN_START_S = 40.0  # model load, data, first/last eval: committed stage wall minus train time
 # seconds per optimizer step in the committed study (stages.md: train seconds / steps)
 SFT_STEP_S = {"planner": 283.363 / 120, "val-sel": 151.348 / 120, "val-cond": 151.460 / 120,
@@ -202,7 +201,6 @@ def stage_cost(
     measured_train_s: dict[str, float] | None = None,
     train_factor: dict[str, float] | None = None,
     lora_tps: float = LORA_TPS,
-    shards: int = 1,
 ) -> Cost:
     """``measured_train_s``: training-loop seconds per stage name, used where a stage has one;
     ``train_factor``: per method (sft, orpo), a factor on training-loop seconds (``train_factors``);
@@ -232,8 +230,7 @@ def stage_cost(
         central = (ptok + ctok + ftok) / tps
         conservative = ptok / tps + (ctok + ftok) / (tps * CRITIQUE_FACTOR)
         kind = "rollout (base)" if base else "rollout (LoRA)"
-        start = VLLM_START_S + SECOND_SHARD_S * (shards > 1)  # shards share one card here
-        return Cost(name, kind, ptok + ctok + ftok, central + start, conservative + start, True)
+        return Cost(name, kind, ptok + ctok + ftok, central + VLLM_START_S, conservative + VLLM_START_S, True)
     if cmd == "train" and argv[1] in ("sft", "orpo") and name in (measured_train_s or {}):
         s = measured_train_s[name] * (train_factor or {}).get(argv[1], 1.0)  # type: ignore[index]
         return Cost(name, f"train {argv[1]}", 0.0, s + TRAIN_START_S, s + TRAIN_START_S, False)
@@ -293,15 +290,6 @@ def _units(costs: list[Cost]) -> list[list[Cost]]:
         else:
             units.append([c])
     return units
-
-
-def done_stages(run_dir: Path) -> set[str]:
-    """Stages whose manifest in ``run_dir/manifests`` says done (the runner's own record)."""
-    out = set()
-    for f in (run_dir / "manifests").glob("*.json"):
-        if json.loads(f.read_text(encoding="utf-8")).get("status") == "done":
-            out.add(f.stem)
-    return out
 
 
 def schedule(costs: list[Cost], work_s: float, which: str) -> list[list[tuple[str, float]]]:
@@ -458,22 +446,14 @@ def main() -> None:
     r = measure()
     order = serial_order(plan, [p for p in args.prefer.split(",") if p])
     lora_tps = BASE_TPS if args.lora_mode == "swap" else LORA_TPS
-    costs = [
-        stage_cost(
-            n,
-            plan.stages[n].argv,
-            parts,
-            r,
-            steps,
-            measured,
-            factor,
-            lora_tps,
-            shards=int(plan.stages[n].resources.get("shards", 1)),
-        )
-        for n in order
-    ]
+    costs = [stage_cost(n, plan.stages[n].argv, parts, r, steps, measured, factor, lora_tps) for n in order]
     prefer = [p for p in args.prefer.split(",") if p]
-    done = done_stages(args.done) if args.done else set()
+    done = set()
+    if args.done:  # the runner's own judgement: done and not stale in that run folder
+        from matsql.experiment.runner import stage_status
+
+        there = load_plan(args.plan, {"run_dir": str(args.done.resolve())}, base_dir=ROOT)
+        done = {n for n, st in stage_status(there).items() if st == "done"}
     if done:
         from dataclasses import replace
 

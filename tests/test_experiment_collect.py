@@ -277,6 +277,12 @@ def test_collect_reports_training_budgets_and_every_checkpoint_a_pick_scored(run
         "metrics": {"train": {"train_runtime": 137.2, "train_steps_per_second": 1.166, "epoch": 1.86}},
     }
     (sft / "run.json").write_text(json.dumps(info))
+    # steps and epochs come from the run's metrics.json, as the training table's do
+    metrics = {
+        "train": info["metrics"]["train"],
+        "log_history": [{"loss": 0.3, "step": 10}, {"loss": 0.2, "step": 160}],
+    }
+    (sft / "metrics.json").write_text(json.dumps(metrics))
     (sft / "recipe.yaml").write_text("trainer:\n  learning_rate: 5.0e-05\n  beta: 0.1\n")
     pick = Path(run.stages["pick"].out)
     pick.mkdir(parents=True)

@@ -529,14 +529,14 @@ class VLLMEngine:
                     self._llm = self.llm_factory(**kw)
                 if kw.get("enable_lora"):
                     self._lora = (kw["max_lora_rank"], kw["max_loras"])
-                age = process_age()
+                took, age = time.perf_counter() - t0, process_age()
                 log.info(
                     "vLLM engine on %s started in %.1f s (importing vLLM %.1f s); the process was %s s "
                     "old when it began (imports, questions, tokenizer: a stage's fixed cost)",
                     self.model_dir,
-                    time.perf_counter() - t0,
+                    took,
                     getattr(self._llm, "import_s", 0.0),
-                    "?" if age is None else f"{age - (time.perf_counter() - t0):.1f}",
+                    "?" if age is None else f"{age - took:.1f}",
                 )
             return self._llm
 

@@ -130,24 +130,18 @@ def pick_summary(pick: dict[str, Any]) -> dict[str, Any]:
     return {k: pick.get(k) for k in sorted(keys)} | {"scores": scores}
 
 
-def budget_row(run_info: dict[str, Any], recipe_lr: Any = None) -> dict[str, Any]:
-    """What a training stage trained on and for how long, from its ``run.json`` (pure): train
-    rows (preference pairs for ORPO), optimizer steps, epochs, batch, learning rate and peak
-    memory. Issue 16 asks for pairs and ORPO steps per arm (equal budgets)."""
+def budget_row(run_info: dict[str, Any], training: dict[str, Any], recipe_lr: Any = None) -> dict[str, Any]:
+    """What a training stage trained on and for how long (pure): train rows (preference pairs for
+    ORPO), memory and prompts cut from its ``run.json``; optimizer steps and epochs from its
+    ``training_summary``. Issue 16 asks for pairs and ORPO steps per arm (equal budgets)."""
     counts = run_info.get("data_counts") or []
     train = run_info.get("train_tokens") or {}
-    rows = sum(int(c.get("train") or 0) for c in counts) if counts else train.get("rows")
-    m = (run_info.get("metrics") or {}).get("train") or {}
-    batch = run_info.get("effective_batch_size")
-    steps = None
-    if m.get("train_runtime") and m.get("train_steps_per_second"):
-        steps = round(m["train_runtime"] * m["train_steps_per_second"])
     return {
         "method": run_info.get("method"),
-        "train_rows": rows,
-        "steps": steps,
-        "epochs": m.get("epoch"),
-        "effective_batch": batch,
+        "train_rows": sum(int(c.get("train") or 0) for c in counts) if counts else train.get("rows"),
+        "steps": training.get("steps"),
+        "epochs": training.get("epochs"),
+        "effective_batch": run_info.get("effective_batch_size"),
         "learning_rate": recipe_lr,
         "peak_gpu_memory_gib": run_info.get("peak_gpu_memory_gib"),
         "prompts_cut": train.get("prompts_cut"),
@@ -260,8 +254,8 @@ def collect_run(
             (dest / rel).mkdir(parents=True, exist_ok=True)
             (dest / rel / "pick.json").write_text(text, encoding="utf-8")
             got.files.append(str(rel / "pick.json"))
-        elif run_info and (out / "metrics.json").is_file():  # a training run
-            got.budgets[name] = budget_row(run_info, _recipe_lr(out))
+        elif run_info and name in got.training:  # a training run
+            got.budgets[name] = budget_row(run_info, got.training[name], _recipe_lr(out))
         if (out / "yield.json").is_file():
             got.yields[name] = json.loads(portable_text((out / "yield.json").read_text(), run_dir))
         trained = (out / "adapter_config.json").exists()  # its metrics are summarised above
