@@ -40,9 +40,10 @@ step() {  # step NAME LIMIT_S COMMAND...
 step lora_graphs 580 benchmarks/vllm_lora_graphs.py --limit 250 --json "$out/lora-graphs.json"
 step parity_fp32 200 benchmarks/vllm_parity.py --mode greedy --dtype float32 --adapter none --out "$out/parity_fp32.json"
 step parity_bf16 150 benchmarks/vllm_parity.py --mode greedy --adapter random --out "$out/parity_bf16.json"
-# BENCH512_MBT=N runs it at vLLM's max_num_batched_tokens N (recorded in the JSON's args)
+# BENCH512_MBT=N runs it at vLLM's max_num_batched_tokens N, BENCH512_CG=N with CUDA graphs captured
+# up to N sequences (both recorded in the JSON's args)
 step bench512 420 benchmarks/bench_generate.py --questions 512 --max-num-seqs 2048 --gpu-memory-utilization 0.8 \
-  ${BENCH512_MBT:+--max-num-batched-tokens $BENCH512_MBT} \
+  ${BENCH512_MBT:+--max-num-batched-tokens $BENCH512_MBT} ${BENCH512_CG:+--max-cudagraph-capture-size $BENCH512_CG} \
   --paths vllm,transformers,plain --hf-questions 64 --json "$out/bench512.json"
 # the engine core in its own process (vLLM's default; matsql runs it in process for repeatable
 # seeds): what that choice costs, vLLM alone on the same workload
