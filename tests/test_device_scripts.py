@@ -363,24 +363,39 @@ def test_orpo_lr_check_reruns_the_four_stages_in_a_copy_then_adopts_or_keeps_by_
     import shutil
     import time
 
-    def check(new_ba: dict[str, float]) -> tuple[list[str], Path, dict]:
+    def check(new_ba: dict[str, float], env: dict[str, str] | None = None) -> tuple[list[str], Path, dict]:
         snap, state = tmp_path / "snap", tmp_path / "state"
         shutil.rmtree(snap, ignore_errors=True)
         shutil.rmtree(state, ignore_errors=True)
-        for d in ("scripts/device", "src/matsql", "experiments", "recipes", "benchmarks"):
+        for d in ("scripts/device/rules", "src/matsql/experiment", "experiments", "recipes", "benchmarks"):
             (snap / d).mkdir(parents=True)
         (snap / "pyproject.toml").write_text("")
-        for f in ("orpo_lr_check.sh", "orpo_lr_rule.py"):
+        for f in ("orpo_lr_check.sh", "orpo_lr_rule.py", "beside_stages.py", "rules/card_slots.sh"):
             shutil.copy(ROOT / "scripts" / "device" / f, snap / "scripts" / "device" / f)
         (snap / "scripts/device/env.sh").write_text("export PYTHONPATH=$PWD/src\n")
         (snap / "scripts/device/study.sh").write_text('echo "study $*" >> "$MATSQL_STATE/calls"\n')
-        # a stand-in for the runner: records its argv, writes the rerun stages at new_ba
+        # a stand-in plan graph for beside_stages.py: eval-planner-trn-s0 needs no ORPO run,
+        # rollout-iter2-collab does (through its pick)
+        (snap / "src/matsql/experiment/__init__.py").write_text("")
+        (snap / "src/matsql/experiment/plan.py").write_text(
+            "from types import SimpleNamespace as S\n"
+            "G = {'sft-planner': [], 'eval-planner-trn-s0': ['sft-planner'], 'ref-sft-val-sel': [],\n"
+            "     'orpo-iter1-val-cond-collab': [], 'pick-iter1-val-cond-collab': ['orpo-iter1-val-cond-collab'],\n"
+            "     'rollout-iter2-collab': ['pick-iter1-val-cond-collab']}\n"
+            "def load_plan(path):\n"
+            "    return S(stages={n: S(needs=d) for n, d in G.items()})\n"
+        )
+        # a stand-in for the runner: records its argv; the check's run (the one given a run_dir)
+        # writes the rerun stages at new_ba; a run beside it takes a second, then says it ended
         (snap / "src/matsql/__init__.py").write_text("")
         (snap / "src/matsql/cli.py").write_text(
-            "import json, os, sys\n"
+            "import json, os, sys, time\n"
             "from pathlib import Path\n"
             "a = sys.argv[1:]\n"
-            "open(os.environ['MATSQL_STATE'] + '/calls', 'a').write('run ' + ' '.join(a) + '\\n')\n"
+            "calls = os.environ['MATSQL_STATE'] + '/calls'\n"
+            "open(calls, 'a').write('run ' + ' '.join(a) + '\\n')\n"
+            "if not any(x.startswith('run_dir=') for x in a):\n"
+            "    time.sleep(1); open(calls, 'a').write('beside ended\\n'); sys.exit(0)\n"
             "run = Path(a[a.index('--set') + 1].split('=', 1)[1])\n"
             f"for arm, ba in {new_ba!r}.items():\n"
             "    p = run / f'pick-iter1-val-sel-{arm}'; o = run / f'orpo-iter1-val-sel-{arm}'\n"
@@ -400,13 +415,15 @@ def test_orpo_lr_check_reruns_the_four_stages_in_a_copy_then_adopts_or_keeps_by_
         subprocess.run(
             ["bash", "scripts/device/orpo_lr_check.sh", "start", "experiments/p.yaml", "2.0e-4", "--jobs", "4"],
             cwd=snap, check=True, capture_output=True,
-            env={"MATSQL_STATE": str(state), "PATH": "/usr/bin:/bin", "TESTS": str(ROOT / "tests")},
+            env={"MATSQL_STATE": str(state), "PATH": "/usr/bin:/bin", "TESTS": str(ROOT / "tests")} | (env or {}),
         )  # fmt: skip
-        for _ in range(200):  # it runs detached
+        for _ in range(300):  # it runs detached
             if calls.exists() and "study" in calls.read_text():
                 break
             time.sleep(0.1)
         return calls.read_text().splitlines(), run, json.loads((state / "lr-decision.json").read_text())
+
+    h100 = "--gpu-slots 2 --set vars.train_slots=8"  # no nvidia-smi here: the rule's H100 branch
 
     calls, run, decision = check({"collab": 0.75, "indep": 0.81})  # mean +0.012: adopted
     assert calls[0].startswith(
@@ -416,9 +433,10 @@ def test_orpo_lr_check_reruns_the_four_stages_in_a_copy_then_adopts_or_keeps_by_
         "--set vars.orpo_extra=--set trainer.learning_rate=2.0e-4 --until pick-iter1-val-sel-indep"
         in calls[0]
     )
+    assert calls[0].endswith(f"--until pick-iter1-val-sel-indep --jobs 2 {h100}")
     assert (
         calls[1]
-        == "study start experiments/p.yaml --jobs 4 --set vars.orpo_extra=--set trainer.learning_rate=2.0e-4"
+        == f"study start experiments/p.yaml --jobs 4 --set vars.orpo_extra=--set trainer.learning_rate=2.0e-4 {h100}"
     )
     assert decision["adopt"] and decision["new_lr"]["pairs"]["indep"]["learning_rate"] == "2.0e-4"
     pick = json.loads((run / "pick-iter1-val-sel-indep" / "pick.json").read_text())
@@ -430,7 +448,7 @@ def test_orpo_lr_check_reruns_the_four_stages_in_a_copy_then_adopts_or_keeps_by_
     assert man["out"] == str((run / "pick-iter1-val-sel-indep").resolve())  # where ship.py looks
 
     calls, run, decision = check({"collab": 0.74, "indep": 0.81})  # mean +0.007: kept
-    assert calls[1] == "study start experiments/p.yaml --jobs 4" and not decision["adopt"]
+    assert calls[1] == f"study start experiments/p.yaml --jobs 4 {h100}" and not decision["adopt"]
     pick = json.loads((run / "pick-iter1-val-sel-indep" / "pick.json").read_text())
     assert pick["scores"]["checkpoint-40"]["rates"]["balanced_accuracy"] == 0.8
     assert not (run.parent / "lr-replaced").exists()
@@ -449,6 +467,35 @@ def test_orpo_lr_check_reruns_the_four_stages_in_a_copy_then_adopts_or_keeps_by_
     assert "lrcheck/pick-iter1-val-sel-indep/pick.json" in names
     assert "lrcheck/orpo-iter1-val-sel-collab/run.json" in names
 
+    # a card of 120 GiB or more (an H200): four slots, training on half the card, and the stages
+    # that need no ORPO run beside the check, in the plan's run folder; the plan starts after both
+    h200 = "--gpu-slots 4 --set vars.train_slots=2"
+    big = {"CARD_MIB": "143771", "BESIDE": "ref-sft-val-sel,eval-planner-trn-s0"}
+    calls, run, decision = check({"collab": 0.74, "indep": 0.81}, big)
+    beside = [c for c in calls if c.startswith("run") and "run_dir=" not in c]
+    assert beside == [
+        f"run experiment run experiments/p.yaml --until ref-sft-val-sel,eval-planner-trn-s0 --jobs 1 --keep-going {h200}"
+    ]
+    checked = [c for c in calls if "run_dir=" in c]
+    assert len(checked) == 1 and checked[0].endswith(f"--jobs 2 {h200}")
+    assert (
+        calls.index("beside ended") < len(calls) - 1
+        and calls[-1] == f"study start experiments/p.yaml --jobs 4 {h200}"
+    )
+    # a stage that needs an ORPO run (whose learning rate the check decides) never runs beside it
+    calls, _, _ = check(
+        {"collab": 0.74, "indep": 0.81}, big | {"BESIDE": "eval-planner-trn-s0,rollout-iter2-collab"}
+    )
+    assert [c for c in calls if "run_dir=" not in c and c.startswith("run")] == []
+    log = (tmp_path / "state" / "lrcheck.log").read_text()
+    assert "rollout-iter2-collab needs orpo-iter1-val-cond-collab" in log and calls[-1].endswith(h200)
+    # on an H100 the list is ignored: the check has the card to itself
+    calls, _, _ = check(
+        {"collab": 0.74, "indep": 0.81}, {"CARD_MIB": "81559", "BESIDE": "eval-planner-trn-s0"}
+    )
+    assert len(calls) == 2 and calls[-1].endswith(h100)
+    assert "the card is under 120 GiB" in (tmp_path / "state" / "lrcheck.log").read_text()
+
 
 def test_orpo_lr_rule_is_symmetric_in_the_arms_and_needs_both():
     spec = importlib.util.spec_from_file_location("orpo_lr_rule", ROOT / "scripts/device/orpo_lr_rule.py")
@@ -463,3 +510,20 @@ def test_orpo_lr_rule_is_symmetric_in_the_arms_and_needs_both():
     assert not rule.decide(old, {"collab": 0.75, "indep": 0.74})  # one arm's gain, the other's loss
     with pytest.raises(ValueError, match="arms differ"):
         rule.decide(old, {"collab": 0.9})
+
+
+def test_beside_stages_on_the_v2_plan_refuses_what_reaches_an_orpo_run(capsys):
+    """The stages lease 3 runs beside the learning-rate check need no ORPO run, in the committed
+    plan; a stage that reaches one through its inputs is refused, naming the ORPO run."""
+    spec = importlib.util.spec_from_file_location("beside_stages", ROOT / "scripts/device/beside_stages.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    plan = str(ROOT / "experiments/study-spider-v2.yaml")
+    ok = "ref-sft-val-sel,ref-sft-val-cond,eval-planner-trn-s0,eval-planner-trn-s1,eval-planner-trn-s2,eval-sft-dev-s0"
+    assert mod.main([plan, ok]) == 0 and capsys.readouterr().out.strip() == ok
+    assert mod.main([plan, "eval-planner-trn-s0,eval-collab-dev-s0"]) == 1
+    assert "eval-collab-dev-s0 needs orpo-" in capsys.readouterr().err
+    assert mod.main([plan, "orpo-iter1-val-cond-indep"]) == 1
+    assert (
+        mod.main([plan, "no-such-stage"]) == 1 and "has no stage 'no-such-stage'" in capsys.readouterr().err
+    )

@@ -10,8 +10,14 @@
 #    mean balanced accuracy over the arms rises by 0.01 or more; the decision goes to
 #    $MATSQL_STATE/lr-decision.json, and if adopted the four stages move into the run folder;
 # 3. `study.sh start PLAN [options]`, with the override if adopted.
-# Its log: $MATSQL_STATE/lrcheck.log. Poll with `study.sh wait N` (until the plan starts it ships
-# nothing). `orpo_lr_check.sh ship $OUT` in a poll brings the
+# The card's memory decides how the runners share it (rules/card_slots.sh): on an H100
+# --gpu-slots 2 with training on the whole card; on a card of 120 GiB or more --gpu-slots 4 with
+# training on half of it, and then BESIDE=STAGE,... (stages that need no ORPO run:
+# beside_stages.py checks) runs in the plan's run folder beside the check (`--until`, one stage
+# at a time), and the plan starts when both are over. The runner options given here go to the
+# plan's start; the card's options are added to every runner.
+# Its log: $MATSQL_STATE/lrcheck.log (beside: $MATSQL_STATE/beside.log). Poll with `study.sh wait
+# N` (it ships what the beside stages finish). `orpo_lr_check.sh ship $OUT` in a poll brings the
 # decision, the log and the check's picks and stage logs home.
 set -euo pipefail
 STATE=${MATSQL_STATE:-/root/matsql}
@@ -26,26 +32,44 @@ case "${1:-}" in
     rm -rf "$REPO/src" "$REPO/experiments" "$REPO/recipes" "$REPO/scripts" "$REPO/benchmarks"
     cp -r src experiments recipes scripts benchmarks pyproject.toml "$REPO/"
     printf '%q ' "$@" > "$STATE/lrcheck.args"
+    printf '%s' "${BESIDE:-}" > "$STATE/lrcheck.beside"
     setsid nohup bash -c '
       set -u
       cd "'"$REPO"'" && source scripts/device/env.sh
-      run=runs/'"$name"' check="'"$STATE"'/lrcheck" lr='"$lr"'
+      run=runs/'"$name"' check="'"$STATE"'/lrcheck" lr='"$lr"' plan='"$plan"'
+      . scripts/device/rules/card_slots.sh
       rm -rf "$check" && cp -a "$run" "$check"
       for s in orpo-iter1-val-sel-collab pick-iter1-val-sel-collab orpo-iter1-val-sel-indep pick-iter1-val-sel-indep; do
         rm -rf "$check/$s" "$check/manifests/$s.json" "$check/logs/$s.log"
       done
+      beside=$(cat "'"$STATE"'/lrcheck.beside") bpid=""
+      if [ -n "$beside" ] && [ "$BESIDE_OK" = 1 ]; then
+        if beside=$(python3 scripts/device/beside_stages.py "$plan" "$beside"); then
+          python3 -m matsql.cli experiment run "$plan" --until "$beside" --jobs 1 --keep-going $CARD_OPTS \
+            > "'"$STATE"'/beside.log" 2>&1 &
+          bpid=$!
+          echo "lrcheck: beside the check: $beside (pid $bpid)"
+        else
+          echo "lrcheck: nothing beside the check (beside_stages.py refused the list)"
+        fi
+      elif [ -n "$beside" ]; then
+        echo "lrcheck: nothing beside the check (the card is under 120 GiB)"
+      fi
       t0=$(date +%s)
-      python3 -m matsql.cli experiment run '"$plan"' --set run_dir="$check" \
+      python3 -m matsql.cli experiment run "$plan" --set run_dir="$check" \
         --set "vars.orpo_extra=--set trainer.learning_rate=$lr" --until pick-iter1-val-sel-indep \
-        --jobs 2 --gpu-slots 2
+        --jobs 2 $CARD_OPTS
       echo "lrcheck: the check ran $(( $(date +%s) - t0 )) s"
       extra=""
       if python3 scripts/device/orpo_lr_rule.py "$run" "$check" --lr "$lr" --out "'"$STATE"'/lr-decision.json" --apply &&
          python3 -c "import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))[\"adopt\"] else 1)" "'"$STATE"'/lr-decision.json"; then
         extra=$(printf "%q " --set "vars.orpo_extra=--set trainer.learning_rate=$lr")
       fi
+      if [ -n "$bpid" ]; then
+        wait "$bpid"; echo "lrcheck: the stages beside it ended (rc $?) $(( $(date +%s) - t0 )) s after the check began"
+      fi
       cd "'"$snap"'"
-      eval "bash scripts/device/study.sh start '"$plan"' $(cat "'"$STATE"'/lrcheck.args") $extra"
+      eval "bash scripts/device/study.sh start '"$plan"' $(cat "'"$STATE"'/lrcheck.args") $extra $CARD_OPTS"
     ' > "$STATE/lrcheck.log" 2>&1 < /dev/null &
     echo "orpo lr check started (pid $!); log $STATE/lrcheck.log"
     ;;
