@@ -5,6 +5,9 @@
 #   bash scripts/v2_cpu_smoke.sh echo [RUN_DIR]       # echo agents, SmolLM2 tiny recipes: ~5 min
 #   bash scripts/v2_cpu_smoke.sh prepared [RUN_DIR]   # SmolLM2 agents continuing the demo's
 #                                                     # prepared team (recipes/tiny/prepared)
+#   bash scripts/v2_cpu_smoke.sh canned [RUN_DIR]     # echo agents with canned replies: SQL that
+#                                                     # runs (small constants, some right by value),
+#                                                     # verdicts of both kinds: every stage, minutes
 # echo: no candidate is right and no critique has a verdict, so the checkpoint picks stop with
 # their clear error ("no checkpoint has a balanced accuracy") and what needs them does not run:
 # it checks the stages before the picks (30 of 110 in session 12). prepared: the agents write
@@ -12,7 +15,7 @@
 # checks the plan's wiring, not its numbers. Default RUN_DIR: /tmp/v2-cpu-smoke-MODE.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-mode=${1:?usage: v2_cpu_smoke.sh echo|prepared [RUN_DIR]}
+mode=${1:?usage: v2_cpu_smoke.sh echo|prepared|canned [RUN_DIR]}
 run=${2:-/tmp/v2-cpu-smoke-$mode}
 repo=$PWD t=$PWD/recipes/tiny
 mkdir -p "$run/recipes"
@@ -37,6 +40,36 @@ YAML
       printf 'extends: %s/sft-%s.v1.yaml\n' "$t" "$a" > "$run/recipes/sft-$a.yaml"
     done
     ;;
+  canned)
+    # the echo backend's replies (backends/echo.py): each completion one of these, drawn by prompt,
+    # sample and seed. 129 of minibench-train's 335 answers are counts, often small, so `SELECT 3`
+    # is right for some questions: with 80 heldout questions the picks see right and wrong
+    # candidates and both verdicts (12 had no right one), and every stage after them runs (the
+    # numbers mean nothing; the wiring is what is checked)
+    cat > "$run/agents.yaml" <<'YAML'
+defaults: {backend: echo}
+agents:
+  planner:
+    temperature: 1.0
+    max_tokens: 32
+    replies: &sql ["```sql\nSELECT 1\n```", "```sql\nSELECT 2\n```", "```sql\nSELECT 3\n```",
+      "```sql\nSELECT 4\n```", "```sql\nSELECT 5\n```", "```sql\nSELECT 6\n```",
+      "```sql\nSELECT COUNT(*) FROM students\n```", "```sql\nSELECT nonsense\n```"]
+  val-sel:
+    temperature: 1.0
+    max_tokens: 16
+    replies: &verdicts ["The columns match the question.\nConclude: correct",
+      "The columns do not match the question.\nConclude: incorrect"]
+  val-cond: {temperature: 1.0, max_tokens: 16, replies: *verdicts}
+  fixer:    {temperature: 0.0, max_tokens: 16, replies: *sql}
+  selector: {temperature: 0.0, max_tokens: 4, replies: ["Answer: 1", "Answer: 2"]}
+YAML
+    sets+=(--set vars.agents="$run/agents.yaml" --set "vars.dev=minibench --limit 24" --set vars.bq=8
+      --set vars.parts=sft=16,label=16,heldout=80,evaltrain=8 --set vars.branches=2)
+    for a in planner val-sel val-cond fixer selector; do
+      printf 'extends: %s/sft-%s.v1.yaml\n' "$t" "$a" > "$run/recipes/sft-$a.yaml"
+    done
+    ;;
   prepared)
     # each SFT stage continues the prepared adapter (validators and selector: attention only, as
     # scripts/device/demo_prep.sh trained them); ORPO continues the SFT stage's adapter
@@ -52,7 +85,7 @@ YAML
       --set vars.bq=16 --set vars.parts=sft=8,label=8,heldout=10,evaltrain=4 --set vars.branches=2)
     export MATSQL_MERGE_ADAPTERS=1 OMP_NUM_THREADS=1  # as the demo plan runs SmolLM2 on 2 cores
     ;;
-  *) echo "usage: v2_cpu_smoke.sh echo|prepared [RUN_DIR]" >&2; exit 2 ;;
+  *) echo "usage: v2_cpu_smoke.sh echo|prepared|canned [RUN_DIR]" >&2; exit 2 ;;
 esac
 for a in val-sel val-cond; do
   printf 'extends: %s/orpo-%s-collab.v1.yaml\n' "$t" "$a" > "$run/recipes/orpo-$a.yaml"
@@ -70,6 +103,10 @@ eval "more=(${V2_SMOKE_ARGS:-})"
 matsql experiment run experiments/study-spider-v2.yaml --jobs 2 --keep-going --prefer compare-primary "${sets[@]}" \
   "${more[@]}" > "$run/run.log" 2>&1
 echo "experiment run: exit $? in $(( (SECONDS - t0) / 60 )) min (log $run/run.log)"
+# what a lease's results go through here: the results folder of whatever finished
+matsql experiment collect experiments/study-spider-v2.yaml --out "$run/collected" "${sets[@]}" "${more[@]}" \
+  > "$run/collect.log" 2>&1
+echo "experiment collect: exit $? ($run/collected, log $run/collect.log)"
 python3 - "$run/run/manifests" <<'PY'
 import collections, json, pathlib, sys
 st = {m.stem: json.loads(m.read_text())["status"] for m in pathlib.Path(sys.argv[1]).glob("*.json")}

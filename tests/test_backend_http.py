@@ -280,6 +280,27 @@ def test_echo_backend_encodes_prompt_and_sample() -> None:
     assert out[0][0] != out[0][1] != out[1][1] and out[0][1].endswith(":1")
 
 
+def test_echo_canned_replies_are_a_function_of_prompt_sample_and_seed() -> None:
+    """An agents file's ``replies:`` make the echo backend answer with those texts (a dry run with
+    SQL that runs and verdicts of both kinds): the same prompt, sample and seed give the same
+    text, another seed a new draw, and the draws cover the replies."""
+    from matsql.backends.registry import make_backend
+
+    replies = ["Conclude: correct", "Conclude: incorrect", "```sql\nSELECT 3\n```"]
+    b = make_backend({"backend": "echo", "replies": replies}, agent="val-sel")
+    out = b.generate(PROMPTS[:2], n=40, seed=0)
+    assert out == make_backend({"backend": "echo", "replies": replies}).generate(PROMPTS[:2], n=40, seed=0)
+    assert out != b.generate(PROMPTS[:2], n=40, seed=1)
+    assert {t for row in out for t in row} == set(replies)
+    assert b.generate(PROMPTS[:1], n=2, stop=["\n"], seed=0)[0][0] in {
+        "Conclude: correct",
+        "Conclude: incorrect",
+        "```sql",
+    }
+    with pytest.raises(ValueError, match="bad echo backend settings"):
+        make_backend({"backend": "echo", "replies": []}, agent="val-sel")
+
+
 # ------------------------------------------------------------------ issue 17: deadlines, rejects, text
 
 

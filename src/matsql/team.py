@@ -43,8 +43,6 @@ def backend_keys(kind: str) -> set[str] | None:
 
     from matsql.backends import registry
 
-    if kind == "echo":
-        return {"backend"}
     for obj in vars(registry).values():
         if isinstance(obj, type) and issubclass(obj, BaseModel) and "backend" in obj.model_fields:
             field_ = obj.model_fields["backend"]

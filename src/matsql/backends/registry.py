@@ -68,6 +68,11 @@ class OpenAIConfig(_Cfg):
     load_adapters: bool = False
 
 
+class EchoConfig(_Cfg):
+    backend: Literal["echo"]
+    replies: list[str] | None = Field(default=None, min_length=1)  # canned texts (backends/echo.py)
+
+
 class VLLMConfig(_Cfg):
     """An agent on the in-process vLLM engine; the engine's settings default to
     :class:`~matsql.backends.vllm_local.EngineSettings`' (their one home)."""
@@ -231,9 +236,10 @@ def make_backend(cfg: Mapping[str, Any], *, agent: str | None = None) -> Backend
 
             return VLLMBackend(shared_vllm_engine(v), adapter=v.adapter, top_p=v.top_p)
         if kind == "echo":
+            e = EchoConfig.model_validate(dict(cfg))
             from matsql.backends.echo import EchoBackend
 
-            return EchoBackend()
+            return EchoBackend(replies=e.replies)
     except ValidationError as e:
         raise ValueError(f"{where}: bad {kind} backend settings: {e}") from e
     raise ValueError(f"{where}: unknown backend {kind!r}; expected local, vllm, openai or echo")
