@@ -294,6 +294,21 @@ def test_handoff_keeps_a_run_in_history_not_in_the_tree_and_restores_it(tmp_path
     removal = commits[0]  # the commit that took the parts out of the tree names them too
     assert "its parent holds them" in refused(removal)
 
+    # named stages (a study's final adapters): only they travel, and the commit and the restore
+    # line name them instead of counting the run's finished stages
+    last = sh("git", "rev-parse", "HEAD").strip()
+    sh("bash", "scripts/device/handoff.sh", "save", "runs/study", "sft-x")
+    named = sh("git", "rev-list", f"{last}..HEAD").split()[1]
+    assert "1 named stage(s): sft-x" in sh("git", "log", "-1", "--format=%s", named)
+    assert (
+        "1 named stage(s): sft-x, "
+        in (repo / "results" / "study" / "HANDOFF.md").read_text().splitlines()[-1]
+    )
+    shutil.rmtree(repo / "runs")
+    sh("bash", "scripts/device/handoff.sh", "restore", named)
+    assert json.loads((got / "sft-x" / "adapter_config.json").read_text()) == {"r": 8}
+    assert not (got / "roll.jsonl").exists()
+
 
 def test_chain_runs_the_checks_then_the_rule_then_the_plan_with_its_slots(tmp_path):
     """chain.sh: the checks first, then the rule file (here: ORPO's peak from the checks'

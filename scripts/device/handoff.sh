@@ -24,16 +24,20 @@ case "${1:-}" in
     [ -d "$run/manifests" ] || { echo "handoff: $run has no manifests/ (not a run folder)" >&2; exit 1; }
     [ ! -e "$dir" ] || { echo "handoff: $dir exists; commit or remove it first" >&2; exit 1; }
     bash scripts/device/study.sh pack "$run" "$dir" "$@" > /dev/null
-    done_stages=$(python3 -c 'import json, pathlib, sys
-print(sum(json.loads(m.read_text()).get("status") == "done" for m in pathlib.Path(sys.argv[1]).glob("*.json")))' "$run/manifests")
+    if [ $# -gt 0 ]; then  # named stages (the final adapters of a study, say): say which
+      what="$# named stage(s): $*"
+    else
+      what="$(python3 -c 'import json, pathlib, sys
+print(sum(json.loads(m.read_text()).get("status") == "done" for m in pathlib.Path(sys.argv[1]).glob("*.json")))' "$run/manifests") finished stage(s)"
+    fi
     git add -- "$dir"
-    git commit -q -m "handoff: $name, $done_stages finished stage(s), for the next lease" -- "$dir"
+    git commit -q -m "handoff: $name, $what" -- "$dir"
     c=$(git rev-parse HEAD)
     log=results/$name/HANDOFF.md
     mkdir -p "$(dirname "$log")"
     [ -f "$log" ] || printf '# Run folders handed between sessions (scripts/device/handoff.sh)\n\n' > "$log"
-    printf -- '- %s: %s finished stage(s), %s MiB: `bash scripts/device/handoff.sh restore %s`\n' \
-      "$(date -u +%Y-%m-%dT%H:%MZ)" "$done_stages" "$(du -sm "$dir" | cut -f1)" "$c" >> "$log"
+    printf -- '- %s: %s, %s MiB: `bash scripts/device/handoff.sh restore %s`\n' \
+      "$(date -u +%Y-%m-%dT%H:%MZ)" "$what" "$(du -sm "$dir" | cut -f1)" "$c" >> "$log"
     git rm -rq -- "$dir"
     git add -- "$log"
     git commit -q -m "handoff: $name removed from the tree (restore: bash scripts/device/handoff.sh restore ${c:0:12})" -- "$dir" "$log"
