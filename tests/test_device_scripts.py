@@ -411,7 +411,7 @@ def test_orpo_lr_check_reruns_the_four_stages_in_a_copy_then_adopts_or_keeps_by_
             "open(calls, 'a').write('run ' + ' '.join(a) + '\\n')\n"
             "if not any(x.startswith('run_dir=') for x in a):\n"
             "    time.sleep(1); open(calls, 'a').write('beside ended\\n'); sys.exit(0)\n"
-            "run = Path(a[a.index('--set') + 1].split('=', 1)[1])\n"
+            "run = Path(next(x for x in a if x.startswith('run_dir=')).split('=', 1)[1])\n"
             f"for arm, ba in {new_ba!r}.items():\n"
             "    p = run / f'pick-iter1-val-sel-{arm}'; o = run / f'orpo-iter1-val-sel-{arm}'\n"
             "    p.mkdir(parents=True); o.mkdir(parents=True)\n"
@@ -504,6 +504,13 @@ def test_orpo_lr_check_reruns_the_four_stages_in_a_copy_then_adopts_or_keeps_by_
     assert [c for c in calls if "run_dir=" not in c and c.startswith("run")] == []
     log = (tmp_path / "state" / "lrcheck.log").read_text()
     assert "rollout-iter2-collab needs orpo-iter1-val-cond-collab" in log and calls[-1].endswith(h200)
+    # RUN_OPTS (shell-quoted plan overrides) reach every runner: beside it, the check, the plan
+    opts = {"RUN_OPTS": "--set 'vars.agents=my agents.yaml'"}
+    calls, _, _ = check({"collab": 0.74, "indep": 0.81}, big | opts)
+    assert [c for c in calls if c.startswith(("run", "study"))] == [
+        c for c in calls if "vars.agents=my agents.yaml" in c
+    ]
+    assert len([c for c in calls if c.startswith(("run", "study"))]) == 3
     # on an H100 the list is ignored: the check has the card to itself
     calls, _, _ = check(
         {"collab": 0.74, "indep": 0.81}, {"CARD_MIB": "81559", "BESIDE": "eval-planner-trn-s0"}

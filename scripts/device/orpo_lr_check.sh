@@ -15,7 +15,9 @@
 # training on half of it, and then BESIDE=STAGE,... (stages that need no ORPO run:
 # beside_stages.py checks) runs in the plan's run folder beside the check (`--until`, one stage
 # at a time), and the plan starts when both are over. The runner options given here go to the
-# plan's start; the card's options are added to every runner.
+# plan's start; the card's options are added to every runner, and so is RUN_OPTS (shell-quoted
+# plan overrides the run needs, such as `--set vars.agents=...`; not run_dir: the check reads the
+# plan's own run folder, runs/PLAN-NAME).
 # Its log: $MATSQL_STATE/lrcheck.log (beside: $MATSQL_STATE/beside.log). Poll with `study.sh wait
 # N` (it ships what the beside stages finish). `orpo_lr_check.sh ship $OUT` in a poll brings the
 # decision, the log and the check's picks and stage logs home.
@@ -33,6 +35,7 @@ case "${1:-}" in
     cp -r src experiments recipes scripts benchmarks pyproject.toml "$REPO/"
     printf '%q ' "$@" > "$STATE/lrcheck.args"
     printf '%s' "${BESIDE:-}" > "$STATE/lrcheck.beside"
+    printf '%s' "${RUN_OPTS:-}" > "$STATE/lrcheck.runopts"
     setsid nohup bash -c '
       set -u
       cd "'"$REPO"'" && source scripts/device/env.sh
@@ -42,10 +45,10 @@ case "${1:-}" in
       for s in orpo-iter1-val-sel-collab pick-iter1-val-sel-collab orpo-iter1-val-sel-indep pick-iter1-val-sel-indep; do
         rm -rf "$check/$s" "$check/manifests/$s.json" "$check/logs/$s.log"
       done
-      beside=$(cat "'"$STATE"'/lrcheck.beside") bpid=""
+      beside=$(cat "'"$STATE"'/lrcheck.beside") ropts=$(cat "'"$STATE"'/lrcheck.runopts") bpid=""
       if [ -n "$beside" ] && [ "$BESIDE_OK" = 1 ]; then
         if beside=$(python3 scripts/device/beside_stages.py "$plan" "$beside"); then
-          python3 -m matsql.cli experiment run "$plan" --until "$beside" --jobs 1 --keep-going $CARD_OPTS \
+          eval "python3 -m matsql.cli experiment run \"\$plan\" $ropts --until \"\$beside\" --jobs 1 --keep-going $CARD_OPTS" \
             > "'"$STATE"'/beside.log" 2>&1 &
           bpid=$!
           echo "lrcheck: beside the check: $beside (pid $bpid)"
@@ -56,9 +59,9 @@ case "${1:-}" in
         echo "lrcheck: nothing beside the check (the card is under 120 GiB)"
       fi
       t0=$(date +%s)
-      python3 -m matsql.cli experiment run "$plan" --set run_dir="$check" \
-        --set "vars.orpo_extra=--set trainer.learning_rate=$lr" --until pick-iter1-val-sel-indep \
-        --jobs 2 $CARD_OPTS
+      eval "python3 -m matsql.cli experiment run \"\$plan\" $ropts --set run_dir=\"\$check\" \
+        --set \"vars.orpo_extra=--set trainer.learning_rate=\$lr\" --until pick-iter1-val-sel-indep \
+        --jobs 2 $CARD_OPTS"
       echo "lrcheck: the check ran $(( $(date +%s) - t0 )) s"
       extra=""
       if python3 scripts/device/orpo_lr_rule.py "$run" "$check" --lr "$lr" --out "'"$STATE"'/lr-decision.json" --apply &&
@@ -69,7 +72,7 @@ case "${1:-}" in
         wait "$bpid"; echo "lrcheck: the stages beside it ended (rc $?) $(( $(date +%s) - t0 )) s after the check began"
       fi
       cd "'"$snap"'"
-      eval "bash scripts/device/study.sh start '"$plan"' $(cat "'"$STATE"'/lrcheck.args") $extra $CARD_OPTS"
+      eval "bash scripts/device/study.sh start '"$plan"' $(cat "'"$STATE"'/lrcheck.args") $ropts $extra $CARD_OPTS"
     ' > "$STATE/lrcheck.log" 2>&1 < /dev/null &
     echo "orpo lr check started (pid $!); log $STATE/lrcheck.log"
     ;;
