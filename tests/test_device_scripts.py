@@ -467,20 +467,22 @@ def test_orpo_lr_check_reruns_the_four_stages_in_a_copy_then_adopts_or_keeps_by_
     pick = json.loads((run / "pick-iter1-val-sel-indep" / "pick.json").read_text())
     assert pick["scores"]["checkpoint-40"]["rates"]["balanced_accuracy"] == 0.8
     assert not (run.parent / "lr-replaced").exists()
-    # a poll brings the decision and the check's own picks home
+    # a poll brings the decision, the log and the check's own picks home, in one file (a call
+    # returns at most 8: the poll's study.sh wait ships 7)
     out = tmp_path / "out"
     subprocess.run(
         ["bash", "scripts/device/orpo_lr_check.sh", "ship", str(out)],
         cwd=tmp_path / "snap", check=True, capture_output=True,
         env={"MATSQL_STATE": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
-    assert json.loads((out / "lr-decision.json").read_text())["adopt"] is False
     import tarfile
 
+    assert [p.name for p in out.iterdir()] == ["lrcheck.tgz"]
     with tarfile.open(out / "lrcheck.tgz") as t:
         names = set(t.getnames())
-    assert "lrcheck/pick-iter1-val-sel-indep/pick.json" in names
-    assert "lrcheck/orpo-iter1-val-sel-collab/run.json" in names
+        assert json.load(t.extractfile("lr-decision.json"))["adopt"] is False
+    assert {"lrcheck.log", "lrcheck/pick-iter1-val-sel-indep/pick.json"} <= names
+    assert "lrcheck/orpo-iter1-val-sel-collab/run.json" in names and "beside.log" not in names
 
     # a card of 120 GiB or more (an H200): four slots, training on half the card, and the stages
     # that need no ORPO run beside the check, in the plan's run folder; the plan starts after both

@@ -20,7 +20,8 @@
 # plan's own run folder, runs/PLAN-NAME).
 # Its log: $MATSQL_STATE/lrcheck.log (beside: $MATSQL_STATE/beside.log). Poll with `study.sh wait
 # N` (it ships what the beside stages finish). `orpo_lr_check.sh ship $OUT` in a poll brings the
-# decision, the log and the check's picks and stage logs home.
+# decision, the logs and the check's picks and stage logs home in one file (`SHIP_FILES=7` for
+# that poll's `study.sh wait`).
 set -euo pipefail
 STATE=${MATSQL_STATE:-/root/matsql}
 REPO=$STATE/repo
@@ -77,16 +78,18 @@ case "${1:-}" in
     echo "orpo lr check started (pid $!); log $STATE/lrcheck.log"
     ;;
   ship)
-    # what the check leaves outside the plan's run folder, for a poll's $OUT: the decision, the
-    # log, and the check's picks, run records and stage logs (its adapters stay on the machine)
+    # what the check leaves outside the plan's run folder, as ONE file in a poll's $OUT (a call
+    # returns at most 8 files: poll with `SHIP_FILES=7 study.sh wait N`, then this):
+    # lrcheck.tgz with the decision, the check's log and the beside stages' log, and the check's
+    # picks, run records and stage logs (its adapters stay on the machine)
     out=${2:?usage: orpo_lr_check.sh ship OUT}
     mkdir -p "$out"
-    for f in lr-decision.json lrcheck.log; do [ -f "$STATE/$f" ] && cp "$STATE/$f" "$out/"; done
-    if [ -d "$STATE/lrcheck" ]; then
-      (cd "$STATE" && find lrcheck -path 'lrcheck/logs/*-iter1-val-sel-*.log' -o \
+    (cd "$STATE" && {
+      for f in lr-decision.json lrcheck.log beside.log; do [ ! -f "$f" ] || echo "$f"; done
+      [ ! -d lrcheck ] || find lrcheck -path 'lrcheck/logs/*-iter1-val-sel-*.log' -o \
         -path 'lrcheck/*-iter1-val-sel-*/pick.json' -o -path 'lrcheck/orpo-iter1-val-sel-*/run.json' \
-        -o -path 'lrcheck/orpo-iter1-val-sel-*/metrics.json' | tar -czf "$out/lrcheck.tgz" -T -)
-    fi
+        -o -path 'lrcheck/orpo-iter1-val-sel-*/metrics.json'
+    } | tar -czf "$out/lrcheck.tgz" -T -)
     ls -la "$out"
     ;;
   *) echo "usage: orpo_lr_check.sh start PLAN LR [experiment-run options] | ship OUT" >&2; exit 2 ;;
