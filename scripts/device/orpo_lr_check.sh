@@ -89,7 +89,9 @@ case "${1:-}" in
       [ ! -d lrcheck ] || find lrcheck -path 'lrcheck/logs/*-iter1-val-sel-*.log' -o \
         -path 'lrcheck/*-iter1-val-sel-*/pick.json' -o -path 'lrcheck/orpo-iter1-val-sel-*/run.json' \
         -o -path 'lrcheck/orpo-iter1-val-sel-*/metrics.json'
-    } | tar -czf "$out/lrcheck.tgz" -T -)
+    } > "$STATE/lrcheck.list")
+    # logs still being written: GNU tar archives them as read and exits 1 ("file changed")
+    tar -C "$STATE" -czf "$out/lrcheck.tgz" --warning=no-file-changed -T "$STATE/lrcheck.list" || [ $? -eq 1 ]
     ls -la "$out"
     ;;
   *) echo "usage: orpo_lr_check.sh start PLAN LR [experiment-run options] | ship OUT" >&2; exit 2 ;;
