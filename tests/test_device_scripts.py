@@ -393,12 +393,15 @@ def test_orpo_lr_check_reruns_the_four_stages_in_a_copy_then_adopts_or_keeps_by_
         # rollout-iter2-collab does (through its pick)
         (snap / "src/matsql/experiment/__init__.py").write_text("")
         (snap / "src/matsql/experiment/plan.py").write_text(
-            "from types import SimpleNamespace as S\n"
+            "class PlanError(ValueError): pass\n"
             "G = {'sft-planner': [], 'eval-planner-trn-s0': ['sft-planner'], 'ref-sft-val-sel': [],\n"
             "     'orpo-iter1-val-cond-collab': [], 'pick-iter1-val-cond-collab': ['orpo-iter1-val-cond-collab'],\n"
             "     'rollout-iter2-collab': ['pick-iter1-val-cond-collab']}\n"
+            "class Plan:\n"
+            "    def ancestors(self, n):\n"
+            "        return [a for d in G[n] for a in self.ancestors(d)] + [n]\n"
             "def load_plan(path):\n"
-            "    return S(stages={n: S(needs=d) for n, d in G.items()})\n"
+            "    return Plan()\n"
         )
         # a stand-in for the runner: records its argv; the check's run (the one given a run_dir)
         # writes the rerun stages at new_ba; a run beside it takes a second, then says it ended
@@ -548,6 +551,4 @@ def test_beside_stages_on_the_v2_plan_refuses_what_reaches_an_orpo_run(capsys):
     assert mod.main([plan, "eval-planner-trn-s0,eval-collab-dev-s0"]) == 1
     assert "eval-collab-dev-s0 needs orpo-" in capsys.readouterr().err
     assert mod.main([plan, "orpo-iter1-val-cond-indep"]) == 1
-    assert (
-        mod.main([plan, "no-such-stage"]) == 1 and "has no stage 'no-such-stage'" in capsys.readouterr().err
-    )
+    assert mod.main([plan, "no-such-stage"]) == 1 and "no stage 'no-such-stage'" in capsys.readouterr().err

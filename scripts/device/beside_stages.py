@@ -13,34 +13,20 @@ from __future__ import annotations
 import sys
 
 
-def reaches_orpo(stages: dict, name: str) -> str | None:
-    """The first ``orpo-*`` stage among ``name`` and everything it needs, or None."""
-    seen: set[str] = set()
-    todo = [name]
-    while todo:
-        n = todo.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        if n.startswith("orpo-"):
-            return n
-        todo.extend(stages[n].needs)
-    return None
-
-
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
         return 2
-    from matsql.experiment.plan import load_plan
+    from matsql.experiment.plan import PlanError, load_plan
 
-    stages = load_plan(argv[0]).stages
+    plan = load_plan(argv[0])
     names = [s for s in argv[1].split(",") if s]
     for n in names:
-        if n not in stages:
-            print(f"beside_stages: {argv[0]} has no stage {n!r}", file=sys.stderr)
+        try:  # the stage and everything it needs, as `experiment run --until` runs them
+            hit = next((a for a in plan.ancestors(n) if a.startswith("orpo-")), None)
+        except PlanError as e:
+            print(f"beside_stages: {e}", file=sys.stderr)
             return 1
-        hit = reaches_orpo(stages, n)
         if hit:
             print(f"beside_stages: {n} needs {hit}, whose learning rate the check decides", file=sys.stderr)
             return 1

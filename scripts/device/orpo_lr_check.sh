@@ -35,8 +35,6 @@ case "${1:-}" in
     rm -rf "$REPO/src" "$REPO/experiments" "$REPO/recipes" "$REPO/scripts" "$REPO/benchmarks"
     cp -r src experiments recipes scripts benchmarks pyproject.toml "$REPO/"
     printf '%q ' "$@" > "$STATE/lrcheck.args"
-    printf '%s' "${BESIDE:-}" > "$STATE/lrcheck.beside"
-    printf '%s' "${RUN_OPTS:-}" > "$STATE/lrcheck.runopts"
     setsid nohup bash -c '
       set -u
       cd "'"$REPO"'" && source scripts/device/env.sh
@@ -46,7 +44,7 @@ case "${1:-}" in
       for s in orpo-iter1-val-sel-collab pick-iter1-val-sel-collab orpo-iter1-val-sel-indep pick-iter1-val-sel-indep; do
         rm -rf "$check/$s" "$check/manifests/$s.json" "$check/logs/$s.log"
       done
-      beside=$(cat "'"$STATE"'/lrcheck.beside") ropts=$(cat "'"$STATE"'/lrcheck.runopts") bpid=""
+      beside=${BESIDE:-} ropts=${RUN_OPTS:-} bpid=""  # from the environment, as CARD_MIB
       if [ -n "$beside" ] && [ "$BESIDE_OK" = 1 ]; then
         if beside=$(python3 scripts/device/beside_stages.py "$plan" "$beside"); then
           eval "python3 -m matsql.cli experiment run \"\$plan\" $ropts --until \"\$beside\" --jobs 1 --keep-going $CARD_OPTS" \
