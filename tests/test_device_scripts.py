@@ -62,6 +62,29 @@ def test_ship_sends_each_done_stage_once_without_checkpoints_and_collect_restore
     assert w.dtype == torch.bfloat16 and torch.equal(w.float(), torch.ones(4, 4))
 
 
+def test_a_run_whose_checkpoints_a_later_stage_reads_is_held_until_that_stage_is_done(tmp_path):
+    """Lease 3 ended between orpo-iter1-val-cond-indep and its pick: the run came home without
+    the checkpoints its pick reads. Held back, it trains again on the next lease instead."""
+    run = tmp_path / "runs" / "study"
+    orpo, sft = run / "orpo-a", run / "sft-a"
+    for d, trainer in (
+        (orpo, "save_strategy: steps\n  save_steps: 40\n  save_total_limit: null"),
+        (sft, "save_strategy: epoch\n  save_total_limit: 1"),  # checkpoints no stage reads
+    ):
+        (d / "checkpoints" / "abc" / "checkpoint-40").mkdir(parents=True)
+        (d / "adapter_config.json").write_text("{}")
+        (d / "recipe.yaml").write_text(f"method: x\ntrainer:\n  {trainer}\n")
+    _stage(run, "sft-a", "sft-a")
+    _stage(run, "orpo-a", "orpo-a")
+    ship = _ship()
+    assert ship.ship(run, tmp_path / "o1") == ["sft-a"]
+    _stage(run, "pick-a", "pick-a", status="running", argv=["train", "pick-checkpoint", str(orpo)])
+    assert ship.ship(run, tmp_path / "o2") == []  # its reader has not finished
+    (run / "pick-a").mkdir()
+    _stage(run, "pick-a", "pick-a", argv=["train", "pick-checkpoint", "/root/matsql/repo/runs/study/orpo-a"])
+    assert sorted(ship.ship(run, tmp_path / "o3")) == ["orpo-a", "pick-a"]
+
+
 def test_big_stages_are_split_into_parts_that_collect_joins(tmp_path):
     import os
 

@@ -88,6 +88,37 @@ def test_list_checkpoints_orders_steps_then_final(tmp_path: Path) -> None:
         list_checkpoints(tmp_path / "empty")
 
 
+def recipe(run: Path, **trainer: object) -> None:
+    import yaml
+
+    (run / "recipe.yaml").write_text(yaml.safe_dump({"method": "orpo", "trainer": trainer}))
+
+
+def test_a_run_whose_saved_checkpoints_are_gone_is_refused_not_picked_from(tmp_path: Path) -> None:
+    """Lease 3: an ORPO run came home without its checkpoints (they stay on the machine); a
+    pick here would have found the final adapter alone and "chosen" it."""
+    run = run_dir(tmp_path)
+    recipe(run, save_strategy="steps", save_steps=10, max_steps=30, save_total_limit=None)
+    assert [r.name for r in list_checkpoints(run)] == [
+        "checkpoint-10",
+        "checkpoint-20",
+        "checkpoint-30",
+        "final",
+    ]
+    recipe(run, save_strategy="steps", save_steps=10, max_steps=50, save_total_limit=None)
+    with pytest.raises(FileNotFoundError, match=r"checkpoint-40, checkpoint-50 are not under"):
+        list_checkpoints(run)
+    assert [r.name for r in list_checkpoints(run, complete=False)][-1] == "final"
+    # recipes that cannot say which steps were kept ask for nothing
+    for tr in (
+        {"save_strategy": "epoch"},
+        {"save_strategy": "steps", "save_steps": 10, "max_steps": 50, "save_total_limit": 1},
+        {"save_strategy": "steps", "save_steps": 10},
+    ):
+        recipe(run, **tr)
+        assert len(list_checkpoints(run)) == 4
+
+
 def test_score_counts_every_sample() -> None:
     its = items(2, 2)
     d = score("val-sel", [["correct", "incorrect"], ["correct", "unknown"], ["incorrect"], ["correct"]], its)
@@ -238,3 +269,10 @@ def test_cli_end_to_end_with_the_echo_backend(tmp_path: Path, monkeypatch: pytes
     pick = json.loads((ref / PICK_FILE).read_text())
     assert pick["chosen"] == "final" and set(pick["scores"]) == {"final"} and pick["candidates"] == 6
     assert "kept final of 1" in res.output
+    # the run's checkpoints gone (shipped home without them): refused, naming them; the SFT
+    # reference reads the final adapter alone and still runs
+    recipe(run, save_strategy="steps", save_steps=10, max_steps=40, save_total_limit=None)
+    res = CliRunner().invoke(app, pick_args(tmp_path / "again"))
+    assert res.exit_code == 2 and "checkpoint-40" in res.output and not (tmp_path / "again").exists()
+    res = CliRunner().invoke(app, [*pick_args(tmp_path / "ref2"), "--final-only"])
+    assert res.exit_code == 0, res.output

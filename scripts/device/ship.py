@@ -8,6 +8,11 @@ into ``DEST/<stage>.tgz`` (split into ``.partNN`` files over 15 MiB), until the 
 limits (8 files, 64 MiB) are reached; the rest goes with the next poll. Shipped stages are
 listed in ``RUN_DIR/.shipped``. Unpack here with ``scripts/device/collect.sh``.
 
+A run that kept its step checkpoints for a later stage to read (an ORPO run and its
+``pick-checkpoint``) is held until a finished stage names its folder: without them it is of
+no use at home, and left out it simply trains again on the next lease (lease 3 of the v2
+study ended between an ORPO run and its pick).
+
     python3 scripts/device/ship.py RUN_DIR DEST [--max-files 8] [--max-mib 60]
     python3 scripts/device/ship.py RUN_DIR --cast-only     # adapters to bf16 only (study.sh pack)
     python3 scripts/device/ship.py RUN_DIR --dedupe        # identical big files -> hard links
@@ -74,6 +79,33 @@ def _keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
     return info
 
 
+def keeps_checkpoints(out: Path) -> bool:
+    """Whether the run folder ``out`` saved step checkpoints and kept them all (its
+    ``recipe.yaml``: ``save_strategy: steps``, ``save_total_limit: null``), which is how a
+    plan asks for them to be read later (``matsql train pick-checkpoint``)."""
+    f = out / "recipe.yaml"
+    if not f.is_file() or not any(out.glob("checkpoints/*/checkpoint-*")):
+        return False
+    import yaml
+
+    tr = (yaml.safe_load(f.read_text()) or {}).get("trainer") or {}
+    return tr.get("save_strategy") == "steps" and tr.get("save_total_limit") is None
+
+
+def unread(run_dir: Path, stage: str, manifest: dict, manifests: list[dict]) -> bool:
+    """A done stage whose kept checkpoints no finished stage has read yet."""
+    out = _local_out(run_dir, Path(manifest["out"]))
+    if not keeps_checkpoints(out):
+        return False
+    name = Path(manifest["out"]).name
+    for m in manifests:
+        if m.get("status") == "done" and any(
+            Path(a).name == name and Path(a).parent.name == run_dir.name for a in m.get("argv") or []
+        ):
+            return False
+    return True
+
+
 def pack_stage(run_dir: Path, stage: str, manifest: dict) -> bytes:
     """One stage as a tar.gz (paths relative to the run folder's parent)."""
     out = Path(manifest["out"])
@@ -123,10 +155,13 @@ def ship(run_dir: Path, dest: Path, max_files: int = 8, max_mib: float = 60) -> 
     shipped = set(ledger.read_text().split()) if ledger.exists() else set()
     dest.mkdir(parents=True, exist_ok=True)
     files, size, sent = 0, 0, []
-    for m_path in sorted((run_dir / "manifests").glob("*.json"), key=lambda p: p.stat().st_mtime):
-        stage = m_path.stem
-        m = json.loads(m_path.read_text())
+    paths = sorted((run_dir / "manifests").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    manifests = {p.stem: json.loads(p.read_text()) for p in paths}
+    for stage, m in manifests.items():
         if stage in shipped or m.get("status") != "done":
+            continue
+        if unread(run_dir, stage, m, list(manifests.values())):
+            print(f"{stage}: held until a finished stage reads its checkpoints (they do not travel)")
             continue
         blob = pack_stage(run_dir, stage, m)
         chunks = [blob[i : i + PART] for i in range(0, len(blob), PART)] or [b""]

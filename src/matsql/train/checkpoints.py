@@ -49,8 +49,30 @@ class Item:
     correct: bool
 
 
-def list_checkpoints(run_dir: str | Path) -> list[CheckpointRef]:
-    """TRL's ``checkpoints/*/checkpoint-N`` adapters of a run, then the final adapter."""
+def saved_steps(run_dir: str | Path) -> list[int]:
+    """The checkpoint steps a run's own ``recipe.yaml`` says it saved: every ``save_steps``
+    up to ``max_steps`` when it saved by steps, kept all (``save_total_limit: null``) and had a
+    step budget; empty when the recipe cannot say (no recipe, epochs, a total limit)."""
+    import yaml
+
+    f = Path(run_dir) / "recipe.yaml"
+    if not f.is_file():
+        return []
+    tr = (yaml.safe_load(f.read_text(encoding="utf-8")) or {}).get("trainer") or {}
+    every, last = tr.get("save_steps"), tr.get("max_steps")
+    if tr.get("save_strategy") != "steps" or tr.get("save_total_limit") is not None:
+        return []
+    if not isinstance(every, int) or not isinstance(last, int) or every <= 0 or last <= 0:
+        return []
+    return list(range(every, last + 1, every))
+
+
+def list_checkpoints(run_dir: str | Path, *, complete: bool = True) -> list[CheckpointRef]:
+    """TRL's ``checkpoints/*/checkpoint-N`` adapters of a run, then the final adapter.
+
+    With ``complete``, every checkpoint the run's recipe saved must be there. Why: checkpoints
+    stay on the machine that trained (``scripts/device/ship.py`` leaves them behind), and a
+    pick over what is left, the final adapter alone, would look like a choice and be none."""
     run = Path(run_dir)
     refs = []
     for p in run.glob("checkpoints/*/checkpoint-*"):
@@ -58,6 +80,13 @@ def list_checkpoints(run_dir: str | Path) -> list[CheckpointRef]:
         if m and (p / "adapter_config.json").is_file():
             refs.append(CheckpointRef(p.name, p, int(m.group(1))))
     refs.sort(key=lambda r: r.step)
+    missing = sorted(set(saved_steps(run)) - {r.step for r in refs}) if complete else []
+    if missing:
+        raise FileNotFoundError(
+            f"{run}: its recipe.yaml saved checkpoints at steps {saved_steps(run)}, but "
+            f"{', '.join(f'checkpoint-{s}' for s in missing)} are not under {run / 'checkpoints'} "
+            "(checkpoints stay where the run trained: pick there, or train the run again here)"
+        )
     if (run / "adapter_config.json").is_file():
         last = max((r.step for r in refs), default=0)
         refs.append(CheckpointRef("final", run, last + 1))

@@ -190,7 +190,7 @@ def pick_checkpoint_cmd(
     if agent not in ("val-sel", "val-cond"):
         raise typer.BadParameter(f"--agent {agent!r}: expected val-sel or val-cond")
     try:
-        refs = list_checkpoints(run_dir)
+        refs = list_checkpoints(run_dir, complete=not final_only)
         if final_only:
             refs = [r for r in refs if r.name == "final"]
             if not refs:
