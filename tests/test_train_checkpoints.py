@@ -109,6 +109,10 @@ def test_a_run_whose_saved_checkpoints_are_gone_is_refused_not_picked_from(tmp_p
     with pytest.raises(FileNotFoundError, match=r"checkpoint-40, checkpoint-50 are not under"):
         list_checkpoints(run)
     assert [r.name for r in list_checkpoints(run, complete=False)][-1] == "final"
+    # a run with no training rows saved its starting model alone (the v2 smoke's empty pair sets)
+    (run / "run.json").write_text(json.dumps({"status": "no_data", "kind": "adapter"}))
+    assert [r.name for r in list_checkpoints(run)][-1] == "final"
+    (run / "run.json").write_text(json.dumps({"status": "complete", "kind": "adapter"}))
     # recipes that cannot say which steps were kept ask for nothing
     for tr in (
         {"save_strategy": "epoch"},

@@ -52,11 +52,14 @@ class Item:
 def saved_steps(run_dir: str | Path) -> list[int]:
     """The checkpoint steps a run's own ``recipe.yaml`` says it saved: every ``save_steps``
     up to ``max_steps`` when it saved by steps, kept all (``save_total_limit: null``) and had a
-    step budget; empty when the recipe cannot say (no recipe, epochs, a total limit)."""
+    step budget, and trained (``run.json``: ``complete``; a run with no training rows saves its
+    starting model alone); empty when the recipe cannot say (no recipe, epochs, a total limit)."""
     import yaml
 
-    f = Path(run_dir) / "recipe.yaml"
-    if not f.is_file():
+    f, info = Path(run_dir) / "recipe.yaml", Path(run_dir) / RUN_FILE
+    if not f.is_file() or not info.is_file():
+        return []
+    if json.loads(info.read_text(encoding="utf-8")).get("status") != "complete":
         return []
     tr = (yaml.safe_load(f.read_text(encoding="utf-8")) or {}).get("trainer") or {}
     every, last = tr.get("save_steps"), tr.get("max_steps")
