@@ -183,3 +183,28 @@ def test_agents_differing_only_in_adapter_share_one_banner_line(monkeypatch):
     ids = team.model_identities()
     assert {ids[a]["adapter"] for a in ids} == {"runs/a", "runs/b", None}
     assert len(team.model_banner(ids)) == 1 and team.model_banner(ids) == team.model_banner()
+
+
+def test_matsql_log_lines_reach_the_stage_log(monkeypatch, capsys):
+    """The vLLM engine's start time, import time and process age are logged at INFO; a stage's
+    log is the process's stderr, where Python drops INFO without a handler (lease 3's logs had
+    none of these lines). Every command installs one handler, once; MATSQL_LOG_LEVEL tunes it."""
+    import logging
+
+    from matsql.cli import _StderrHandler
+
+    logger = logging.getLogger("matsql")
+    for h in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+        logger.removeHandler(h)
+    vllm_log = logging.getLogger("matsql.backends.vllm_local")
+    vllm_log.info("before any command")
+    assert "before any command" not in capsys.readouterr().err
+    for _ in range(2):
+        assert CliRunner().invoke(app, ["metrics", "--help"]).exit_code == 0
+    assert sum(isinstance(h, _StderrHandler) for h in logger.handlers) == 1
+    vllm_log.info("vLLM engine on %s started in %.1f s", "qwen", 9.6)
+    assert "matsql INFO" in (err := capsys.readouterr().err) and "started in 9.6 s" in err
+    monkeypatch.setenv("MATSQL_LOG_LEVEL", "warning")
+    assert CliRunner().invoke(app, ["metrics", "--help"]).exit_code == 0
+    vllm_log.info("hidden")
+    assert "hidden" not in capsys.readouterr().err

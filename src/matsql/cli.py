@@ -10,6 +10,10 @@ key, never a traceback (:class:`HintingGroup`).
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+
 import click
 import typer
 from typer.core import TyperGroup
@@ -68,6 +72,34 @@ class HintingGroup(TyperGroup):
         raise typer.Exit(1)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (a test runner swaps it per call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def configure_logging() -> None:
+    """Show matsql's own log lines (level ``MATSQL_LOG_LEVEL``, default INFO) on stderr, so they
+    land in each stage's log. Why: without a handler Python drops INFO, and the lines that
+    account for a stage's fixed cost (vLLM engine start, import time, process age, adapter
+    swaps, GGUF loads) never reached a stage log before session 16."""
+    logger = logging.getLogger("matsql")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("matsql %(levelname)s %(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.setLevel(os.environ.get("MATSQL_LOG_LEVEL", "INFO").upper())
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"matsql {matsql.__version__}")
@@ -91,6 +123,7 @@ def _main(
 ) -> None:
     """Multi-agent text-to-SQL: rollouts, preference labels, SFT/ORPO training, selection and
     paired statistics."""
+    configure_logging()
 
 
 app.add_typer(data_app, name="data")
