@@ -567,3 +567,90 @@ def test_a_stage_out_of_memory_in_its_share_runs_again_with_the_whole_card(tmp_p
     with pytest.raises(StageFailed):
         ex.run(train, log)
     assert len(envs) == 1
+
+
+def _lease_plan(tmp_path):
+    """An ORPO run, its pick, and a rollout that needs neither."""
+    return parse_plan(
+        {
+            "name": "lease",
+            "run_dir": str(tmp_path / "run"),
+            "stages": {
+                "orpo": {"cmd": "train orpo r.yaml --set output_dir=${out}", "out": "${run_dir}/orpo"},
+                "pick": {
+                    "cmd": "train pick-checkpoint ${stages.orpo.out} --out ${out}",
+                    "needs": ["orpo"],
+                    "out": "${run_dir}/pick",
+                },
+                "roll": {"cmd": "rollout --out ${out}", "out": "${run_dir}/roll.jsonl"},
+            },
+        },
+        base_dir=tmp_path,
+    )
+
+
+def test_past_the_training_deadline_a_training_stage_waits_for_the_next_run(tmp_path):
+    """Lease 3 ended between an ORPO run and its pick: its minutes were lost. Past
+    ``train_by`` no training stage starts (nor what needs it); other stages still do, and the
+    next run (the next lease) starts them."""
+    from matsql.experiment.runner import Deadlines
+
+    now = time.time()
+    for jobs, keep_going in ((1, False), (2, True)):
+        p = _lease_plan(tmp_path / f"j{jobs}")
+        ex = TouchExecutor()
+        out = run_plan(p, ex, jobs=jobs, keep_going=keep_going, deadlines=Deadlines(train_by=now - 1))
+        assert out == {"orpo": "deferred", "pick": "blocked", "roll": "ran"} and ex.ran == ["roll"]
+        assert stage_status(p) == {"orpo": "pending", "pick": "pending", "roll": "done"}
+        out = run_plan(
+            p, TouchExecutor(), jobs=jobs, keep_going=keep_going, deadlines=Deadlines(now + 60, now + 60)
+        )
+        assert out == {"orpo": "ran", "pick": "ran", "roll": "skipped"}
+    # past start_by nothing starts at all
+    p = _lease_plan(tmp_path / "all")
+    assert set(run_plan(p, TouchExecutor(), deadlines=Deadlines(start_by=now - 1)).values()) == {
+        "deferred",
+        "blocked",
+    }
+
+
+def test_a_deadline_that_passes_while_a_stage_waits_for_the_card_defers_it_and_frees_its_slots(tmp_path):
+    """The deadline is checked again once the stage holds its slots (it may have queued behind
+    another stage for minutes); a stage deferred then gives its slots back."""
+    import json
+    import subprocess as sp
+
+    from matsql.experiment.executors import LocalExecutor
+    from matsql.experiment.runner import Deadlines
+
+    p = _lease_plan(tmp_path)
+    ex = LocalExecutor(gpus=["0"], gpu_slots=1)
+
+    def spawn(argv, env):
+        out = p.stages["roll"].out
+        Path(out).write_text("{}")
+        return sp.Popen(["true"], stdout=sp.PIPE, stderr=sp.STDOUT, text=True)
+
+    ex._spawn = spawn
+    held = ex._acquire(1)  # another stage has the card past the training deadline
+    threading.Timer(0.6, ex._release, args=(held,)).start()
+    result: dict = {}
+    t = threading.Thread(
+        target=lambda: result.update(run_plan(p, ex, deadlines=Deadlines(train_by=time.time() + 0.3)))
+    )
+    t.start()
+    t.join(timeout=20)
+    assert not t.is_alive(), "the deferred stage kept its slot: the rollout never got the card"
+    assert result == {"orpo": "deferred", "pick": "blocked", "roll": "ran"}
+    m = json.loads((tmp_path / "run" / "manifests" / "orpo.json").read_text())
+    assert m["status"] == "deferred" and not Path(p.stages["orpo"].out).exists()
+
+
+def test_deadline_forms():
+    from matsql.experiment.commands import _when
+
+    assert _when(None, "--deadline") is None
+    assert _when("1700000000", "--deadline") == 1700000000.0
+    assert abs(_when("+90", "--deadline") - (time.time() + 90)) < 5
+    with pytest.raises(Exception, match="expected unix seconds or \\+SECONDS"):
+        _when("soon", "--deadline")

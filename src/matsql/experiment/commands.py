@@ -118,13 +118,26 @@ def run(
         "--prefer",
         help="when GPUs are short, start what these stages need first (comma-separated; then the critical path)",
     ),
+    deadline: str | None = typer.Option(
+        None,
+        "--deadline",
+        help="start no stage after this time: unix seconds, or +SECONDS from now (a machine lent until "
+        "then); the rest is left for the next run",
+    ),
+    train_deadline: str | None = typer.Option(
+        None,
+        "--train-deadline",
+        help="start no SFT/ORPO training stage after this time (same forms as --deadline): a run cut "
+        "off loses its minutes, and its checkpoint pick must run where it trained",
+    ),
 ) -> None:
     """Run a plan; finished stages (same command, same inputs) are skipped."""
     from matsql.experiment.constraints import check_study, eval_protocol
     from matsql.experiment.executors import LocalExecutor, SlurmExecutor, StageFailed
     from matsql.experiment.plan import PlanError
-    from matsql.experiment.runner import run_plan
+    from matsql.experiment.runner import Deadlines, run_plan
 
+    due = Deadlines(_when(deadline, "--deadline"), _when(train_deadline, "--train-deadline"))
     p = _load(plan, sets)
     if keep_going_old:
         console.print("[yellow]-k is deprecated (rollout's --k is K candidates): use --keep-going[/yellow]")
@@ -143,15 +156,38 @@ def run(
             raise typer.BadParameter("--executor must be local or slurm")
         targets = [t.strip() for t in (prefer or "").split(",") if t.strip()]
         outcome = run_plan(
-            p, ex, until=until, only=only, force=force, jobs=jobs, keep_going=keep_going, prefer=targets
+            p,
+            ex,
+            until=until,
+            only=only,
+            force=force,
+            jobs=jobs,
+            keep_going=keep_going,
+            prefer=targets,
+            deadlines=due,
         )
     except (PlanError, StageFailed) as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from e
     ran = [n for n, o in outcome.items() if o == "ran"]
+    later = [n for n, o in outcome.items() if o in ("deferred", "blocked")]
     console.print(
-        f"[bold]{p.name}[/bold]: {len(ran)} stage(s) ran, {len(outcome) - len(ran)} skipped; run dir {p.run_dir}"
+        f"[bold]{p.name}[/bold]: {len(ran)} stage(s) ran, {len(outcome) - len(ran) - len(later)} skipped"
+        + (f", {len(later)} left for the next run (deadline)" if later else "")
+        + f"; run dir {p.run_dir}"
     )
+
+
+def _when(value: str | None, option: str) -> float | None:
+    """``--deadline`` forms: unix seconds, or ``+SECONDS`` from now."""
+    import time
+
+    if value is None:
+        return None
+    try:
+        return time.time() + float(value[1:]) if value.startswith("+") else float(value)
+    except ValueError:
+        raise typer.BadParameter(f"{option} {value!r}: expected unix seconds or +SECONDS") from None
 
 
 @experiment_app.command("status")

@@ -20,9 +20,15 @@ class StageFailed(RuntimeError):
 
 
 #: Called by an executor once a stage holds what it waited for (the local executor: its GPU
-#: slots): the runner counts the stage's seconds from there. The SLURM executor does not call it,
-#: so a SLURM stage's seconds include its time in the queue, as before.
+#: slots): the runner counts the stage's seconds from there, and may still refuse the stage by
+#: raising (:class:`StageDeferred`: a lease's deadline has passed while it waited); the executor
+#: then gives back what it held and runs nothing. The SLURM executor does not call it, so a SLURM
+#: stage's seconds include its time in the queue, as before.
 OnStart = Callable[[], None]
+
+
+class StageDeferred(Exception):
+    """A stage not started because the run's deadline passed (``experiment run --deadline``)."""
 
 
 class Executor(Protocol):
@@ -216,7 +222,11 @@ class LocalExecutor:
         rank = self._rank.get(stage.name, 0)
         gpus = self._acquire(wanted, rank, same_card=single) if self.gpus else []
         if on_start:
-            on_start()
+            try:
+                on_start()
+            except BaseException:
+                self._release(gpus)
+                raise
         while True:  # at most twice: the second try has the whole card, so no memory share
             start = log.stat().st_size if log.exists() else 0
             try:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 
-from matsql.experiment.executors import Executor, StageFailed
+from matsql.experiment.executors import Executor, StageDeferred, StageFailed
 from matsql.experiment.manifest import (
     code_identity,
     collect_metrics,
@@ -24,6 +25,26 @@ from matsql.experiment.manifest import (
 from matsql.experiment.plan import Plan, PlanError
 
 console = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """When the machine's time runs out (a lent GPU's lease): no stage starts after ``start_by``
+    and no training stage (``train sft|orpo``) after ``train_by`` (unix seconds). Why: a stage
+    cut off by the lease's end is lost, and a training run also needs its pick to run where its
+    checkpoints are (they do not travel). A stage past its deadline is left for the next run."""
+
+    start_by: float | None = None
+    train_by: float | None = None
+
+    def passed(self, argv: list[str], at: float | None = None) -> str | None:
+        t = time.time() if at is None else at
+        if self.start_by is not None and t > self.start_by:
+            return "the run's deadline for starting stages has passed"
+        training = argv[:1] == ["train"] and argv[1:2] in (["sft"], ["orpo"])
+        if training and self.train_by is not None and t > self.train_by:
+            return "the run's deadline for starting training stages has passed"
+        return None
 
 
 def _exists(out: str) -> bool:
@@ -79,8 +100,10 @@ def run_plan(
     jobs: int = 1,
     keep_going: bool = False,
     prefer: list[str] | None = None,
+    deadlines: Deadlines | None = None,
 ) -> dict[str, str]:
-    """Run what is needed; return what happened to each stage (ran / skipped).
+    """Run what is needed; return what happened to each stage (ran / skipped / deferred /
+    blocked).
 
     ``jobs > 1`` runs stages whose inputs are done concurrently (e.g. the five SFT stages, one
     per GPU: the local executor hands each running stage its own GPUs). A failure lets running
@@ -91,6 +114,10 @@ def run_plan(
     When more stages are ready than can run, they start in ``plan.priority_order(prefer)``:
     what ``prefer`` needs first, then the critical path; the executor hands out GPU slots in the
     same order (a lent GPU's minutes go to the study's comparison before side evaluations).
+
+    ``deadlines``: a stage whose deadline has passed when it would start (after waiting for its
+    slots) is ``deferred``, what needs it ``blocked``; the run goes on with the rest and ends
+    without error, so the next run starts them.
     """
     if until and only:
         raise PlanError("--until and --only exclude each other")
@@ -111,12 +138,33 @@ def run_plan(
     if hasattr(executor, "set_priorities"):
         executor.set_priorities(rank)
     forced = {n for n in [only, *(until or "").split(",")] if force and n}
+    due = deadlines or Deadlines()
+
+    def run_one(n: str) -> str:
+        return _run_stage(plan, n, hashes, parts, executor, commit, n in forced, due)
+
+    def drop_needing(n: str, pending: list[str], outcome: dict[str, str]) -> set[str]:
+        lost = {n}
+        for m in [x for x in plan.stages if x in pending]:  # plan order: needs first
+            if lost & set(plan.stages[m].needs):
+                lost.add(m)
+                pending.remove(m)
+                outcome[m] = "blocked"
+        return lost - {n}
+
     if jobs <= 1 and not keep_going:
-        return {n: _run_stage(plan, n, hashes, parts, executor, commit, n in forced) for n in names}
+        outcome: dict[str, str] = {}
+        todo = list(names)
+        while todo:
+            n = todo.pop(0)
+            outcome[n] = run_one(n)
+            if outcome[n] == "deferred":
+                drop_needing(n, todo, outcome)
+        return outcome
 
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-    outcome: dict[str, str] = {}
+    outcome = {}
     pending = sorted(names, key=rank.__getitem__)
     running: dict = {}
     failure: BaseException | None = None
@@ -130,9 +178,7 @@ def run_plan(
                     blocked = [d for d in plan.stages[n].needs if d in pending or d in running.values()]
                     if not blocked:
                         pending.remove(n)
-                        running[
-                            pool.submit(_run_stage, plan, n, hashes, parts, executor, commit, n in forced)
-                        ] = n
+                        running[pool.submit(run_one, n)] = n
             elif not running:
                 break
             if not running:
@@ -142,20 +188,21 @@ def run_plan(
                 n = running.pop(fut)
                 try:
                     outcome[n] = fut.result()
+                    if outcome[n] == "deferred":
+                        blocked = drop_needing(n, pending, outcome)
+                        if blocked:
+                            console.print(
+                                f"[yellow]{n} deferred; so are what needs it: {sorted(blocked)}[/yellow]"
+                            )
                 except BaseException as e:  # keep the first failure; let running stages finish
                     if not keep_going or not isinstance(e, Exception):
                         failure = failure or e
                         continue
                     first_error = first_error or e
                     outcome[n] = "failed"
-                    lost = {n}
-                    for m in [x for x in plan.stages if x in pending]:  # plan order: needs first
-                        if lost & set(plan.stages[m].needs):
-                            lost.add(m)
-                            pending.remove(m)
-                            outcome[m] = "blocked"
+                    lost = drop_needing(n, pending, outcome)
                     console.print(
-                        f"[red]{n} failed ({e}); dropped what needs it: {sorted(lost - {n}) or 'none'}[/red]"
+                        f"[red]{n} failed ({e}); dropped what needs it: {sorted(lost) or 'none'}[/red]"
                     )
     if failure is not None:
         raise failure
@@ -172,6 +219,7 @@ def _run_stage(
     executor: Executor,
     commit,
     forced: bool,
+    deadlines: Deadlines | None = None,
 ) -> str:
     s = plan.stages[name]
     m = read_manifest(plan.run_dir, name)
@@ -179,6 +227,10 @@ def _run_stage(
     if done and not forced:
         console.print(f"[dim]= {name}: done ({m.get('finished')})[/dim]")
         return "skipped"
+    due = deadlines or Deadlines()
+    if why := due.passed(s.argv):
+        console.print(f"[yellow]{name}: not started: {why}[/yellow]")
+        return "deferred"
     for d in s.needs:
         dm = read_manifest(plan.run_dir, d)
         if not (dm and dm.get("status") == "done" and dm.get("hash") == hashes[d]):
@@ -209,7 +261,10 @@ def _run_stage(
 
     def on_start() -> None:
         # the executor has the stage's GPU slots now: its seconds count from here, the wait for
-        # slots apart (stages sharing a card queue for it; their times would include the queue)
+        # slots apart (stages sharing a card queue for it; their times would include the queue);
+        # unless the deadline passed while it waited
+        if why := due.passed(s.argv):
+            raise StageDeferred(why)
         nonlocal t0
         t0 = time.perf_counter()
         record.update(started=now(), waited_s=round(t0 - queued, 2))
@@ -217,6 +272,10 @@ def _run_stage(
 
     try:
         executor.run(s, plan.run_dir / "logs" / f"{name}.log", on_start=on_start)
+    except StageDeferred as e:
+        write_manifest(plan.run_dir, s, record | {"status": "deferred", "finished": now()})
+        console.print(f"[yellow]{name}: not started: {e}[/yellow]")
+        return "deferred"
     except StageFailed:
         write_manifest(plan.run_dir, s, record | {"status": "failed", "finished": now()})
         raise
