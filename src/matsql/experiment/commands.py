@@ -135,7 +135,7 @@ def run(
     from matsql.experiment.constraints import check_study, eval_protocol
     from matsql.experiment.executors import LocalExecutor, SlurmExecutor, StageFailed
     from matsql.experiment.plan import PlanError
-    from matsql.experiment.runner import Deadlines, run_plan
+    from matsql.experiment.runner import Deadlines, run_plan, stage_status
 
     due = Deadlines(_when(deadline, "--deadline"), _when(train_deadline, "--train-deadline"))
     p = _load(plan, sets)
@@ -170,7 +170,8 @@ def run(
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from e
     ran = [n for n, o in outcome.items() if o == "ran"]
-    later = [n for n, o in outcome.items() if o in ("deferred", "blocked")]
+    status = stage_status(p) if any(o in ("deferred", "blocked") for o in outcome.values()) else {}
+    later = [n for n, o in outcome.items() if o in ("deferred", "blocked") and status.get(n) != "done"]
     console.print(
         f"[bold]{p.name}[/bold]: {len(ran)} stage(s) ran, {len(outcome) - len(ran) - len(later)} skipped"
         + (f", {len(later)} left for the next run (deadline)" if later else "")
