@@ -98,13 +98,18 @@ sets+=(--set vars.recipe_sft_planner="$r/sft-planner.yaml" --set vars.recipe_sft
   --set vars.recipe_orpo_val_sel="$r/orpo-val-sel.yaml" --set vars.recipe_orpo_val_cond="$r/orpo-val-cond.yaml")
 t0=$SECONDS
 # V2_SMOKE_ARGS: more runner options, shell-quoted, e.g. "--until ref-sft-val-sel" for one stage
-# and what it needs, or "--set 'vars.orpo_extra=--set trainer.learning_rate=2.0e-4'"
+# and what it needs, "--set 'vars.orpo_extra=--set trainer.learning_rate=2.0e-4'" or
+# "--train-deadline +0"; collect gets their --set pairs only
 eval "more=(${V2_SMOKE_ARGS:-})"
+msets=()
+for ((i = 0; i < ${#more[@]}; i++)); do
+  [ "${more[i]}" = --set ] && msets+=(--set "${more[i + 1]}")
+done
 matsql experiment run experiments/study-spider-v2.yaml --jobs 2 --keep-going --prefer compare-primary "${sets[@]}" \
   "${more[@]}" > "$run/run.log" 2>&1
 echo "experiment run: exit $? in $(( (SECONDS - t0) / 60 )) min (log $run/run.log)"
 # what a lease's results go through here: the results folder of whatever finished
-matsql experiment collect experiments/study-spider-v2.yaml --out "$run/collected" "${sets[@]}" "${more[@]}" \
+matsql experiment collect experiments/study-spider-v2.yaml --out "$run/collected" "${sets[@]}" "${msets[@]}" \
   > "$run/collect.log" 2>&1
 echo "experiment collect: exit $? ($run/collected, log $run/collect.log)"
 python3 - "$run/run/manifests" <<'PY'
