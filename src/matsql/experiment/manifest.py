@@ -85,9 +85,14 @@ def named_files(stage: Stage, stage_outs: list[str]) -> dict[str, str]:
     return found
 
 
+def is_training(argv: list[str]) -> bool:
+    """Whether a stage's argv is a training run, ``train sft|orpo ...``."""
+    return argv[:1] == ["train"] and argv[1:2] in (["sft"], ["orpo"])
+
+
 def _train_recipe(argv: list[str]) -> str | None:
     """The recipe argument of ``train sft|orpo RECIPE ...``."""
-    return argv[2] if len(argv) > 2 and argv[0] == "train" and argv[1] in ("sft", "orpo") else None
+    return argv[2] if len(argv) > 2 and is_training(argv) else None
 
 
 def recipe_sha256(path: Path) -> str:

@@ -15,6 +15,7 @@ from matsql.experiment.manifest import (
     collect_metrics,
     git_commit,
     hash_parts,
+    is_training,
     now,
     plan_roots,
     read_manifest,
@@ -37,12 +38,11 @@ class Deadlines:
     start_by: float | None = None
     train_by: float | None = None
 
-    def passed(self, argv: list[str], at: float | None = None) -> str | None:
-        t = time.time() if at is None else at
+    def passed(self, argv: list[str]) -> str | None:
+        t = time.time()
         if self.start_by is not None and t > self.start_by:
             return "the run's deadline for starting stages has passed"
-        training = argv[:1] == ["train"] and argv[1:2] in (["sft"], ["orpo"])
-        if training and self.train_by is not None and t > self.train_by:
+        if self.train_by is not None and t > self.train_by and is_training(argv):
             return "the run's deadline for starting training stages has passed"
         return None
 

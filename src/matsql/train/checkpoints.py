@@ -83,10 +83,11 @@ def list_checkpoints(run_dir: str | Path, *, complete: bool = True) -> list[Chec
         if m and (p / "adapter_config.json").is_file():
             refs.append(CheckpointRef(p.name, p, int(m.group(1))))
     refs.sort(key=lambda r: r.step)
-    missing = sorted(set(saved_steps(run)) - {r.step for r in refs}) if complete else []
+    saved = saved_steps(run) if complete else []
+    missing = sorted(set(saved) - {r.step for r in refs})
     if missing:
         raise FileNotFoundError(
-            f"{run}: its recipe.yaml saved checkpoints at steps {saved_steps(run)}, but "
+            f"{run}: its recipe.yaml saved checkpoints at steps {saved}, but "
             f"{', '.join(f'checkpoint-{s}' for s in missing)} are not under {run / 'checkpoints'} "
             "(checkpoints stay where the run trained: pick there, or train the run again here)"
         )
