@@ -301,6 +301,27 @@ def test_a_corrupt_database_is_named_once_and_its_questions_counted(tmp_path, mi
     assert f"{n_victim} error record(s)" in " ".join(res.output.split())
 
 
+def test_missing_databases_are_counted_over_the_whole_benchmark(tmp_path, minibench):
+    """The count is the benchmark's, not the run's (a 1,000-question part of spider-train said
+    "96 question(s) need a missing database": 96 of its 8,659), so the line says which."""
+    import shutil
+
+    from matsql.cli import app
+
+    data = tmp_path / "mb"
+    shutil.copytree(minibench, data)
+    dev = json.loads((data / "dev.json").read_text())
+    victim = dev[-1]["db_id"]
+    shutil.rmtree(data / "dev_databases" / victim)
+    n_victim = sum(q["db_id"] == victim for q in dev)
+    args = ["rollout", "-b", "minibench", "--data", str(data), "-a", str(_echo_agents(tmp_path))]
+    res = runner.invoke(app, [*args, "-o", str(tmp_path / "r.jsonl"), "--limit", "1", "--k", "1"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert f"{n_victim} of minibench's {len(dev)} question(s) need a missing database" in text, text
+    assert "before any --part/--limit" in text
+
+
 def test_an_undecodable_agents_file_is_named_with_its_line(tmp_path, minibench):
     from matsql.cli import app
 

@@ -200,7 +200,8 @@ def _rollout(
     questions = bench.select(missing)
     if bench.missing:
         console.print(
-            f"[yellow]{len(bench.missing)} question(s) need a missing database; policy --missing {missing}"
+            f"[yellow]{len(bench.missing)} of {bench.name}'s {len(bench.questions)} question(s) need a missing "
+            f"database (before any --part/--limit); policy --missing {missing}"
         )
     dump = cfg.model_dump(mode="json") | {
         "agents": {n: vars(s) for n, s in team.agents.items()},
