@@ -303,7 +303,7 @@ def test_a_corrupt_database_is_named_once_and_its_questions_counted(tmp_path, mi
 
 def test_missing_databases_are_counted_over_the_whole_benchmark(tmp_path, minibench):
     """The count is the benchmark's, not the run's (a 1,000-question part of spider-train said
-    "96 question(s) need a missing database": 96 of its 8,659), so the line says which."""
+    "96 question(s) need a missing database": 96 of its 7,000), so the line says which."""
     import shutil
 
     from matsql.cli import app
