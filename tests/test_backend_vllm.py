@@ -579,6 +579,52 @@ def test_swap_mode_merges_each_adapter_in_before_its_calls(tiny_chat_model_dir: 
         registry._vllm_engines.clear()
 
 
+def test_a_kept_engine_begins_each_stage_as_a_new_one(tiny_chat_model_dir: Path, tmp_path: Path) -> None:
+    """``experiment run --warm`` keeps an engine from stage to stage. Each stage starts with an
+    empty prefix cache and reads its adapters afresh: an ORPO stage run again rewrites the same
+    folder, and the next stage must not use the weights of the folder's old contents."""
+    pytest.importorskip("peft")
+    import torch
+    from transformers import AutoTokenizer
+
+    from matsql.backends.vllm_local import merged_weights, read_weights
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_chat_model_dir))
+    vocab = sorted(i for t, i in tok.get_vocab().items() if t.isascii() and t.isalpha())[:50]
+    a = _peft_adapter(tiny_chat_model_dir, tmp_path / "a", 1, ["q_proj"])
+    eng = VLLMEngine(tiny_chat_model_dir, tok, "tiny", EngineSettings(max_model_len=512, lora_mode="swap"))
+    eng.llm_factory = lambda **kw: SwapFakeLLM(vocab, eng.stop_ids[0], kw)
+    eng.begin_stage()  # not started: nothing to reset
+    VLLMBackend(eng, a).generate(PROMPTS[:1], max_tokens=4)
+    llm = eng.llm
+    assert (len(llm.loads), llm.resets, eng.swaps) == (1, 1, 1)
+    _peft_adapter(tiny_chat_model_dir, a, 2, ["q_proj"])  # the folder rewritten between stages
+    eng.begin_stage()
+    assert llm.resets == 2 and eng.swaps == 0 and eng.swap_seconds == 0  # this stage's own count
+    VLLMBackend(eng, a).generate(PROMPTS[:1], max_tokens=4)
+    assert len(llm.loads) == 2 and eng.swaps == 1  # the same path swapped in again ...
+    name = sorted(llm.loads[1])[0]  # one of the two layers' q_proj
+    new = merged_weights(read_weights(tiny_chat_model_dir, set(llm.loads[1]), "cpu"), a)[name]
+    assert torch.equal(llm.loads[1][name], new) and not torch.equal(
+        llm.loads[0][name], new
+    )  # ... as it is now
+    eng.begin_stage()
+    VLLMBackend(eng).generate(PROMPTS[:1], max_tokens=4)  # a base-model stage after an adapter's
+    base = read_weights(tiny_chat_model_dir, {name}, "cpu")[name]
+    assert len(llm.loads) == 3 and torch.equal(llm.loads[2][name], base)
+
+    # LoRA per request: each stage registers its adapters under new ids (vLLM caches by id)
+    req = VLLMEngine(tiny_chat_model_dir, tok, "tiny", EngineSettings(max_model_len=512))
+    req.llm_factory = lambda **kw: SwapFakeLLM(vocab, req.stop_ids[0], kw)
+    VLLMBackend(req, a).generate(PROMPTS[:1], max_tokens=3)
+    assert req.llm.calls[-1]["lora"].int_id == 1 and req.llm.kwargs["max_loras"] == 1
+    req.begin_stage()
+    VLLMBackend(req, a).generate(PROMPTS[:1], max_tokens=3)  # fits the engine's one LoRA slot again
+    assert req.llm.calls[-1]["lora"].int_id == 2 and req.llm.resets == 1
+    with pytest.raises(RuntimeError, match="after the vLLM engine started"):
+        VLLMBackend(req, make_adapter(tmp_path / "other", 8))  # a second one in the stage does not
+
+
 def test_swap_mode_refuses_what_it_cannot_merge(tmp_path: Path, tiny_chat_model_dir: Path) -> None:
     from transformers import AutoTokenizer
 

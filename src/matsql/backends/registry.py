@@ -180,6 +180,18 @@ def _split_vllm_memory() -> None:
         e.process_fraction = e.settings.memory_weight / total
 
 
+def begin_stage() -> list[str]:
+    """Ready this process's kept engines for a new stage (``experiment run --warm`` runs stage
+    after stage in one process; :meth:`VLLMEngine.begin_stage` says what is reset) and name
+    them, one line each, for the stage's log."""
+    with _engines_lock:
+        kept = [f"transformers model {path} on {device} ({dtype})" for path, device, dtype in _engines]
+        for e in _vllm_engines.values():
+            e.begin_stage()
+            kept.append(f"vLLM engine on {e.model_dir} ({'started' if e.started else 'not started'})")
+    return kept
+
+
 def clear_engines() -> None:
     """Forget shared engines (frees their memory once no backend holds them)."""
     with _engines_lock:

@@ -352,6 +352,11 @@ def process_age() -> float | None:
         return None
 
 
+#: ``VLLMEngine._loaded`` after :meth:`VLLMEngine.begin_stage`: no adapter path equals it, so the
+#: next call swaps in its adapter, or the base weights, whatever an earlier stage left merged in.
+_UNKNOWN = "\0unknown"
+
+
 class OfflineLLM:
     """``vllm.LLM`` taking the plain requests this module builds: the one place that imports
     vLLM, so the engine logic above it runs (and is tested) without vLLM installed."""
@@ -419,6 +424,7 @@ class VLLMEngine:
     _loaded: str | None = None  # swap mode: the adapter merged into the engine's weights (None: base)
     swaps: int = 0  # swap mode: weight loads so far, and the seconds they took (benchmarks report them)
     swap_seconds: float = 0.0
+    _ids: int = 0  # LoRA ids handed out so far: an adapter registered again (a new stage) gets a new one
 
     def __post_init__(self) -> None:
         self.lock = threading.RLock()
@@ -449,8 +455,8 @@ class VLLMEngine:
                         f"max_lora_rank={max_rank}, max_loras={max_loras}; set max_lora_rank/max_loras "
                         "in the agents file, or name every adapter before the first generation"
                     )
-            name = f"{Path(p).name}-{len(self.adapters) + 1}"
-            ad = Adapter(name=name, int_id=len(self.adapters) + 1, path=p, rank=rank)
+            self._ids += 1
+            ad = Adapter(name=f"{Path(p).name}-{self._ids}", int_id=self._ids, path=p, rank=rank)
             self.adapters[p] = ad
             return ad
 
@@ -539,6 +545,25 @@ class VLLMEngine:
                     "?" if age is None else f"{age - took:.1f}",
                 )
             return self._llm
+
+    def begin_stage(self) -> None:
+        """Make a kept engine (``experiment run --warm``: one process runs stage after stage)
+        behave as a new one would at a stage's start. The prefix cache is emptied, so no block
+        computed in an earlier stage changes this stage's rounding. Adapters are forgotten, since
+        a folder may have been rewritten since (an ORPO stage run again writes the same path):
+        swap mode merges the first call's adapter in afresh; request mode registers each adapter
+        again under a new LoRA id, so vLLM loads it from disk and not from its cache of the old
+        id. The swap counters restart, so the stage's log reports its own swaps."""
+        with self.lock:
+            self.swaps, self.swap_seconds = 0, 0.0
+            if self._llm is None:
+                return
+            self._llm.reset_prefix_cache()
+            if self.settings.lora_mode == "swap":
+                if self._loaded is not None or self._targets:
+                    self._loaded = _UNKNOWN  # whatever is merged in, the first call writes every target
+            else:
+                self.adapters.clear()
 
     def _swap_in(self, llm: Any, adapter: Adapter | None) -> None:
         """Swap mode: make the engine's weights the base model's with ``adapter`` merged in (with
