@@ -124,6 +124,12 @@ def run(
         help="start no stage after this time: unix seconds, or +SECONDS from now (a machine lent until "
         "then); the rest is left for the next run",
     ),
+    warm: bool = typer.Option(
+        False,
+        "--warm",
+        help="run generation stages (rollout, select, diagnose, train pick-checkpoint) in a process kept "
+        "per GPU slot, so imports and the vLLM engine carry over between stages (matsql.experiment.worker)",
+    ),
     train_deadline: str | None = typer.Option(
         None,
         "--train-deadline",
@@ -146,7 +152,7 @@ def run(
         for line in check_study(p, **eval_protocol(p)):
             console.print(f"[green]check[/green] {line}")
         if executor == "local":
-            ex = LocalExecutor(env=p.env, gpu_slots=gpu_slots)
+            ex = LocalExecutor(env=p.env, gpu_slots=gpu_slots, warm=warm)
         elif executor == "slurm":
             cli = {"partition": partition, "account": account, "qos": qos}
             extra = {k: _scalar(v) for k, v in _overrides(slurm, "--slurm").items()}
@@ -154,6 +160,8 @@ def run(
             ex = SlurmExecutor(p.run_dir / "slurm", job_name=job_name, env=p.env, **params)
         else:
             raise typer.BadParameter("--executor must be local or slurm")
+        if warm and executor != "local":
+            raise typer.BadParameter("--warm keeps processes on this machine: it needs --executor local")
         targets = [t.strip() for t in (prefer or "").split(",") if t.strip()]
         outcome = run_plan(
             p,

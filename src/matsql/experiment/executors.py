@@ -74,6 +74,17 @@ def needs_gpu(stage: Stage) -> bool:
     return g is None or int(g) > 0
 
 
+#: Commands a warm worker runs (``experiment run --warm``): those that generate on a card and
+#: train nothing. A training stage runs as its own process, as before: its memory is freed at its
+#: end only when the process ends.
+WARM_COMMANDS = (("rollout",), ("select",), ("diagnose",), ("train", "pick-checkpoint"))
+
+
+def warm_command(stage: Stage) -> bool:
+    """Whether the stage's command is one a warm worker may run (:data:`WARM_COMMANDS`)."""
+    return any(tuple(stage.argv[: len(c)]) == c for c in WARM_COMMANDS)
+
+
 OOM_MARKS = ("CUDA out of memory", "OutOfMemoryError")
 
 
@@ -107,7 +118,19 @@ class LocalExecutor:
     a vLLM engine sizes itself to it), so processes that share a card cannot run each other out
     of memory. A single-process stage that runs out of memory in its share runs once more with
     the whole card (it waits for the card), rather than failing the plan's branch.
+
+    ``warm``: a generation stage (:data:`WARM_COMMANDS`; each shard of a sharded rollout) on one
+    slot runs in a worker process kept per slot (:mod:`matsql.experiment.worker`), so its
+    imports and its vLLM engine carry over to the next stage on that slot instead of being paid
+    again. A worker holds its share of its card between stages; before a stage that runs as its
+    own process (training) takes slots of a card, idle workers there are stopped until the
+    workers and such processes together hold no more than the card's slots. A stage that fails
+    in a worker runs once more as its own process (a failure the worker caused then costs one
+    try, not the stage); after two stages passed that way, the run stops using workers.
     """
+
+    #: stages that failed in a worker and passed as their own process before workers are given up
+    WARM_STRIKES = 2
 
     def __init__(
         self,
@@ -115,11 +138,21 @@ class LocalExecutor:
         echo: bool = True,
         gpus: list[str] | None = None,
         gpu_slots: int = 1,
+        warm: bool = False,
     ):
         import threading
+        from collections import Counter
+
+        from matsql.experiment.worker import Worker
 
         if gpu_slots < 1:
             raise ValueError(f"gpu_slots must be >= 1, got {gpu_slots}")
+        self.warm = warm
+        self._worker_class = Worker
+        self._idle: dict[str, list[Worker]] = {}  # card -> workers waiting for a stage
+        self._live: Counter[str] = Counter()  # card -> workers alive (idle or running a stage)
+        self._cold: Counter[str] = Counter()  # card -> slots held by stages in their own process
+        self._strikes = 0
         self.env = {**os.environ, **(env or {})}
         self.echo = echo
         self.gpus = visible_gpus() if gpus is None else list(gpus)
@@ -209,6 +242,138 @@ class LocalExecutor:
             t.join()
         return [p.wait() for p in procs]
 
+    # --- warm workers -------------------------------------------------------------------------
+
+    def _worker_env(self, card: str) -> dict[str, str]:
+        env = dict(self.env)
+        env["CUDA_VISIBLE_DEVICES"] = card
+        self._share(env, 1)
+        return env
+
+    def _take_worker(self, card: str):
+        """An idle worker on ``card``, or a new one (the caller holds a slot there, so the card
+        has room for one more process)."""
+        with self._cond:
+            idle = self._idle.setdefault(card, [])
+            while idle:
+                w = idle.pop()
+                if w.alive():
+                    return w
+                self._live[card] -= 1
+            self._live[card] += 1
+        return self._worker_class(card, self._worker_env(card))
+
+    def _give_back(self, worker) -> None:
+        with self._cond:
+            if worker.alive() and self.warm:
+                self._idle.setdefault(worker.card, []).append(worker)
+                return
+            self._live[worker.card] -= 1
+        worker.stop()
+
+    def _retire(self, worker) -> None:
+        worker.stop()
+        with self._cond:
+            self._live[worker.card] -= 1
+
+    def _hold_cold(self, gpus: list[str]) -> list[str]:
+        """Count ``gpus`` as held by a stage in its own process; stop idle workers on those cards
+        until workers and such stages there hold no more than the card's slots. Returns the
+        cards, for :meth:`_unhold_cold`. Workers are stopped (and their memory freed) before the
+        stage's process starts."""
+        victims = []
+        with self._cond:
+            for card in gpus:
+                self._cold[card] += 1
+            for card in dict.fromkeys(gpus):
+                idle = self._idle.get(card, [])
+                while idle and self._live[card] + self._cold[card] > self.gpu_slots:
+                    victims.append(idle.pop())
+                    self._live[card] -= 1
+        for w in victims:
+            w.stop()
+        return gpus
+
+    def _unhold_cold(self, gpus: list[str]) -> None:
+        with self._cond:
+            for card in gpus:
+                self._cold[card] -= 1
+
+    def _warm_fits(self, stage: Stage, gpus: list[str], single: bool, shards: int) -> bool:
+        """A generation stage on one slot per process: a single process on one slot, or a
+        sharded rollout (each shard on one slot)."""
+        if not (self.warm and gpus and warm_command(stage)):
+            return False
+        return len(gpus) == 1 if single else shards > 1 and int(stage.resources.get("processes", 1)) <= 1
+
+    def _run_warm(self, stage: Stage, log: Path, gpus: list[str], shards: int) -> bool:
+        """The stage in workers, one per process it would have had; whether it passed. A worker
+        whose stage failed is stopped (its state is suspect); the others wait for the next stage."""
+        import threading
+
+        n = min(shards, len(gpus)) if shards > 1 else 1
+        argvs = [shard_argv(stage.argv, i, n, stage.out) for i in range(n)] if shards > 1 else [stage.argv]
+        workers = [self._take_worker(gpus[i]) for i in range(n)]
+        lock = threading.Lock()
+        rcs: list[int] = [-1] * n
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a", encoding="utf-8") as f:
+            f.write(f"$ {stage.command}\n")
+            for i, (w, argv) in enumerate(zip(workers, argvs, strict=True)):
+                what = f"shard {i}/{n}: " if n > 1 else ""
+                f.write(
+                    f"$ {what}warm worker pid {w.pid} (card {w.card}, its stage {w.stages + 1}): "
+                    f"{shlex.join(argv)}\n"
+                )
+            f.flush()
+
+            def go(i: int) -> None:
+                tag = f"[{i}] " if n > 1 else ""
+
+                def sink(line: str) -> None:
+                    with lock:
+                        f.write(tag + line)
+                        f.flush()
+                        if self.echo:
+                            sys.stderr.write(tag + line)
+
+                rcs[i] = workers[i].run(argvs[i], sink)
+
+            threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            for w, rc in zip(workers, rcs, strict=True):
+                if rc == 0:
+                    self._give_back(w)
+                else:
+                    self._retire(w)
+            if any(rcs):
+                f.write(
+                    f"# the stage failed in warm worker(s) (exit codes {rcs}); again as its own "
+                    "process (experiment run --warm)\n"
+                )
+                return False
+        if n > 1:
+            from matsql.rollout.io import merge_rollouts
+
+            parts = [Path(f"{stage.out}.shard{i}") for i in range(n)]
+            merge_rollouts(parts, Path(stage.out))
+            for p in parts:
+                p.unlink()
+        return True
+
+    def close(self) -> None:
+        """Stop every idle worker (``run_plan`` calls it when the plan ends)."""
+        with self._cond:
+            victims = [w for ws in self._idle.values() for w in ws]
+            self._idle.clear()
+            for w in victims:
+                self._live[w.card] -= 1
+        for w in victims:
+            w.stop()
+
     def run(self, stage: Stage, log: Path, on_start: OnStart | None = None) -> None:
         shards = int(stage.resources.get("shards", 1))
         procs_n = int(stage.resources.get("processes", 1))
@@ -227,10 +392,22 @@ class LocalExecutor:
             except BaseException:
                 self._release(gpus)
                 raise
+        warm_failed = False
+        if self._warm_fits(stage, gpus, single, shards):
+            try:
+                if self._run_warm(stage, log, gpus, shards):
+                    self._release(gpus)
+                    return
+            except BaseException:
+                self._release(gpus)
+                raise
+            warm_failed = True
         while True:  # at most twice: the second try has the whole card, so no memory share
             start = log.stat().st_size if log.exists() else 0
             try:
                 self._run(stage, log, gpus, shards, procs_n)
+                if warm_failed:
+                    self._strike(log)
                 return
             except StageFailed:
                 # a single process that ran out of memory in its share of a card gets one more
@@ -245,7 +422,33 @@ class LocalExecutor:
                 )
             gpus = self._acquire(self.gpu_slots, rank, same_card=True)
 
+    def _strike(self, log: Path) -> None:
+        """A stage failed in a worker and passed as its own process: the worker caused it."""
+        with self._cond:
+            self._strikes += 1
+            give_up = self.warm and self._strikes >= self.WARM_STRIKES
+            if give_up:
+                self.warm = False
+        with log.open("a", encoding="utf-8") as f:
+            f.write(
+                f"# it passed as its own process: {self._strikes} stage(s) so far failed only in a worker"
+                + ("; no more workers in this run\n" if give_up else "\n")
+            )
+        if give_up:
+            self.close()
+
     def _run(
+        self, stage: Stage, log: Path, gpus: list[str], shards: int, procs_n: int, hide_gpus: bool = False
+    ) -> None:
+        if gpus and not hide_gpus:
+            self._hold_cold(gpus)
+            try:
+                return self._run_process(stage, log, gpus, shards, procs_n)
+            finally:
+                self._unhold_cold(gpus)
+        return self._run_process(stage, log, gpus, shards, procs_n, hide_gpus)
+
+    def _run_process(
         self, stage: Stage, log: Path, gpus: list[str], shards: int, procs_n: int, hide_gpus: bool = False
     ) -> None:
         base_env = dict(self.env)

@@ -139,6 +139,26 @@ def run_plan(
         executor.set_priorities(rank)
     forced = {n for n in [only, *(until or "").split(",")] if force and n}
     due = deadlines or Deadlines()
+    try:
+        return _run_stages(plan, names, hashes, parts, executor, commit, forced, due, rank, jobs, keep_going)
+    finally:
+        if hasattr(executor, "close"):  # warm workers (LocalExecutor(warm=True)) end with the plan
+            executor.close()
+
+
+def _run_stages(
+    plan: Plan,
+    names: list[str],
+    hashes: dict[str, str],
+    parts: dict[str, dict],
+    executor: Executor,
+    commit,
+    forced: set[str],
+    due: Deadlines,
+    rank: dict[str, int],
+    jobs: int,
+    keep_going: bool,
+) -> dict[str, str]:
 
     def run_one(n: str) -> str:
         return _run_stage(plan, n, hashes, parts, executor, commit, n in forced, due)
