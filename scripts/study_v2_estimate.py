@@ -263,6 +263,33 @@ def stage_cost(
     return Cost(name, f"{cmd} (CPU)", 0.0, 8.0, 20.0, False)
 
 
+GENERATION_KINDS = ("rollout (base)", "rollout (LoRA)", "pick-checkpoint", "select (LM)", "probe (GPU)")
+
+
+def warm_costs(costs: list[Cost], done: set[str], start_s: float) -> list[Cost]:
+    """Costs under ``experiment run --warm``: a generation stage whose previous GPU stage (of
+    those still to run, in this order) also generated finds its worker's engine started and is
+    charged ``start_s`` instead of :data:`VLLM_START_S`; after a training stage the workers have
+    been stopped for it, so the next generation stage pays in full, as does the first. A lease's
+    first stage would pay in full too (a fresh machine), which this does not model: at most one
+    engine start per lease."""
+    from dataclasses import replace
+
+    out: list[Cost] = []
+    prev_generated = False
+    for c in costs:
+        if c.stage in done or "CPU" in c.kind:
+            out.append(c)
+            continue
+        gen = c.kind in GENERATION_KINDS
+        if gen and prev_generated:
+            cut = VLLM_START_S - start_s
+            c = replace(c, central_s=c.central_s - cut, conservative_s=c.conservative_s - cut)
+        out.append(c)
+        prev_generated = gen
+    return out
+
+
 def serial_order(plan, prefer: list[str]) -> list[str]:
     """The order `experiment run --jobs 1 --prefer ...` starts stages: the best-ranked ready one."""
     rank = {n: i for i, n in enumerate(plan.priority_order(prefer))}
@@ -415,6 +442,10 @@ def main() -> None:
         "--cpu-beside", action="store_true",
         help="CPU stages (gpus: 0) run beside the GPU stages (experiment run --jobs N): leases hold GPU stages and the card's waits",
     )  # fmt: skip
+    ap.add_argument(
+        "--warm-start-s", type=float, default=None,
+        help="model experiment run --warm: this many seconds of fixed cost for a generation stage after another",
+    )  # fmt: skip
     args = ap.parse_args()
     factor = (
         train_factors(
@@ -459,6 +490,11 @@ def main() -> None:
 
         costs = [replace(c, central_s=0.0, conservative_s=0.0) if c.stage in done else c for c in costs]
         print(f"Done in {args.done.as_posix()}: {len(done & set(order))} of {len(order)} stages (costed 0)\n")
+    if args.warm_start_s is not None:
+        costs = warm_costs(costs, done, args.warm_start_s)
+        print(f"Kept workers (experiment run --warm): a generation stage right after another is charged "
+              f"{args.warm_start_s:g} s of fixed cost instead of {VLLM_START_S:g} s (an assumption until a lease "
+              "measures it); after a training stage, and first, the full cost\n")  # fmt: skip
     if args.lora_mode == "swap":
         print(
             f"LoRA swapped into the weights (lora_mode: swap): adapters at the base rate, {BASE_TPS:,.0f} tokens/s\n"
