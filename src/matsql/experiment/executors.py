@@ -261,7 +261,12 @@ class LocalExecutor:
                     return w
                 self._live[card] -= 1
             self._live[card] += 1
-        return self._worker_class(card, self._worker_env(card))
+        try:
+            return self._worker_class(card, self._worker_env(card))
+        except BaseException:
+            with self._cond:
+                self._live[card] -= 1
+            raise
 
     def _give_back(self, worker) -> None:
         with self._cond:
@@ -313,7 +318,14 @@ class LocalExecutor:
 
         n = min(shards, len(gpus)) if shards > 1 else 1
         argvs = [shard_argv(stage.argv, i, n, stage.out) for i in range(n)] if shards > 1 else [stage.argv]
-        workers = [self._take_worker(gpus[i]) for i in range(n)]
+        workers: list = []
+        try:
+            for i in range(n):
+                workers.append(self._take_worker(gpus[i]))
+        except BaseException:
+            for w in workers:
+                self._give_back(w)
+            raise
         lock = threading.Lock()
         rcs: list[int] = [-1] * n
         log.parent.mkdir(parents=True, exist_ok=True)
