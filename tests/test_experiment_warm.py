@@ -81,9 +81,7 @@ def _pids(log: Path) -> list[int]:
     ]
 
 
-def test_warm_stages_reuse_their_workers_and_write_what_cold_stages_write(
-    tmp_path, minibench, long_model
-):
+def test_warm_stages_reuse_their_workers_and_write_what_cold_stages_write(tmp_path, minibench, long_model):
     cold = _plan(tmp_path, minibench, long_model, "cold")
     run_plan(cold, LocalExecutor(gpus=["0"], gpu_slots=2, echo=False))
     warm = _plan(tmp_path, minibench, long_model, "warm")
@@ -267,3 +265,36 @@ def test_warm_needs_the_local_executor(tmp_path):
     plan.write_text("name: p\nrun_dir: run\nstages: {a: {cmd: 'report x', out: '${run_dir}/a'}}\n")
     res = CliRunner().invoke(app, ["experiment", "run", str(plan), "--warm", "--executor", "slurm"])
     assert res.exit_code != 0 and "--warm" in res.output
+
+
+def test_same_records_tells_equal_runs_from_different_ones(tmp_path):
+    """``scripts/same_records.py``: the check that --warm changed no record of a whole plan."""
+    import json as _json
+
+    from tests.record_builders import cand, ok, record
+
+    root = Path(__file__).resolve().parents[1]
+
+    def run(name: str, sql: str, elapsed: float) -> Path:
+        d = tmp_path / name / "run"
+        (d / "manifests").mkdir(parents=True)
+        info = ok("d1").model_copy(update={"elapsed_s": elapsed})
+        out = d / "roll.jsonl"
+        out.write_text(record("q1", [cand(0, sql, info, True)]).model_dump_json() + "\n")
+        manifest = {"stage": "roll", "status": "done", "argv": ["rollout"], "out": str(out)}
+        (d / "manifests" / "roll.json").write_text(_json.dumps(manifest))
+        return d
+
+    a, b, c = run("a", "SELECT 1", 0.1), run("b", "SELECT 1", 0.7), run("c", "SELECT 2", 0.1)
+
+    def same(x: Path, y: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(root / "scripts/same_records.py"), str(x), str(y)],
+            capture_output=True,
+            text=True,
+        )
+
+    res = same(a, b)  # execution times differ, records do not
+    assert res.returncode == 0 and "1 of 1 rollout stage(s) wrote the same records" in res.stdout
+    res = same(a, c)
+    assert res.returncode == 1 and "roll: 1 of 1 record(s) differ" in res.stdout
