@@ -280,7 +280,10 @@ def test_same_records_tells_equal_runs_from_different_ones(tmp_path):
         (d / "manifests").mkdir(parents=True)
         info = ok("d1").model_copy(update={"elapsed_s": elapsed})
         out = d / "roll.jsonl"
-        out.write_text(record("q1", [cand(0, sql, info, True)]).model_dump_json() + "\n")
+        rec = record("q1", [cand(0, sql, info, True)]).model_copy(
+            update={"models": {"planner": f"?+{d}/sft-planner"}, "config_hash": name}  # paths differ
+        )
+        out.write_text(rec.model_dump_json() + "\n")
         manifest = {"stage": "roll", "status": "done", "argv": ["rollout"], "out": str(out)}
         (d / "manifests" / "roll.json").write_text(_json.dumps(manifest))
         return d
@@ -294,7 +297,7 @@ def test_same_records_tells_equal_runs_from_different_ones(tmp_path):
             text=True,
         )
 
-    res = same(a, b)  # execution times differ, records do not
+    res = same(a, b)  # execution times and the run's paths differ, records do not
     assert res.returncode == 0 and "1 of 1 rollout stage(s) wrote the same records" in res.stdout
     res = same(a, c)
     assert res.returncode == 1 and "roll: 1 of 1 record(s) differ" in res.stdout
