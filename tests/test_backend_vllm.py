@@ -364,7 +364,7 @@ def _copy_model(src: Path, dst: Path) -> Path:
 
 def _fake_engines(*engines: VLLMEngine) -> None:
     for eng in engines:
-        vocab = [i for t, i in eng.tokenizer.get_vocab().items() if t.isalpha()][:50]
+        vocab = sorted(i for t, i in eng.tokenizer.get_vocab().items() if t.isascii() and t.isalpha())[:50]
         eng.llm_factory = lambda e=eng, v=vocab, **kw: FakeLLM(v, e.stop_ids[0], kw)
 
 
