@@ -13,6 +13,9 @@
 # it checks the stages before the picks (30 of 110 in session 12). prepared: the agents write
 # SQL and verdicts, so the picks have something to choose by and the whole plan runs. Either
 # checks the plan's wiring, not its numbers. Default RUN_DIR: /tmp/v2-cpu-smoke-MODE.
+# GPU slots and kept workers on this CPU: CUDA_VISIBLE_DEVICES=0 makes one made-up card, e.g.
+#   CUDA_VISIBLE_DEVICES=0 V2_SMOKE_ARGS="--warm --gpu-slots 2" bash scripts/v2_cpu_smoke.sh canned DIR
+# (session 18: 112 of 112 stages, the same rollout records as without --warm: scripts/same_records.py)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:?usage: v2_cpu_smoke.sh echo|prepared|canned [RUN_DIR]}
