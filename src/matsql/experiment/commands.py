@@ -151,6 +151,8 @@ def run(
     try:
         for line in check_study(p, **eval_protocol(p)):
             console.print(f"[green]check[/green] {line}")
+        if warm and executor != "local":
+            raise typer.BadParameter("--warm keeps processes on this machine: it needs --executor local")
         if executor == "local":
             ex = LocalExecutor(env=p.env, gpu_slots=gpu_slots, warm=warm)
         elif executor == "slurm":
@@ -160,8 +162,6 @@ def run(
             ex = SlurmExecutor(p.run_dir / "slurm", job_name=job_name, env=p.env, **params)
         else:
             raise typer.BadParameter("--executor must be local or slurm")
-        if warm and executor != "local":
-            raise typer.BadParameter("--warm keeps processes on this machine: it needs --executor local")
         targets = [t.strip() for t in (prefer or "").split(",") if t.strip()]
         outcome = run_plan(
             p,
