@@ -61,19 +61,24 @@ def _flush() -> None:
 
 
 def main() -> int:
-    from matsql.backends.registry import begin_stage
+    import logging
 
+    from matsql.backends.registry import begin_stage
+    from matsql.cli import configure_logging
+
+    configure_logging()  # the stage's own lines and this one, in the format of every stage log
+    log = logging.getLogger("matsql.worker")
     done = 0
     for line in sys.stdin:
         if not line.strip():
             continue
         req = json.loads(line)
         kept = begin_stage()
-        print(
-            f"matsql INFO warm worker pid {os.getpid()}: stage {done + 1} of this process; kept from "
-            f"earlier stages: {'; '.join(kept) or 'nothing'}",
-            file=sys.stderr,
-            flush=True,
+        log.info(
+            "warm worker pid %d: stage %d of this process; kept from earlier stages: %s",
+            os.getpid(),
+            done + 1,
+            "; ".join(kept) or "nothing",
         )
         rc = run_command(req["argv"])
         done += 1
