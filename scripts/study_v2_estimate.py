@@ -190,6 +190,8 @@ class Cost:
     central_s: float
     conservative_s: float
     resumable: bool  # a rollout: an unfinished one resumes on the next lease
+    # --warm-start-s: seconds of engine start taken off (a lease's first GPU stage pays them back)
+    warm_cut: float = 0.0
 
 
 def stage_cost(
@@ -271,8 +273,7 @@ def warm_costs(costs: list[Cost], done: set[str], start_s: float) -> list[Cost]:
     those still to run, in this order) also generated finds its worker's engine started and is
     charged ``start_s`` instead of :data:`VLLM_START_S`; after a training stage the workers have
     been stopped for it, so the next generation stage pays in full, as does the first. A lease's
-    first stage would pay in full too (a fresh machine), which this does not model: at most one
-    engine start per lease."""
+    first GPU stage pays in full too (a fresh machine): :func:`schedule` adds ``warm_cut`` back."""
     from dataclasses import replace
 
     out: list[Cost] = []
@@ -284,7 +285,7 @@ def warm_costs(costs: list[Cost], done: set[str], start_s: float) -> list[Cost]:
         gen = c.kind in GENERATION_KINDS
         if gen and prev_generated:
             cut = VLLM_START_S - start_s
-            c = replace(c, central_s=c.central_s - cut, conservative_s=c.conservative_s - cut)
+            c = replace(c, central_s=c.central_s - cut, conservative_s=c.conservative_s - cut, warm_cut=cut)
         out.append(c)
         prev_generated = gen
     return out
@@ -322,32 +323,49 @@ def _units(costs: list[Cost]) -> list[list[Cost]]:
 def schedule(costs: list[Cost], work_s: float, which: str) -> list[list[tuple[str, float]]]:
     """Pack stages into leases of ``work_s`` seconds: a rollout may continue on the next lease
     (its shard file is shipped and resumes); any other stage (an ORPO run with its pick) that
-    does not fit starts on the next."""
+    does not fit starts on the next. A lease's first GPU stage finds no kept worker (a fresh
+    machine): it pays back what ``--warm-start-s`` took off it (``warm_cut``)."""
+    from dataclasses import replace
+
     leases: list[list[tuple[str, float]]] = [[]]
     left = work_s
+    fresh = True  # no GPU stage in the current lease yet
+
+    def first_paid(unit: list[Cost]) -> list[Cost]:
+        head = unit[0]
+        return [replace(head, **{which: getattr(head, which) + head.warm_cut}), *unit[1:]]
+
+    def new_lease() -> None:
+        nonlocal left, fresh
+        leases.append([])
+        left, fresh = work_s, True
+
     for unit in _units(costs):
-        total = sum(getattr(c, which) for c in unit)
+        gpu = any("CPU" not in c.kind for c in unit)
         if len(unit) > 1 or not unit[0].resumable:
-            if total > left:
-                leases.append([])
-                left = work_s
+            if sum(getattr(c, which) for c in (first_paid(unit) if fresh else unit)) > left:
+                new_lease()
+            if fresh and gpu:
+                unit = first_paid(unit)
+            total = sum(getattr(c, which) for c in unit)
             leases[-1] += [(c.stage, getattr(c, which)) for c in unit]
             left -= total
+            fresh = fresh and not gpu
             continue
-        c, need = unit[0], total
-        while need > 0:
+        c = unit[0]
+        while True:
+            need = getattr(first_paid([c])[0] if fresh else c, which)
             if need <= left:
                 leases[-1].append((c.stage, need))
                 left -= need
-                need = 0
-            elif left > 60:
+                fresh = False
+                break
+            if left > 60:
                 leases[-1].append((c.stage + " (part)", left))
-                need -= left
-                leases.append([])
-                left = work_s
+                c = replace(c, **{which: need - left})
+                new_lease()
             else:
-                leases.append([])
-                left = work_s
+                new_lease()
     return leases
 
 
