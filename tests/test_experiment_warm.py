@@ -301,3 +301,35 @@ def test_same_records_tells_equal_runs_from_different_ones(tmp_path):
     assert res.returncode == 0 and "1 of 1 rollout stage(s) wrote the same records" in res.stdout
     res = same(a, c)
     assert res.returncode == 1 and "roll: 1 of 1 record(s) differ" in res.stdout
+
+
+def test_the_estimate_charges_a_kept_worker_less_except_first_in_a_lease():
+    """``scripts/study_v2_estimate.py --warm-start-s``: a generation stage after another pays S s
+    of start; after training, and as a lease's first GPU stage (a fresh machine), the full start."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("estimate", root / "scripts/study_v2_estimate.py")
+    est = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    sys.modules["estimate"] = est  # its dataclasses look their module up
+    try:
+        spec.loader.exec_module(est)
+    finally:
+        del sys.modules["estimate"]
+    full = est.VLLM_START_S
+
+    def roll(name: str, gen_s: float):
+        return est.Cost(name, "rollout (LoRA)", 1.0, gen_s + full, gen_s + full, True)
+
+    train = est.Cost("orpo-x", "train orpo", 0.0, 100.0, 100.0, False)
+    costs = [roll("a", 10), roll("b", 10), train, roll("c", 10), roll("d", 10)]
+    warm = est.warm_costs(costs, set(), 5.0)
+    assert [c.central_s for c in warm] == [10 + full, 15, 100, 10 + full, 15]
+    assert [c.warm_cut for c in warm] == [0, full - 5, 0, 0, full - 5]
+    one = est.schedule(warm, 10_000, "central_s")  # one lease: as charged
+    assert [s for _, s in one[0]] == [10 + full, 15, 100, 10 + full, 15]
+    # a lease that ends after "a": "b" opens the next on a fresh machine and pays in full
+    two = est.schedule(warm, 10 + full, "central_s")
+    assert two[0] == [("a", 10 + full)] and two[1][0] == ("b", 10 + full)
+    assert est.schedule(costs, 10_000, "central_s") == [[(c.stage, c.central_s) for c in costs]]  # cold
