@@ -21,7 +21,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from matsql.experiment.executors import LocalExecutor
+from matsql.experiment.executors import LocalExecutor, visible_gpus
 from matsql.experiment.manifest import read_manifest
 from matsql.experiment.plan import parse_plan
 from matsql.experiment.runner import run_plan
@@ -65,13 +65,11 @@ def main() -> None:
     if agents is None:
         agents = str(args.out / "echo.yaml")
         Path(agents).write_text(ECHO)
-    gpus = args.gpus.split(",") if args.gpus else None
+    gpus = args.gpus.split(",") if args.gpus else visible_gpus() or ["0"]  # a CPU: one made-up card
     rows = {}
     for mode in ("cold", "warm"):
         p = plan(args, args.out / mode, agents)
         ex = LocalExecutor(echo=False, gpus=gpus, gpu_slots=args.gpu_slots, warm=mode == "warm")
-        if not ex.gpus:
-            ex = LocalExecutor(echo=False, gpus=["0"], gpu_slots=args.gpu_slots, warm=mode == "warm")
         outcome = run_plan(p, ex)
         assert set(outcome.values()) == {"ran"}, outcome
         rows[mode] = [read_manifest(p.run_dir, n)["seconds"] for n in p.stages]

@@ -103,7 +103,7 @@ def test_warm_stages_reuse_their_workers_and_write_what_cold_stages_write(tmp_pa
     for pid in set(a):  # the plan's end stopped them
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-    assert sum(ex._live.values()) == 0 and ex._free == ["0", "0"]
+    assert not any(ex._idle.values()) and ex._free == ["0", "0"]
 
 
 def test_a_worker_reports_exit_codes_output_and_its_own_death(tmp_path):
@@ -201,8 +201,27 @@ def test_a_training_stage_gets_the_card_only_after_idle_workers_stop(tmp_path):
     ex.run(_roll(tmp_path, "r2"), tmp_path / "r2.log")
     assert FakeWorker.events[-2:] == ["start 2 0.5000", "run 2 rollout"]
     ex.close()
-    assert FakeWorker.events[-1] == "stop 2" and sum(ex._live.values()) == 0
-    assert ex._free == ["0", "0"] and sum(ex._cold.values()) == 0
+    assert FakeWorker.events[-1] == "stop 2" and not any(ex._idle.values())
+    assert ex._free == ["0", "0"]
+
+
+def test_idle_workers_stay_while_the_card_has_free_slots_for_them(tmp_path):
+    """An H200 under the rule file: 4 slots, training takes 2. Two idle workers and a training
+    stage fill the card, so the workers stay; a stage that takes the whole card stops them."""
+    ex = _executor(tmp_path, gpu_slots=4)
+    out = str(tmp_path / "r.jsonl")
+    ex.run(Stage("r", ["rollout", "--out", out], out, resources={"shards": 2}), tmp_path / "r.log")
+    assert FakeWorker.events[:2] == ["start 1 0.2500", "start 2 0.2500"]  # a quarter of the card each
+    assert sorted(FakeWorker.events[2:]) == ["run 1 rollout", "run 2 rollout"]  # the shards, at once
+    n = len(FakeWorker.events)
+    half = Stage("orpo", ["train", "orpo", "r.yaml"], str(tmp_path / "o"), resources={"slots": 2})
+    ex.run(half, tmp_path / "orpo.log")
+    assert FakeWorker.events[n:] == ["process train"]  # no worker stopped
+    whole = Stage("sft", ["train", "sft", "r.yaml"], str(tmp_path / "s"), resources={"slots": 4})
+    ex.run(whole, tmp_path / "sft.log")
+    assert sorted(FakeWorker.events[n + 1 :]) == ["process train", "stop 1", "stop 2"]
+    assert FakeWorker.events[-1] == "process train"  # after both stopped
+    assert ex._free.count("0") == 4
 
 
 def test_a_stage_that_fails_in_a_worker_runs_again_as_its_own_process(tmp_path):

@@ -560,8 +560,8 @@ class VLLMEngine:
                 return
             self._llm.reset_prefix_cache()
             if self.settings.lora_mode == "swap":
-                if self._loaded is not None or self._targets:
-                    self._loaded = _UNKNOWN  # whatever is merged in, the first call writes every target
+                if self._targets:  # an adapter may be merged in: the first call writes every target
+                    self._loaded = _UNKNOWN
             else:
                 self.adapters.clear()
 

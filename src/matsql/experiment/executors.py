@@ -122,9 +122,9 @@ class LocalExecutor:
     ``warm``: a generation stage (:data:`WARM_COMMANDS`; each shard of a sharded rollout) on one
     slot runs in a worker process kept per slot (:mod:`matsql.experiment.worker`), so its
     imports and its vLLM engine carry over to the next stage on that slot instead of being paid
-    again. A worker holds its share of its card between stages; before a stage that runs as its
-    own process (training) takes slots of a card, idle workers there are stopped until the
-    workers and such processes together hold no more than the card's slots. A stage that fails
+    again. A worker holds its share of its card between stages, so an idle worker stands on one
+    of the card's free slots: when a stage that runs as its own process (training) takes slots,
+    idle workers there are stopped until they are no more than the free slots. A stage that fails
     in a worker runs once more as its own process (a failure the worker caused then costs one
     try, not the stage); after two stages passed that way, the run stops using workers.
     """
@@ -141,7 +141,6 @@ class LocalExecutor:
         warm: bool = False,
     ):
         import threading
-        from collections import Counter
 
         from matsql.experiment.worker import Worker
 
@@ -149,9 +148,9 @@ class LocalExecutor:
             raise ValueError(f"gpu_slots must be >= 1, got {gpu_slots}")
         self.warm = warm
         self._worker_class = Worker
-        self._idle: dict[str, list[Worker]] = {}  # card -> workers waiting for a stage
-        self._live: Counter[str] = Counter()  # card -> workers alive (idle or running a stage)
-        self._cold: Counter[str] = Counter()  # card -> slots held by stages in their own process
+        self._idle: dict[
+            str, list[Worker]
+        ] = {}  # card -> workers waiting for a stage (no more than its free slots)
         self._strikes = 0
         self.env = {**os.environ, **(env or {})}
         self.echo = echo
@@ -212,10 +211,18 @@ class LocalExecutor:
         (``MATSQL_GPU_MEMORY_FRACTION``), or None when it may use the whole card."""
         return None if slots_on_card >= self.gpu_slots else slots_on_card / self.gpu_slots
 
-    def _release(self, taken: list[str]) -> None:
+    def _release(self, taken: list[str], workers: list | None = None) -> None:
+        """Give back slots, and with them the workers that ran on them (idle now: under one
+        lock, so that idle workers never outnumber a card's free slots)."""
         with self._cond:
             self._free.extend(taken)
+            if self.warm:
+                for w in workers or []:
+                    self._idle.setdefault(w.card, []).append(w)
             self._cond.notify_all()
+        if not self.warm:  # given up meanwhile (_strike)
+            for w in workers or []:
+                w.stop()
 
     def _spawn(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -251,69 +258,40 @@ class LocalExecutor:
         return env
 
     def _take_worker(self, card: str):
-        """An idle worker on ``card``, or a new one (the caller holds a slot there, so the card
-        has room for one more process)."""
+        """An idle worker on ``card``, or a new one (the caller holds a slot there, and idle
+        workers stand on free slots only, so the card has room for it)."""
         with self._cond:
             idle = self._idle.setdefault(card, [])
             while idle:
                 w = idle.pop()
                 if w.alive():
                     return w
-                self._live[card] -= 1
-            self._live[card] += 1
-        try:
-            return self._worker_class(card, self._worker_env(card))
-        except BaseException:
-            with self._cond:
-                self._live[card] -= 1
-            raise
+        return self._worker_class(card, self._worker_env(card))
 
-    def _give_back(self, worker) -> None:
-        with self._cond:
-            if worker.alive() and self.warm:
-                self._idle.setdefault(worker.card, []).append(worker)
-                return
-            self._live[worker.card] -= 1
-        worker.stop()
-
-    def _retire(self, worker) -> None:
-        worker.stop()
-        with self._cond:
-            self._live[worker.card] -= 1
-
-    def _hold_cold(self, gpus: list[str]) -> list[str]:
-        """Count ``gpus`` as held by a stage in its own process; stop idle workers on those cards
-        until workers and such stages there hold no more than the card's slots. Returns the
-        cards, for :meth:`_unhold_cold`. Workers are stopped (and their memory freed) before the
-        stage's process starts."""
+    def _make_room(self, gpus: list[str]) -> None:
+        """Before a stage runs as its own process on ``gpus`` (slots it holds): stop idle
+        workers on those cards until they are no more than the free slots there, and wait for
+        them, so that their memory is free before the process starts."""
         victims = []
         with self._cond:
-            for card in gpus:
-                self._cold[card] += 1
             for card in dict.fromkeys(gpus):
                 idle = self._idle.get(card, [])
-                while idle and self._live[card] + self._cold[card] > self.gpu_slots:
+                while len(idle) > self._free.count(card):
                     victims.append(idle.pop())
-                    self._live[card] -= 1
         for w in victims:
             w.stop()
-        return gpus
-
-    def _unhold_cold(self, gpus: list[str]) -> None:
-        with self._cond:
-            for card in gpus:
-                self._cold[card] -= 1
 
     def _warm_fits(self, stage: Stage, gpus: list[str], single: bool, shards: int) -> bool:
         """A generation stage on one slot per process: a single process on one slot, or a
         sharded rollout (each shard on one slot)."""
         if not (self.warm and gpus and warm_command(stage)):
             return False
-        return len(gpus) == 1 if single else shards > 1 and int(stage.resources.get("processes", 1)) <= 1
+        return len(gpus) == 1 if single else shards > 1
 
-    def _run_warm(self, stage: Stage, log: Path, gpus: list[str], shards: int) -> bool:
-        """The stage in workers, one per process it would have had; whether it passed. A worker
-        whose stage failed is stopped (its state is suspect); the others wait for the next stage."""
+    def _run_warm(self, stage: Stage, log: Path, gpus: list[str], shards: int) -> list | None:
+        """The stage in workers, one per process it would have had. Passed: the workers, for
+        :meth:`_release` to keep for the next stage. Failed: None, its workers stopped (their
+        state is suspect, and the stage runs again on these slots as its own process)."""
         import threading
 
         n = min(shards, len(gpus)) if shards > 1 else 1
@@ -324,7 +302,7 @@ class LocalExecutor:
                 workers.append(self._take_worker(gpus[i]))
         except BaseException:
             for w in workers:
-                self._give_back(w)
+                w.stop()
             raise
         lock = threading.Lock()
         rcs: list[int] = [-1] * n
@@ -356,17 +334,14 @@ class LocalExecutor:
                 t.start()
             for t in threads:
                 t.join()
-            for w, rc in zip(workers, rcs, strict=True):
-                if rc == 0:
-                    self._give_back(w)
-                else:
-                    self._retire(w)
             if any(rcs):
+                for w in workers:
+                    w.stop()
                 f.write(
                     f"# the stage failed in warm worker(s) (exit codes {rcs}); again as its own "
                     "process (experiment run --warm)\n"
                 )
-                return False
+                return None
         if n > 1:
             from matsql.rollout.io import merge_rollouts
 
@@ -374,15 +349,13 @@ class LocalExecutor:
             merge_rollouts(parts, Path(stage.out))
             for p in parts:
                 p.unlink()
-        return True
+        return [w for w in workers if w.alive()]
 
     def close(self) -> None:
         """Stop every idle worker (``run_plan`` calls it when the plan ends)."""
         with self._cond:
             victims = [w for ws in self._idle.values() for w in ws]
             self._idle.clear()
-            for w in victims:
-                self._live[w.card] -= 1
         for w in victims:
             w.stop()
 
@@ -407,12 +380,13 @@ class LocalExecutor:
         warm_failed = False
         if self._warm_fits(stage, gpus, single, shards):
             try:
-                if self._run_warm(stage, log, gpus, shards):
-                    self._release(gpus)
-                    return
+                kept = self._run_warm(stage, log, gpus, shards)
             except BaseException:
                 self._release(gpus)
                 raise
+            if kept is not None:
+                self._release(gpus, kept)
+                return
             warm_failed = True
         while True:  # at most twice: the second try has the whole card, so no memory share
             start = log.stat().st_size if log.exists() else 0
@@ -453,11 +427,7 @@ class LocalExecutor:
         self, stage: Stage, log: Path, gpus: list[str], shards: int, procs_n: int, hide_gpus: bool = False
     ) -> None:
         if gpus and not hide_gpus:
-            self._hold_cold(gpus)
-            try:
-                return self._run_process(stage, log, gpus, shards, procs_n)
-            finally:
-                self._unhold_cold(gpus)
+            self._make_room(gpus)
         return self._run_process(stage, log, gpus, shards, procs_n, hide_gpus)
 
     def _run_process(
