@@ -7,11 +7,18 @@ parts. ``--adapter random`` builds a rank-8 LoRA on all seven projections with s
 weights (a stand-in for a trained adapter when none is at hand; both backends load the same
 folder), ``--adapter PATH`` uses a trained one, ``--adapter none`` the base model.
 
+In float32 the vLLM side's attention multiplies exact float32 too: its Triton attention backend
+(the one vLLM picks for float32) would otherwise take TF32 inputs, Triton's default for float32
+``tl.dot``. A float32 engine sets ``TRITON_F32_DEFAULT=ieee`` (``vllm_local.engine_env``);
+``--triton-f32 tf32`` is session 8's setting, and ``benchmarks/parity_tf32.py`` what that did. vLLM's LoRA kernels take 16-bit inputs only, so an
+adapter in float32 needs ``--lora-mode swap`` (merged into the weights in float32).
+
 ``--mode sampled``: K=8 samples at T=1.0 with a fixed seed through the vllm backend, twice in
 one process; writes the completions' sha256 to ``--out`` so that a second process's run can be
 compared (two runs of this script with the same arguments must print the same digest).
 
     python benchmarks/vllm_parity.py --mode greedy --questions 200 --adapter random
+    python benchmarks/vllm_parity.py --mode greedy --dtype float32 --adapter PATH --lora-mode swap
     python benchmarks/vllm_parity.py --mode sampled --questions 50 --out a.json   # run twice, compare
 
 ``--score OUT.texts.jsonl.gz`` (CPU, no GPU, no vLLM): execution accuracy of both sides' greedy
@@ -62,14 +69,35 @@ def planner_prompts(n: int) -> list[Any]:
     return [planner.build(q, bench.schema_text(q.db_id)) for q in bench.runnable[:n]]
 
 
-def vllm_backend(model: str, adapter: str | None, gmu: float, dtype: str = "bfloat16") -> Any:
+def vllm_backend(
+    model: str, adapter: str | None, gmu: float, dtype: str = "bfloat16", lora_mode: str = "request"
+) -> Any:
     from matsql.backends.vllm_local import EngineSettings, VLLMBackend, VLLMEngine
     from matsql.models import dense_folder, load_tokenizer
 
     folder, digest = dense_folder(model, dtype=dtype)
-    settings = EngineSettings(gpu_memory_utilization=gmu, dtype=dtype)
+    settings = EngineSettings(gpu_memory_utilization=gmu, dtype=dtype, lora_mode=lora_mode)
     eng = VLLMEngine(folder, load_tokenizer(folder), f"{model}|{digest[:16]}", settings)
     return VLLMBackend(eng, adapter=adapter)
+
+
+def triton_f32(dtype: str, choice: str | None, adapter: bool, lora_mode: str) -> str | None:
+    """Set (before vLLM starts) how Triton's kernels multiply float32, and refuse what vLLM
+    cannot run; returns the setting, or None where it does not apply (16-bit compute)."""
+    if dtype != "float32":
+        if choice is not None:
+            raise SystemExit(f"--triton-f32 applies to --dtype float32 only, not {dtype}")
+        return None
+    if adapter and lora_mode == "request":
+        raise SystemExit(
+            "--dtype float32 with an adapter needs --lora-mode swap: vLLM's LoRA kernels take "
+            "float16/bfloat16 inputs only"
+        )
+    setting = choice or "ieee"
+    os.environ["TRITON_F32_DEFAULT"] = setting
+    # kernels compiled under the other setting must not be reused from Triton's disk cache
+    os.environ.setdefault("TRITON_CACHE_DIR", tempfile.mkdtemp(prefix=f"triton-{setting}-"))
+    return setting
 
 
 def score_texts(path: Path) -> dict[str, Any]:
@@ -124,6 +152,13 @@ def main() -> None:
         default="bfloat16",
         help="both backends' weights and compute: float32 separates kernel rounding from real differences",
     )
+    ap.add_argument("--lora-mode", choices=("request", "swap"), default="request", help="vllm side")
+    ap.add_argument(
+        "--triton-f32",
+        choices=("ieee", "tf32"),
+        default=None,
+        help="float32 only: how vLLM's Triton attention multiplies (default ieee; tf32 as in session 8)",
+    )
     ap.add_argument("--out", default=None, help="write the summary (and sampled digests) here")
     ap.add_argument("--score", default=None, help="a .texts.jsonl.gz this script wrote: paired EX on CPU")
     args = ap.parse_args()
@@ -137,6 +172,7 @@ def main() -> None:
     from matsql.agents import planner
     from matsql.models import dense_folder
 
+    f32 = triton_f32(args.dtype, args.triton_f32, args.adapter != "none", args.lora_mode)
     prompts = planner_prompts(args.questions)
     folder, _ = dense_folder(args.model, dtype=args.dtype)
     adapter = None
@@ -149,8 +185,10 @@ def main() -> None:
         "questions": len(prompts),
         "adapter": args.adapter,
         "dtype": args.dtype,
+        "lora_mode": args.lora_mode,
+        "triton_f32": f32,
     }
-    vb = vllm_backend(args.model, adapter, args.gpu_memory_utilization, args.dtype)
+    vb = vllm_backend(args.model, adapter, args.gpu_memory_utilization, args.dtype, args.lora_mode)
     if args.mode in ("greedy", "all"):
         t0 = time.perf_counter()
         v = [o[0] for o in vb.generate(prompts, temperature=0.0, max_tokens=args.max_tokens)]

@@ -8,6 +8,7 @@ contract vLLM's per-request seeding gives. The real engine runs in ``test_vllm_e
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -29,6 +30,7 @@ from matsql.backends.vllm_local import (
     VLLMEngine,
     adapter_rank,
     build_requests,
+    engine_env,
     lora_capacity,
 )
 
@@ -720,6 +722,31 @@ def test_the_engine_starts_in_process_without_flashinfers_sampler(
     engine._llm = None
     VLLMBackend(engine).generate(PROMPTS[:1], n=2, temperature=1.0, max_tokens=4, seed=0)
     assert seen["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
+
+
+@pytest.mark.parametrize(("dtype", "want"), [("float32", "ieee"), ("bfloat16", None)])
+def test_a_float32_engine_multiplies_exact_float32_in_triton(
+    engine: VLLMEngine, monkeypatch: pytest.MonkeyPatch, dtype: str, want: str | None
+) -> None:
+    # vLLM's float32 attention is Triton's, whose dots would round float32 inputs to TF32
+    monkeypatch.delenv("TRITON_F32_DEFAULT", raising=False)
+    engine.settings = dataclasses.replace(engine.settings, dtype=dtype)
+    seen: dict[str, object] = {}
+    make = engine.llm_factory
+
+    def factory(**kw: object) -> object:
+        seen["env"], seen["dtype"] = os.environ.get("TRITON_F32_DEFAULT"), kw["dtype"]
+        return make(**kw)
+
+    engine.llm_factory = factory
+    VLLMBackend(engine).generate(PROMPTS[:1], n=1, temperature=0.0, max_tokens=4, seed=0)
+    assert seen == {"env": want, "dtype": dtype}
+    monkeypatch.setenv("TRITON_F32_DEFAULT", "tf32")  # a user's choice stands
+    engine._llm = None
+    VLLMBackend(engine).generate(PROMPTS[:1], n=1, temperature=0.0, max_tokens=4, seed=0)
+    assert seen["env"] == "tf32"
+    assert engine_env("float32") == ENGINE_ENV | {"TRITON_F32_DEFAULT": "ieee"}
+    assert engine_env("bfloat16") == ENGINE_ENV
 
 
 def test_process_age_counts_from_this_process_start() -> None:

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The vLLM checks the next lease owes issue 15 (results/vllm/README.md), in one call after
 # `setup.sh join`, from the repository snapshot with scripts/device/env.sh sourced:
-#   bash scripts/device/vllm_checks.sh OUT_DIR [STEP ...]   # steps: lora_graphs parity_fp32 parity_bf16
+#   bash scripts/device/vllm_checks.sh OUT_DIR [STEP ...]   # steps: lora_graphs parity_fp32 parity_fp32_tf32
+#     parity_fp32_swap parity_bf16
 #     bench512 bench512_s512 bench512_mbt16384 bench512_mbt32768 bench512_mbt65536 bench512_cg2048 lora_modes bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi
 #     train_liger train lora_request lora_swap served served_eager (default: all)
 # A call is limited to 600 s: session 7 sent two calls of two or three steps each.
 # 1. LoRA with CUDA graphs on the V1 model runner after a graphs engine without LoRA has warmed the
 #    compile cache (session 8: as the first engine it gave no result in 200 s), beside eager LoRA;
-# 2. greedy parity in fp32 (kernel rounding out of the way; base model: vLLM's LoRA kernels take
-#    fp16/bf16 only) and bf16 with a random adapter, texts kept;
+# 2. greedy parity in fp32 (kernel rounding out of the way: the base model, and an adapter merged
+#    into the weights, since vLLM's LoRA kernels take fp16/bf16 only) and bf16 with a random
+#    adapter, texts kept;
 # 3. throughput at a rollout call's real size (512 questions, up to 2048 sequences at once), and
 #    vLLM alone with its engine core in a second process (bench512_mp), and with batch-invariant
 #    kernels too (bench512_mpbi);
@@ -26,7 +28,7 @@
 set -uo pipefail
 out=${1:?usage: vllm_checks.sh OUT_DIR [STEP ...]}
 shift
-want=" ${*:-lora_graphs parity_fp32 parity_bf16 bench512 bench512_s512 bench512_mbt16384 bench512_mbt32768 bench512_mbt65536 bench512_cg2048 lora_modes bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train_liger train lora_request lora_swap served served_eager} "
+want=" ${*:-lora_graphs parity_fp32 parity_fp32_tf32 parity_fp32_swap parity_bf16 bench512 bench512_s512 bench512_mbt16384 bench512_mbt32768 bench512_mbt65536 bench512_cg2048 lora_modes bench512_mp bench512_mpbi repeat_inproc repeat_mp repeat_mpbi train_liger train lora_request lora_swap served served_eager} "
 mkdir -p "$out"
 export VLLM_ENABLE_V1_MULTIPROCESSING=0
 free_gpu() { nvidia-smi --query-compute-apps=pid --format=csv,noheader | xargs -r kill -9; sleep 1; }
@@ -38,7 +40,15 @@ step() {  # step NAME LIMIT_S COMMAND...
   echo "$name: rc $? in $((SECONDS - t0)) s"; free_gpu
 }
 step lora_graphs 580 benchmarks/vllm_lora_graphs.py --limit 250 --json "$out/lora-graphs.json"
-step parity_fp32 200 benchmarks/vllm_parity.py --mode greedy --dtype float32 --adapter none --out "$out/parity_fp32.json"
+# float32: vLLM's Triton attention multiplies exact float32 (TRITON_F32_DEFAULT=ieee, the script's
+# default since session 19); parity_fp32_tf32 is session 8's setting (Triton's TF32 default) on the
+# same machine; parity_fp32_swap has an adapter merged into the float32 weights (vLLM's LoRA kernels
+# take 16-bit inputs only): PARITY_ADAPTER=PATH (a trained one, e.g. the v2 run's sft-planner), else random
+step parity_fp32 300 benchmarks/vllm_parity.py --mode greedy --dtype float32 --adapter none --out "$out/parity_fp32.json"
+step parity_fp32_tf32 300 benchmarks/vllm_parity.py --mode greedy --dtype float32 --adapter none --triton-f32 tf32 \
+  --out "$out/parity_fp32_tf32.json"
+step parity_fp32_swap 300 benchmarks/vllm_parity.py --mode greedy --dtype float32 --adapter "${PARITY_ADAPTER:-random}" \
+  --lora-mode swap --out "$out/parity_fp32_swap.json"
 step parity_bf16 150 benchmarks/vllm_parity.py --mode greedy --adapter random --out "$out/parity_bf16.json"
 # BENCH512_MBT=N runs it at vLLM's max_num_batched_tokens N, BENCH512_CG=N with CUDA graphs captured
 # up to N sequences (both recorded in the JSON's args)

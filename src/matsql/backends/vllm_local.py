@@ -298,6 +298,16 @@ def lora_capacity(ranks: Sequence[int], settings: EngineSettings) -> tuple[int, 
 ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_FLASHINFER_SAMPLER": "0"}
 
 
+def engine_env(dtype: str) -> dict[str, str]:
+    """``ENGINE_ENV``, and for a float32 engine exact float32 products in Triton's kernels. vLLM
+    runs float32 attention on its Triton backend (FlashAttention and FlashInfer take 16-bit
+    inputs), whose ``tl.dot`` rounds float32 inputs to TF32 unless ``TRITON_F32_DEFAULT=ieee``:
+    the 5.5% of float32 greedy completions that parted from the transformers backend in session 8
+    (results/vllm/README.md, session 19). vLLM's matmuls already run at "highest" precision."""
+    exact = {"TRITON_F32_DEFAULT": "ieee"} if dtype in ("float32", "float") else {}
+    return ENGINE_ENV | exact
+
+
 def build_requests(
     token_ids: Sequence[Sequence[int]],
     texts: Sequence[str],
@@ -527,7 +537,7 @@ class VLLMEngine:
                         self.settings.gpu_memory_utilization,
                         self.process_fraction,
                     )
-                for name, value in ENGINE_ENV.items():
+                for name, value in engine_env(self.settings.dtype).items():
                     os.environ.setdefault(name, value)
                 t0 = time.perf_counter()
                 # a KV cache fixed up front needs no profiling, so no turn at the card
