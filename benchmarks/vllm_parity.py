@@ -10,8 +10,9 @@ folder), ``--adapter PATH`` uses a trained one, ``--adapter none`` the base mode
 In float32 the vLLM side's attention multiplies exact float32 too: its Triton attention backend
 (the one vLLM picks for float32) would otherwise take TF32 inputs, Triton's default for float32
 ``tl.dot``. A float32 engine sets ``TRITON_F32_DEFAULT=ieee`` (``vllm_local.engine_env``);
-``--triton-f32 tf32`` is session 8's setting, and ``benchmarks/parity_tf32.py`` what that did. vLLM's LoRA kernels take 16-bit inputs only, so an
-adapter in float32 needs ``--lora-mode swap`` (merged into the weights in float32).
+``--triton-f32 tf32`` is session 8's setting, and ``benchmarks/parity_tf32.py`` shows what that
+did. vLLM's LoRA kernels take 16-bit inputs only, so an adapter in float32 needs
+``--lora-mode swap`` (merged into the weights in float32).
 
 ``--mode sampled``: K=8 samples at T=1.0 with a fixed seed through the vllm backend, twice in
 one process; writes the completions' sha256 to ``--out`` so that a second process's run can be
