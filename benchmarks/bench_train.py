@@ -89,6 +89,12 @@ ORPO_VARIANTS: dict[str, list[str]] = {
         "trainer.per_device_train_batch_size=16",
         "trainer.gradient_accumulation_steps=1",
     ],
+    # batches of pairs of similar length: random batches of 8 pairs are 33% padding on the v2
+    # study's iter1 pairs, grouped 1% (benchmarks/orpo_padding.py, results/vllm/s19)
+    "no-ckpt-bylen": [
+        "trainer.gradient_checkpointing=false",
+        "trainer.train_sampling_strategy=group_by_length",
+    ],
 }
 
 

@@ -20,6 +20,8 @@ from matsql.train.modeling import build_model
 from matsql.train.runner import prepare, run_training, trainer_config
 from tests.fixtures.train.tiny_runs import losses, pair_rows, write_jsonl, write_recipe
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def _trainer(recipe_path: Path, overrides: list[str] | None = None):
     recipe = load_recipe(recipe_path, overrides)
@@ -174,3 +176,67 @@ def test_completion_positions_give_the_full_logits_loss_and_gradients(pairs, mon
     assert fast[2].shape[0] == n_scored and fast[2].ndim == 2  # chosen completion tokens x vocab
     # the logged logits are each row's completion positions in both modes
     assert torch.allclose(fast[2], full[2], atol=1e-5) and torch.allclose(fast[3], full[3], atol=1e-5)
+
+
+def _padding(lengths: list[int], order: list[int], batch: int) -> int:
+    """Pad tokens in batches of ``batch`` pairs taken in ``order``."""
+    return sum(
+        sum(max(lengths[i] for i in order[a : a + batch]) - lengths[i] for i in order[a : a + batch])
+        for a in range(0, len(order), batch)
+    )
+
+
+def test_group_by_length_batches_pairs_of_similar_length(tiny_chat_model_dir: Path, tmp_path: Path):
+    # pairs whose prompts differ in length, as real validator prompts do (schemas of every size)
+    rows = pair_rows(160)
+    for i, r in enumerate(rows):
+        r["prompt"][-1]["content"] += " and more" * ((i * 7) % 23)
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    recipe = write_recipe(
+        tmp_path / "orpo.yaml",
+        "orpo",
+        tiny_chat_model_dir,
+        data,
+        tmp_path / "run",
+        max_steps=2,
+        train_sampling_strategy="group_by_length",
+    )
+    t, prep = _trainer(recipe, ["limits.max_length=4096"])  # no prompt cut to one length
+    lengths = list(t.train_dataset["length"])
+    assert lengths == [orpo.pair_length(r) for r in prep.train.rows] and len(set(lengths)) > 10
+    sampler = t._get_train_sampler(t.train_dataset)
+    assert type(sampler).__name__ == "LengthGroupedSampler"
+    grouped = list(sampler)
+    assert sorted(grouped) == list(range(len(lengths))) and lengths[grouped[0]] == max(lengths)
+    shuffled = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0)).tolist()
+    assert _padding(lengths, grouped, 4) < 0.5 * _padding(lengths, shuffled, 4)
+    t.train()
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in t.state.log_history if "loss" in h)
+
+
+def test_the_length_column_leaves_default_training_unchanged(pairs):
+    # the v2 study's remaining ORPO runs must train as its finished ones did (no grouping there)
+    d, data, model_dir = pairs
+    recipe = write_recipe(d / "same.yaml", "orpo", model_dir, data, d / "same", max_steps=4)
+    runs = []
+    for drop in (False, True):
+        t, _ = _trainer(recipe)
+        if drop:
+            t.train_dataset = t.train_dataset.remove_columns("length")
+        t.train()
+        loss = [h["loss"] for h in t.state.log_history if "loss" in h]
+        runs.append((loss, {k: v.detach().clone() for k, v in t.model.named_parameters() if "lora" in k}))
+    (la, wa), (lb, wb) = runs
+    assert la == lb and wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_orpo_padding_share_counts_pad_tokens_per_batch():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("orpo_padding", ROOT / "benchmarks/orpo_padding.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    # batches [4, 2] and [3]: padded 8 + 3 tokens, real 9
+    assert mod.padding_share([4, 2, 3], [0, 1, 2], 2) == pytest.approx(1 - 9 / 11)
+    assert mod.padding_share([5, 5, 5, 5], [3, 1, 0, 2], 2) == 0.0
+    assert mod.padding_share([], [], 8) == 0.0

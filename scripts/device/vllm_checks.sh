@@ -101,8 +101,9 @@ step train_liger 480 benchmarks/bench_train.py --steps 10 --methods sft --varian
   --set 'data.eval_sources=[]' --json "$out/train_liger.json" --work /root/matsql/bench-train
 # ORPO: the committed recipe and code (LoRA dropout 0, the LM head at completion positions only)
 # against every position's logits, and against session 12's ORPO (dropout 0.05 too); peak memory
-# decides whether ORPO fits half a card (--gpu-slots 4)
-step train 450 benchmarks/bench_train.py --steps 10 --methods orpo --variants committed,all-logits,before-s13 \
+# decides whether ORPO fits half a card (--gpu-slots 4); no-ckpt-bylen: pairs of similar length
+# per batch (33% of random batches' tokens are padding on v2's pairs: results/vllm/s19)
+step train 540 benchmarks/bench_train.py --steps 10 --methods orpo --variants committed,all-logits,before-s13,no-ckpt-bylen \
   --set 'data.eval_sources=[]' --json "$out/train.json" --work /root/matsql/bench-train
 # 5. LoRA three ways, two planner stages each as a plan runs them (512 spider-dev questions, K=8,
 #    each stage with its own random adapter): in process with a LoRARequest per call (eager), in
