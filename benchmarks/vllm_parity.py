@@ -97,7 +97,8 @@ def triton_f32(dtype: str, choice: str | None, adapter: bool, lora_mode: str) ->
     setting = choice or "ieee"
     os.environ["TRITON_F32_DEFAULT"] = setting
     # kernels compiled under the other setting must not be reused from Triton's disk cache
-    os.environ.setdefault("TRITON_CACHE_DIR", tempfile.mkdtemp(prefix=f"triton-{setting}-"))
+    if "TRITON_CACHE_DIR" not in os.environ:
+        os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix=f"triton-{setting}-")
     return setting
 
 

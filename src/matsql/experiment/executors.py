@@ -67,6 +67,17 @@ def shard_argv(argv: list[str], i: int, n: int, out: str) -> list[str]:
     return [*res, "--shard", f"{i}/{n}"]
 
 
+def merge_shards(out: str, n: int) -> None:
+    """Merge the ``n`` shard files :func:`shard_argv` named into ``out`` (benchmark order), then
+    remove them."""
+    from matsql.rollout.io import merge_rollouts
+
+    parts = [Path(f"{out}.shard{i}") for i in range(n)]
+    merge_rollouts(parts, Path(out))
+    for p in parts:
+        p.unlink()
+
+
 def needs_gpu(stage: Stage) -> bool:
     """False for a stage whose resources say ``gpus: 0`` (it runs on CPU only); a stage that says
     nothing may use a card, as before."""
@@ -343,12 +354,7 @@ class LocalExecutor:
                 )
                 return None
         if n > 1:
-            from matsql.rollout.io import merge_rollouts
-
-            parts = [Path(f"{stage.out}.shard{i}") for i in range(n)]
-            merge_rollouts(parts, Path(stage.out))
-            for p in parts:
-                p.unlink()
+            merge_shards(stage.out, n)
         return [w for w in workers if w.alive()]
 
     def close(self) -> None:
@@ -455,12 +461,7 @@ class LocalExecutor:
                 rcs = self._drain(procs, f)
                 if any(rcs):
                     raise StageFailed(f"stage {stage.name}: shard exit codes {rcs}; see {log}")
-                from matsql.rollout.io import merge_rollouts
-
-                parts = [Path(f"{stage.out}.shard{i}") for i in range(n)]
-                merge_rollouts(parts, Path(stage.out))
-                for p in parts:
-                    p.unlink()
+                merge_shards(stage.out, n)
                 return
             argv = _argv(stage)
             env = dict(base_env)
@@ -644,9 +645,4 @@ class SlurmExecutor:
         if errors:
             raise StageFailed(f"stage {stage.name} failed: {'; '.join(errors)}")
         if len(cmds) > 1:
-            from matsql.rollout.io import merge_rollouts
-
-            parts = [Path(f"{stage.out}.shard{i}") for i in range(len(cmds))]
-            merge_rollouts(parts, Path(stage.out))
-            for p in parts:
-                p.unlink()
+            merge_shards(stage.out, len(cmds))
